@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install what ResCoin needs on Debian 12, from nothing; idempotent.
+#   deploy/install.sh          runtime: apt build deps for libvirt-python, a venv in .venv, the package
+#   deploy/install.sh --test   also what the test suite drives for real: libvirtd + QEMU (TCG),
+#                              busybox and a guest kernel for tiny VMs, promtool, iproute2
+# Run as root (apt). VENV=/path overrides the venv location.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV=${VENV:-$ROOT/.venv}
+WANT_TEST=0
+[ "${1:-}" = "--test" ] && WANT_TEST=1
+export DEBIAN_FRONTEND=noninteractive
+
+# libvirt-python has no wheels: it builds against libvirt-dev with pkg-config and gcc.
+PKGS="python3 python3-venv python3-dev libvirt-dev pkg-config gcc iproute2"
+if [ "$WANT_TEST" = 1 ]; then
+    # libvirt-daemon-system is left out on purpose: it pulls systemd; we start libvirtd by hand.
+    PKGS="$PKGS libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
+          busybox-static prometheus debootstrap cpio kmod procps psmisc"
+fi
+missing=$(dpkg-query -W -f='${Package} ${Status}\n' $PKGS 2>/dev/null | awk '$4 != "installed" {print $1}' || true)
+for p in $PKGS; do dpkg-query -W "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+missing=$(echo $missing | tr ' ' '\n' | sort -u | tr '\n' ' ')
+if [ -n "${missing// /}" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "install.sh: missing Debian packages: $missing (run as root, or install them)" >&2
+        exit 1
+    fi
+    echo "install.sh: apt-get install $missing"
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends $missing >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+fi
+extras=""
+[ "$WANT_TEST" = 1 ] && extras="[test]"
+# Quiet, but keep errors; the editable install lets a checkout be worked on in place.
+"$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT$extras" 2>&1 | grep -v "is ignored" || true
+"$VENV/bin/python" -c "import rescoin.services.cli, libvirt, zmq, numpy" \
+    || { echo "install.sh: the install did not import" >&2; exit 1; }
+echo "install.sh: ready ($VENV)"

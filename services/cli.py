@@ -1,0 +1,39 @@
+"""`rescoin`: the operator's command line. Each subcommand lives in its own module
+that defines ``add_arguments(parser)`` and ``run(args) -> exit code``; it is
+imported only when called, so `rescoin tap` never loads the evaluation code."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tap": ("rescoin.services.tools.tap", "live, readable view of bus topics"),
+    "record": ("rescoin.services.tools.record", "write bus messages to a file"),
+    "replay": ("rescoin.services.tools.replay", "publish a recorded file back onto a bus"),
+    "status": ("rescoin.services.tools.status", "liveness of every service on every host, from hb"),
+    "evaluate": ("rescoin.services.tools.evaluate", "run policies and predictors over real traces"),
+    "keys": ("rescoin.services.tools.keys", "create and list CURVE keys for the bus and guest agents"),
+    "config": ("rescoin.services.tools.config", "print the example config or check a config file"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="rescoin", description="ResCoin: fair sharing of a virtualization host.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        subparsers.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] not in COMMANDS:
+        parser.print_help() if not argv or argv[0] in ("-h", "--help") else parser.parse_args(argv)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    sub = argparse.ArgumentParser(prog=f"rescoin {name}", description=COMMANDS[name][1])
+    module.add_arguments(sub)
+    return int(module.run(sub.parse_args(argv[1:])) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""Small pieces every process needs: logging, signals, counters, atomic files, CURVE keys."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.auth
+
+log = logging.getLogger("rescoin.runtime")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """One format, to stderr (supervisord writes it to the service's log file)."""
+    logging.basicConfig(level=getattr(logging, level), format=LOG_FORMAT, stream=sys.stderr, force=True)
+
+
+class StopFlag:
+    """SIGTERM/SIGINT only set a flag; the loop finishes its period and exits 0."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.signal_name = ""
+
+    def install(self) -> StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.stopping = True
+        self.signal_name = signal.Signals(signum).name
+
+
+class Counters:
+    """Monotone counters for `hb`, plus a bounded sample of rejected input.
+
+    ``reject()`` is how every service records bad input: counted in total and
+    by cause, kept (the last ``keep`` texts) for the operator, and logged up
+    to ``max_warnings`` times per period.
+    """
+
+    def __init__(self, keep: int = 20, max_warnings: int = 10) -> None:
+        self.values: collections.Counter[str] = collections.Counter()
+        self.recent_errors: collections.deque[str] = collections.deque(maxlen=keep)
+        self.max_warnings = max_warnings
+        self._warned_this_period = 0
+        self._suppressed = 0
+
+    def inc(self, name: str, n: int = 1) -> None:
+        self.values[name] += n
+
+    def reject(self, cause: str, detail: str, logger: logging.Logger = log) -> None:
+        self.values["rejected"] += 1
+        self.values[f"rejected.{cause}"] += 1
+        text = f"{time.strftime('%H:%M:%S')} {cause}: {detail}"[:1000]
+        self.recent_errors.append(text)
+        if self._warned_this_period < self.max_warnings:
+            self._warned_this_period += 1
+            logger.warning("rejected %s: %s", cause, detail)
+        else:
+            self._suppressed += 1
+
+    def end_period(self, logger: logging.Logger = log) -> None:
+        if self._suppressed:
+            logger.warning("%d more rejections this period (counted, not logged)", self._suppressed)
+        self._warned_this_period = 0
+        self._suppressed = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.values)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` so that a crash (even kill -9) leaves the old or the new file, never a mix."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_curve_keypair(path: str) -> tuple[bytes, bytes]:
+    """(public, secret) from a ZeroMQ certificate file written by `rescoin keys`."""
+    public, secret = zmq.auth.load_certificate(path)
+    if secret is None:
+        raise ValueError(f"{path} holds no secret key")
+    return public, secret
+
+
+def load_curve_public(path: str) -> bytes:
+    public, _ = zmq.auth.load_certificate(path)
+    return public
+
+
+def secure_client(sock: zmq.Socket, secret_key_file: str, server_public_file: str) -> None:
+    """Make ``sock`` a CURVE client of a server whose public key is in ``server_public_file``."""
+    public, secret = load_curve_keypair(secret_key_file)
+    sock.curve_publickey = public
+    sock.curve_secretkey = secret
+    sock.curve_serverkey = load_curve_public(server_public_file)
