@@ -1,0 +1,240 @@
+"""The message contract: round trips of every kind, strict rejection of everything else."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+import uuid
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rescoin.proto import (
+    KINDS,
+    PROTOCOL_VERSION,
+    Envelope,
+    GuestMem,
+    Heartbeat,
+    ProtocolError,
+    decode_guest_mem,
+    encode_guest_mem,
+    make_topic,
+    parse_topic,
+)
+from rescoin.proto.arrays import EXT_NDARRAY
+from rescoin.proto.messages import Alloc, Applied, Estimate, Sample, decode, encode
+
+VMS = [str(uuid.UUID(int=i + 1)) for i in range(3)]
+RNG = np.random.default_rng(7)
+
+
+def mat(n: int = 3, lo: float = 0.0) -> np.ndarray:
+    return lo + RNG.random((n, 4)) * 10
+
+
+def envelope(kind: str, body, host: str = "h1", period: int = 100) -> Envelope:
+    return Envelope(kind=kind, host=host, src="test", epoch=1_700_000_000_000_000_000, seq=5, ts=1_700_000_000_500_000_000, period=period, body=body)
+
+
+def sample_body(n: int = 3) -> Sample:
+    return Sample(np.array([2.0, 8e9, 1e8, 1e8]), VMS[:n], [f"vm{i}" for i in range(n)], mat(n), mat(n), ["guest", "balloon", "none"][:n], 1.0)
+
+
+BODIES = {
+    "guest.mem": GuestMem(VMS[0], 2_000_000, 500_000, 1_500_000, 100, 50, "0.1.0"),
+    "sample": sample_body(),
+    "estimate": Estimate(VMS, mat(), ["ewma_dev", "ewma_dev", "ewma", "last"], {"alpha": 0.7, "beta": 1.0}),
+    "alloc": Alloc(VMS, mat(), mat(lo=-5), mat(), mat(), np.array([2.0, 8e9, 1e8, 1e8]), ["fit", "contended", "fit", "fit"], "rescoin", "estimate"),
+    "applied": Applied(VMS, mat(lo=-1), mat(lo=-1), [{"vm": VMS[1], "resource": "disk", "error": "no such disk"}], 0.004, "normal", "libvirt", 7),
+    "hb": Heartbeat("monitor", "ok", 1.0, {"received": 3, "sent": 2}, {"backend": "libvirt", "pid": 42}, ["12:00:00 body: bad"]),
+}
+
+
+def bodies_equal(a, b) -> bool:
+    for name in a.__dataclass_fields__:
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, np.ndarray):
+            if not np.array_equal(x, y):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_round_trips(kind):
+    env = envelope(kind, BODIES[kind])
+    frames = encode(env)
+    back = decode(frames)
+    assert back.kind == kind and back.host == "h1" and back.period == 100 and back.seq == 5
+    assert bodies_equal(back.body, env.body)
+
+
+def test_topic_is_kind_slash_host_slash_and_guest_topic_uses_vm_uuid():
+    assert encode(envelope("sample", BODIES["sample"]))[0] == b"sample/h1/"
+    assert encode(envelope("guest.mem", BODIES["guest.mem"]))[0] == make_topic("guest.mem", VMS[0])
+    assert parse_topic(b"alloc/h10/") == ("alloc", "h10")
+
+
+def test_arrays_travel_as_extension_not_float_lists():
+    payload = msgpack.unpackb(encode(envelope("sample", BODIES["sample"]))[1], raw=False, ext_hook=lambda c, d: ("ext", c))
+    assert payload["body"]["tc"] == ("ext", EXT_NDARRAY)
+    assert payload["v"] == PROTOCOL_VERSION
+
+
+def test_guest_mem_codec_needs_no_numpy_module():
+    frames = encode_guest_mem(envelope("guest.mem", BODIES["guest.mem"]))
+    assert decode_guest_mem(frames).body == BODIES["guest.mem"]
+    with pytest.raises(ProtocolError):
+        decode_guest_mem(encode(envelope("hb", BODIES["hb"])))
+
+
+def repack(frames, mutate):
+    payload = msgpack.unpackb(frames[1], raw=False, ext_hook=msgpack.ExtType)
+    mutate(payload)
+    return [frames[0], msgpack.packb(payload, use_bin_type=True)]
+
+
+def arr_ext(a: np.ndarray) -> msgpack.ExtType:
+    return msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<f8", list(a.shape), a.astype("<f8").tobytes()]))
+
+
+BAD_MUTATIONS = {
+    "unknown version": lambda p: p.update(v=PROTOCOL_VERSION + 1),
+    "version as string": lambda p: p.update(v="1"),
+    "unknown kind": lambda p: p.update(kind="salmon"),
+    "missing seq": lambda p: p.pop("seq"),
+    "extra field": lambda p: p.update(extra=1),
+    "negative period": lambda p: p.update(period=-1),
+    "bool seq": lambda p: p.update(seq=True),
+    "host with slash": lambda p: p.update(host="h/1"),
+    "body not a map": lambda p: p.update(body=[1, 2]),
+    "NaN in usage": lambda p: p["body"].update(au=arr_ext(np.full((3, 4), math.nan))),
+    "inf in capacity": lambda p: p["body"].update(C=arr_ext(np.array([1.0, math.inf, 1.0, 1.0]))),
+    "negative template": lambda p: p["body"].update(tc=arr_ext(-np.ones((3, 4)))),
+    "wrong shape": lambda p: p["body"].update(tc=arr_ext(np.ones((3, 3)))),
+    "n does not match vms": lambda p: p["body"].update(au=arr_ext(np.ones((2, 4)))),
+    "float list instead of array": lambda p: p["body"].update(tc=[[1.0] * 4] * 3),
+    "duplicate vm": lambda p: p["body"].update(vms=[VMS[0], VMS[0], VMS[1]]),
+    "vm not a uuid": lambda p: p["body"].update(vms=["vm-1", VMS[1], VMS[2]]),
+    "unknown mem source": lambda p: p["body"].update(mem_src=["guest", "balloon", "psychic"]),
+    "wrong dtype": lambda p: p["body"].update(tc=msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<i8", [3, 4], b"\0" * 96]))),
+    "short array bytes": lambda p: p["body"].update(tc=msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<f8", [3, 4], b"\0" * 95]))),
+    "huge shape": lambda p: p["body"].update(tc=msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<f8", [2**40, 4], b""]))),
+    "unknown extension": lambda p: p["body"].update(tc=msgpack.ExtType(9, b"x")),
+}
+
+
+@pytest.mark.parametrize("name", BAD_MUTATIONS)
+def test_mutated_sample_is_rejected_with_protocol_error(name):
+    frames = repack(encode(envelope("sample", BODIES["sample"])), BAD_MUTATIONS[name])
+    with pytest.raises(ProtocolError):
+        decode(frames)
+
+
+def test_topic_must_agree_with_payload():
+    frames = encode(envelope("sample", BODIES["sample"]))
+    with pytest.raises(ProtocolError, match="topic"):
+        decode([b"sample/h10/", frames[1]])
+    with pytest.raises(ProtocolError, match="topic"):
+        decode([b"alloc/h1/", frames[1]])
+    guest = encode(envelope("guest.mem", BODIES["guest.mem"]))
+    with pytest.raises(ProtocolError, match="topic"):
+        decode([make_topic("guest.mem", VMS[1]), guest[1]])
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [[], [b"sample/h1/"], [b"a", b"b", b"c"], b"sample/h1/", [b"sample/h1", b"\x80"], [b"\xff\xfe/h1/", b"\x80"], [b"sample/h1/", b"\xc1"]],
+)
+def test_malformed_framing_is_rejected(frames):
+    with pytest.raises(ProtocolError):
+        decode(frames)
+
+
+def test_absurd_guest_numbers_are_rejected():
+    frames = encode(envelope("guest.mem", BODIES["guest.mem"]))
+    for field, value in (("mem_used", 10**18), ("mem_available", 3_000_000), ("mem_total", 0), ("swap_free", 10**6)):
+        with pytest.raises(ProtocolError):
+            decode(repack(frames, lambda p, f=field, v=value: p["body"].update({f: v})))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=512), st.binary(max_size=64))
+def test_random_bytes_raise_only_protocol_error(payload, topic):
+    for frames in ([topic, payload], [b"sample/h1/", payload]):
+        try:
+            decode(frames)
+        except ProtocolError:
+            pass
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(KINDS), cut=st.integers(min_value=0, max_value=10_000), flip=st.integers(min_value=0, max_value=10_000), byte=st.integers(0, 255))
+def test_truncated_or_corrupted_frames_raise_only_protocol_error(kind, cut, flip, byte):
+    topic, payload = encode(envelope(kind, BODIES[kind]))
+    truncated = payload[: cut % (len(payload) + 1)]
+    corrupted = bytearray(payload)
+    corrupted[flip % len(payload)] = byte
+    for candidate in (truncated, bytes(corrupted)):
+        try:
+            env = decode([topic, candidate])
+        except ProtocolError:
+            continue
+        assert env.kind == kind  # a corruption that still decodes must still be a valid message
+
+
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats() | st.text(max_size=20) | st.binary(max_size=20),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(KINDS), field=st.sampled_from(["v", "kind", "host", "src", "epoch", "seq", "ts", "period", "body"]), value=msgpack_values)
+def test_wrongly_typed_envelope_fields_raise_only_protocol_error(kind, field, value):
+    frames = repack(encode(envelope(kind, BODIES[kind])), lambda p: p.update({field: value}))
+    try:
+        decode(frames)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(KINDS), value=msgpack_values, data=st.data())
+def test_wrongly_typed_body_fields_raise_only_protocol_error(kind, value, data):
+    body_keys = sorted(msgpack.unpackb(encode(envelope(kind, BODIES[kind]))[1], raw=False, ext_hook=msgpack.ExtType)["body"])
+    field = data.draw(st.sampled_from(body_keys))
+    frames = repack(encode(envelope(kind, BODIES[kind])), lambda p: p["body"].update({field: value}))
+    try:
+        decode(frames)
+    except ProtocolError:
+        pass
+
+
+def test_encode_refuses_a_body_of_the_wrong_kind():
+    with pytest.raises(ProtocolError):
+        encode(envelope("alloc", BODIES["sample"]))
+
+
+def test_large_batch_round_trips():
+    n = 10_000
+    vms = [str(uuid.UUID(int=i + 1)) for i in range(n)]
+    body = Alloc(vms, np.ones((n, 4)), np.zeros((n, 4)), np.ones((n, 4)), np.ones((n, 4)), np.full(4, 1e12), ["fit"] * 4, "rescoin", "estimate")
+    back = decode(encode(envelope("alloc", body)))
+    assert back.body.alloc.shape == (n, 4) and back.body.vms[-1] == vms[-1]
+
+
+def test_spec_document_and_code_agree_on_version_and_kinds():
+    spec = (Path(__file__).resolve().parents[2] / "proto" / "README.md").read_text()
+    assert f"Protocol version: **{PROTOCOL_VERSION}**" in spec
+    for kind in KINDS:
+        assert f"### `{kind}`" in spec
+    for body in BODIES.values():
+        wire = body.to_wire()
+        for key in wire:
+            assert f"| `{key}` |" in spec, f"{key} is not documented in proto/README.md"
