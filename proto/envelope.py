@@ -48,7 +48,9 @@ ENVELOPE_FIELDS = ("v", "kind", "host", "src", "epoch", "seq", "ts", "period", "
 def check_name(value: object, field: str) -> str:
     """A host name or publisher id: 1-128 chars of [A-Za-z0-9_.:-], no '/'."""
     if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise ProtocolError(f"must be a name of [A-Za-z0-9_.:-] (1-128 chars), got {value!r:.80}", field)
+        raise ProtocolError(
+            f"must be a name of [A-Za-z0-9_.:-] (1-128 chars), got {value!r:.80}", field
+        )
     return value
 
 
@@ -67,7 +69,9 @@ def check_int(value: object, field: str, lo: int = 0, hi: int = _INT64_MAX) -> i
 
 def check_str(value: object, field: str, max_len: int = 1024) -> str:
     if not isinstance(value, str) or len(value) > max_len:
-        raise ProtocolError(f"must be a string of at most {max_len} chars, got {type(value).__name__}", field)
+        raise ProtocolError(
+            f"must be a string of at most {max_len} chars, got {type(value).__name__}", field
+        )
     return value
 
 
@@ -77,7 +81,9 @@ def check_map(value: object, field: str) -> Mapping[str, Any]:
     return value
 
 
-def require_keys(body: Mapping[str, Any], required: Sequence[str], optional: Sequence[str], where: str) -> None:
+def require_keys(
+    body: Mapping[str, Any], required: Sequence[str], optional: Sequence[str], where: str
+) -> None:
     """Exactly the documented keys: missing ones are errors, unknown ones too."""
     missing = [k for k in required if k not in body]
     if missing:
@@ -139,7 +145,9 @@ class Envelope:
         return make_topic(self.kind, self.topic_key)
 
 
-def pack_frames(env: Envelope, body_map: Mapping[str, Any], default: Callable[[Any], Any] | None = None) -> list[bytes]:
+def pack_frames(
+    env: Envelope, body_map: Mapping[str, Any], default: Callable[[Any], Any] | None = None
+) -> list[bytes]:
     payload = {
         "v": env.v,
         "kind": env.kind,
@@ -181,17 +189,24 @@ def unpack_frames(
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises many types for bad bytes
-        raise ProtocolError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})"[:300], "payload") from exc
+        raise ProtocolError(
+            f"payload is not valid msgpack ({type(exc).__name__}: {exc})"[:300], "payload"
+        ) from exc
     payload = dict(check_map(payload, "payload"))
     require_keys(payload, ENVELOPE_FIELDS, (), "envelope")
     version = payload["v"]
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported protocol version {version!r:.20} (this side speaks {PROTOCOL_VERSION})", "v")
+        raise ProtocolError(
+            f"unsupported protocol version {version!r:.20} (this side speaks {PROTOCOL_VERSION})",
+            "v",
+        )
     kind = payload["kind"]
     if kind not in KINDS:
         raise ProtocolError(f"unknown kind {kind!r:.40}", "kind")
     if kind != topic_kind:
-        raise ProtocolError(f"topic kind {topic_kind!r} does not match payload kind {kind!r}", "topic")
+        raise ProtocolError(
+            f"topic kind {topic_kind!r} does not match payload kind {kind!r}", "topic"
+        )
     check_name(payload["host"], "host")
     check_name(payload["src"], "src")
     check_int(payload["epoch"], "epoch")
@@ -199,7 +214,9 @@ def unpack_frames(
     check_int(payload["ts"], "ts")
     check_int(payload["period"], "period")
     if kind != KIND_GUEST_MEM and topic_key != payload["host"]:
-        raise ProtocolError(f"topic host {topic_key!r} does not match payload host {payload['host']!r}", "topic")
+        raise ProtocolError(
+            f"topic host {topic_key!r} does not match payload host {payload['host']!r}", "topic"
+        )
     check_map(payload["body"], "body")
     return kind, topic_key, payload
 

@@ -58,7 +58,9 @@ def _check_vms(value: Any, field_name: str = "body.vms") -> list[str]:
     return value
 
 
-def _check_str_list(value: Any, field_name: str, n: int, allowed: Sequence[str] | None = None) -> list[str]:
+def _check_str_list(
+    value: Any, field_name: str, n: int, allowed: Sequence[str] | None = None
+) -> list[str]:
     if not isinstance(value, list) or len(value) != n:
         raise ProtocolError(f"must be a list of {n} strings", field_name)
     for i, item in enumerate(value):
@@ -69,7 +71,12 @@ def _check_str_list(value: Any, field_name: str, n: int, allowed: Sequence[str] 
 
 
 def _check_float(value: Any, field_name: str, lo: float = 0.0, hi: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not lo <= value <= hi:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not lo <= value <= hi
+    ):
         raise ProtocolError(f"must be a finite number in [{lo}, {hi}]", field_name)
     return float(value)
 
@@ -139,7 +146,12 @@ class Estimate:
     WIRE: ClassVar[tuple[str, ...]] = ("vms", "est", "predictor", "params")
 
     def to_wire(self) -> dict[str, Any]:
-        return {"vms": list(self.vms), "est": self.estimate, "predictor": list(self.predictor), "params": dict(self.params)}
+        return {
+            "vms": list(self.vms),
+            "est": self.estimate,
+            "predictor": list(self.predictor),
+            "params": dict(self.params),
+        }
 
     @classmethod
     def from_wire(cls, body: Mapping[str, Any]) -> Estimate:
@@ -167,7 +179,17 @@ class Alloc:
     policy: str
     estimate_source: str  # estimate | last_use (the predictor's estimate was missing)
 
-    WIRE: ClassVar[tuple[str, ...]] = ("vms", "alloc", "coins", "tc", "au", "C", "mode", "policy", "est_src")
+    WIRE: ClassVar[tuple[str, ...]] = (
+        "vms",
+        "alloc",
+        "coins",
+        "tc",
+        "au",
+        "C",
+        "mode",
+        "policy",
+        "est_src",
+    )
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -216,7 +238,16 @@ class Applied:
     backend: str
     writes: int  # backend calls that changed something
 
-    WIRE: ClassVar[tuple[str, ...]] = ("vms", "set", "before", "errors", "latency_s", "mode", "backend", "writes")
+    WIRE: ClassVar[tuple[str, ...]] = (
+        "vms",
+        "set",
+        "before",
+        "errors",
+        "latency_s",
+        "mode",
+        "backend",
+        "writes",
+    )
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -243,7 +274,9 @@ class Applied:
             require_keys(err, ("vm", "resource", "error"), (), f"body.errors[{i}]")
             check_str(err["vm"], f"body.errors[{i}].vm", 64)
             if err["resource"] not in RESOURCES + ("all",):
-                raise ProtocolError("resource must be cpu, mem, disk, net or all", f"body.errors[{i}].resource")
+                raise ProtocolError(
+                    "resource must be cpu, mem, disk, net or all", f"body.errors[{i}].resource"
+                )
             check_str(err["error"], f"body.errors[{i}].error", 2000)
         if body["mode"] not in APPLY_MODES:
             raise ProtocolError(f"must be one of {APPLY_MODES}", "body.mode")
@@ -273,7 +306,9 @@ def encode(env: Envelope) -> list[bytes]:
     """Envelope -> ``[topic, payload]`` frames."""
     body_type = BODY_TYPES.get(env.kind)
     if body_type is None or not isinstance(env.body, body_type):
-        raise ProtocolError(f"body of a {env.kind!r} message must be {getattr(body_type, '__name__', '?')}", "body")
+        raise ProtocolError(
+            f"body of a {env.kind!r} message must be {getattr(body_type, '__name__', '?')}", "body"
+        )
     return pack_frames(env, env.body.to_wire(), default=pack_default)
 
 

@@ -14,14 +14,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("rescoin.services.tools.replay", "publish a recorded file back onto a bus"),
     "status": ("rescoin.services.tools.status", "liveness of every service on every host, from hb"),
     "evaluate": ("rescoin.services.tools.evaluate", "run policies and predictors over real traces"),
-    "keys": ("rescoin.services.tools.keys", "create and list CURVE keys for the bus and guest agents"),
+    "keys": (
+        "rescoin.services.tools.keys",
+        "create and list CURVE keys for the bus and guest agents",
+    ),
     "config": ("rescoin.services.tools.config", "print the example config or check a config file"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="rescoin", description="ResCoin: fair sharing of a virtualization host.")
+    parser = argparse.ArgumentParser(
+        prog="rescoin", description="ResCoin: fair sharing of a virtualization host."
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
         subparsers.add_parser(name, help=help_text, add_help=False)

@@ -10,7 +10,7 @@ from tests.support import libvirtd as libvirtd_support
 
 @pytest.fixture(scope="session")
 def libvirtd():
-    """A running libvirtd (qemu:///system and test+unix:///default); stopped at the end if we started it."""
+    """A running libvirtd (qemu:///system, test+unix:///default); stopped if we started it."""
     reason = libvirtd_support.missing_reason()
     if reason:
         pytest.skip(reason)

@@ -17,7 +17,6 @@ import threading
 import time
 
 import zmq
-
 from rescoin.proto import KIND_HB, Heartbeat
 
 from ..runtime.config import Config
@@ -27,8 +26,14 @@ from ..runtime.support import StopFlag, load_curve_keypair
 log = logging.getLogger("rescoin.bus")
 
 STAT_NAMES = (
-    "in_frames", "in_bytes", "xsub_sent_frames", "xsub_sent_bytes",
-    "xpub_received_frames", "xpub_received_bytes", "out_frames", "out_bytes",
+    "in_frames",
+    "in_bytes",
+    "xsub_sent_frames",
+    "xsub_sent_bytes",
+    "xpub_received_frames",
+    "xpub_received_bytes",
+    "out_frames",
+    "out_bytes",
 )  # the order of libzmq's STATISTICS reply: frontend in/out, backend in/out
 
 
@@ -56,7 +61,9 @@ class Bus:
         self.control.bind(control_addr)
         proxy_control = ctx.socket(zmq.PAIR)
         proxy_control.connect(control_addr)
-        self.thread = threading.Thread(target=self._run_proxy, args=(proxy_control,), name="bus-proxy", daemon=True)
+        self.thread = threading.Thread(
+            target=self._run_proxy, args=(proxy_control,), name="bus-proxy", daemon=True
+        )
 
     def _run_proxy(self, proxy_control: zmq.Socket) -> None:
         try:
@@ -72,7 +79,10 @@ class Bus:
     def statistics(self) -> dict[str, int]:
         self.control.send(b"STATISTICS")
         reply = self.control.recv_multipart()
-        return {name: struct.unpack("<Q", value)[0] for name, value in zip(STAT_NAMES, reply, strict=True)}
+        return {
+            name: struct.unpack("<Q", value)[0]
+            for name, value in zip(STAT_NAMES, reply, strict=True)
+        }
 
     def stop(self) -> None:
         self.control.send(b"TERMINATE")
@@ -103,7 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     hb_sock.connect(cfg.bus.pub_endpoint)
     publisher = Publisher(hb_sock, cfg.host.name, "bus")
     period_s = cfg.host.period_s
-    log.info("bus up: publishers -> %s, subscribers -> %s (host %s)", cfg.bus.pub_endpoint, cfg.bus.sub_endpoint, cfg.host.name)
+    log.info(
+        "bus up: publishers -> %s, subscribers -> %s (host %s)",
+        cfg.bus.pub_endpoint,
+        cfg.bus.sub_endpoint,
+        cfg.host.name,
+    )
     try:
         while not stop.stopping:
             now = time.time()
@@ -118,7 +133,14 @@ def main(argv: list[str] | None = None) -> int:
                     "sent_bytes": stats["out_bytes"],
                     "subscription_frames": stats["xpub_received_frames"],
                 }
-                hb = Heartbeat("bus", "ok", period_s, counters, {"pub_endpoint": cfg.bus.pub_endpoint, "sub_endpoint": cfg.bus.sub_endpoint}, [])
+                hb = Heartbeat(
+                    "bus",
+                    "ok",
+                    period_s,
+                    counters,
+                    {"pub_endpoint": cfg.bus.pub_endpoint, "sub_endpoint": cfg.bus.sub_endpoint},
+                    [],
+                )
                 publisher.send(KIND_HB, current_period(time.time(), period_s) - 1, hb)
         log.info("stopping on %s", stop.signal_name)
     finally:

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import zmq
-
 from rescoin.proto import KIND_HB, Envelope, Heartbeat, ProtocolError
 from rescoin.proto.messages import decode, encode
 
@@ -77,7 +76,9 @@ def current_period(now: float, period_s: float) -> int:
 class Publisher:
     """Stamps bodies into envelopes (host, src, epoch, seq, ts) and sends them."""
 
-    def __init__(self, sock: zmq.Socket, host: str, src: str, clock_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self, sock: zmq.Socket, host: str, src: str, clock_ns: Callable[[], int] = time.time_ns
+    ) -> None:
         self.sock = sock
         self.host = host
         self.src = src
@@ -86,7 +87,16 @@ class Publisher:
         self.seq = 0
 
     def envelope(self, kind: str, period: int, body: Any) -> Envelope:
-        env = Envelope(kind=kind, host=self.host, src=self.src, epoch=self.epoch, seq=self.seq, ts=self.clock_ns(), period=period, body=body)
+        env = Envelope(
+            kind=kind,
+            host=self.host,
+            src=self.src,
+            epoch=self.epoch,
+            seq=self.seq,
+            ts=self.clock_ns(),
+            period=period,
+            body=body,
+        )
         self.seq += 1
         return env
 
@@ -119,7 +129,9 @@ class InputFilter:
         return True
 
 
-def bus_sockets(ctx: zmq.Context, cfg: Config, subscriptions: Sequence[bytes]) -> tuple[zmq.Socket, zmq.Socket]:
+def bus_sockets(
+    ctx: zmq.Context, cfg: Config, subscriptions: Sequence[bytes]
+) -> tuple[zmq.Socket, zmq.Socket]:
     """A PUB connected to the bus's XSUB side and a SUB connected to its XPUB side."""
     pub = ctx.socket(zmq.PUB)
     sub = ctx.socket(zmq.SUB)
@@ -143,7 +155,9 @@ class ServiceLoop:
 
     MAX_BATCH = 1000  # messages handled before the clock is checked again
 
-    def __init__(self, stage: Stage, cfg: Config, counters: Counters, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, stage: Stage, cfg: Config, counters: Counters, clock: Callable[[], float] = time.time
+    ) -> None:
         self.stage = stage
         self.cfg = cfg
         self.counters = counters
@@ -161,7 +175,14 @@ class ServiceLoop:
         next_tick = (current_period(self.clock(), period_s) + 1) * period_s
         poller = zmq.Poller()
         poller.register(sub, zmq.POLLIN)
-        self.logger.info("started: host %s, period %.3f s, bus %s / %s (config: %s)", self.cfg.host.name, period_s, self.cfg.bus.pub_endpoint, self.cfg.bus.sub_endpoint, self.cfg.source)
+        self.logger.info(
+            "started: host %s, period %.3f s, bus %s / %s (config: %s)",
+            self.cfg.host.name,
+            period_s,
+            self.cfg.bus.pub_endpoint,
+            self.cfg.bus.sub_endpoint,
+            self.cfg.source,
+        )
         try:
             while not self.stop.stopping:
                 timeout_ms = max(0.0, (next_tick - self.clock()) * 1000)
@@ -227,8 +248,18 @@ class ServiceLoop:
 
 def common_arguments(parser: argparse.ArgumentParser) -> None:
     """--config, --set and the few keys every service takes as flags."""
-    parser.add_argument("--config", default=os.environ.get("RESCOIN_CONFIG"), help="TOML config file (default: $RESCOIN_CONFIG, else built-in defaults)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key (repeatable)")
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("RESCOIN_CONFIG"),
+        help="TOML config file (default: $RESCOIN_CONFIG, else built-in defaults)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config key (repeatable)",
+    )
     parser.add_argument("--host", help="host name on the bus (host.name)")
     parser.add_argument("--period", type=float, help="control period in seconds (host.period_s)")
     parser.add_argument("--state-dir", help="state directory (host.state_dir)")
@@ -237,7 +268,11 @@ def common_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
     """Load the config named by the common arguments; on error print it and exit 2."""
     overrides = list(args.set)
-    for flag, key in (("host", "host.name"), ("period", "host.period_s"), ("state_dir", "host.state_dir")):
+    for flag, key in (
+        ("host", "host.name"),
+        ("period", "host.period_s"),
+        ("state_dir", "host.state_dir"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}")

@@ -15,16 +15,30 @@ def _default_host_name() -> str:
 
 
 def _valid_host_name(value: str) -> str | None:
-    return None if value == "" or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}", value) else "must be 1-128 of [A-Za-z0-9_.:-]"
+    return (
+        None
+        if value == "" or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}", value)
+        else "must be 1-128 of [A-Za-z0-9_.:-]"
+    )
 
 
 @dataclass
 class HostSettings:
     """This host: its name on the bus, the control period, where state lives."""
 
-    name: str = setting("", "host name in topics (sample/<name>/); empty = this machine's hostname", _valid_host_name)
-    period_s: float = setting(1.0, "control period in seconds; every stage agrees on p = floor(unix_time / period_s)", between(0.1, 3600))
-    state_dir: str = setting("/var/lib/rescoin", "directory for state files (coin ledger, original tunables, logs)")
+    name: str = setting(
+        "",
+        "host name in topics (sample/<name>/); empty = this machine's hostname",
+        _valid_host_name,
+    )
+    period_s: float = setting(
+        1.0,
+        "control period in seconds; every stage agrees on p = floor(unix_time / period_s)",
+        between(0.1, 3600),
+    )
+    state_dir: str = setting(
+        "/var/lib/rescoin", "directory for state files (coin ledger, original tunables, logs)"
+    )
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -35,11 +49,24 @@ class HostSettings:
 class BusSettings:
     """The per-host bus: publishers connect to pub_endpoint, subscribers to sub_endpoint."""
 
-    pub_endpoint: str = setting("tcp://127.0.0.1:7710", "bus XSUB side: where publishers connect (the bus binds it)")
-    sub_endpoint: str = setting("tcp://127.0.0.1:7711", "bus XPUB side: where subscribers connect (the bus binds it)")
-    hwm: int = setting(10000, "high-water mark (messages) per socket; past it messages to a slow peer are dropped, never blocking publishers", positive)
-    curve_server_key: str = setting("", "CURVE: secret key file of the bus (z85 cert from `rescoin keys`) to require encryption on both sides; empty = plain TCP")
-    curve_client_key: str = setting("", "CURVE: secret key file services and tools use to reach a CURVE bus; empty = plain TCP")
+    pub_endpoint: str = setting(
+        "tcp://127.0.0.1:7710", "bus XSUB side: where publishers connect (the bus binds it)"
+    )
+    sub_endpoint: str = setting(
+        "tcp://127.0.0.1:7711", "bus XPUB side: where subscribers connect (the bus binds it)"
+    )
+    hwm: int = setting(
+        10000,
+        "messages queued per peer; past it a slow peer loses messages, publishers never block",
+        positive,
+    )
+    curve_server_key: str = setting(
+        "",
+        "CURVE: the bus's secret cert (`rescoin keys`); set = encrypted bus; empty = plain TCP",
+    )
+    curve_client_key: str = setting(
+        "", "CURVE: secret key file services and tools use to reach a CURVE bus; empty = plain TCP"
+    )
     curve_server_public: str = setting("", "CURVE: the bus's public key file, for clients")
 
 
@@ -48,4 +75,6 @@ class LogSettings:
     """Logging goes to stderr in one format; supervisord captures it."""
 
     level: str = setting("INFO", "log level", one_of("DEBUG", "INFO", "WARNING", "ERROR"))
-    max_warnings_per_period: int = setting(10, "bad-input warnings logged per period before they are only counted", positive)
+    max_warnings_per_period: int = setting(
+        10, "bad-input warnings logged per period before they are only counted", positive
+    )

@@ -11,7 +11,11 @@ from ..runtime.config import ConfigError, example_toml, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("example", "check", "show"), help="example: annotated defaults; check: validate FILE; show: the effective config as JSON")
+    parser.add_argument(
+        "action",
+        choices=("example", "check", "show"),
+        help="example: annotated defaults; check: validate FILE; show: effective config (JSON)",
+    )
     parser.add_argument("file", nargs="?", help="config file (check, show)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
 

@@ -8,10 +8,10 @@ import uuid
 import numpy as np
 import pytest
 import zmq
-
 from rescoin.proto import Heartbeat
 from rescoin.proto.messages import Estimate, decode
 from rescoin.services.runtime.service import Publisher
+
 from tests.support.bus import running_bus, wait_for
 
 VMS = [str(uuid.UUID(int=1))]
@@ -49,7 +49,9 @@ def drain(sub: zmq.Socket, timeout_ms: int = 300) -> list[list[bytes]]:
     return got
 
 
-def publish_until_seen(pub: Publisher, sub: zmq.Socket, kind: str = "estimate", timeout_s: float = 10.0) -> bool:
+def publish_until_seen(
+    pub: Publisher, sub: zmq.Socket, kind: str = "estimate", timeout_s: float = 10.0
+) -> bool:
     """PUB/SUB joins are asynchronous: publish until the subscriber sees one."""
     return wait_for(lambda: bool(pub.send(kind, 1, estimate())) and sub.poll(50) != 0, timeout_s)
 

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import zmq
-
 from rescoin.proto import Envelope
 from rescoin.proto.messages import decode
 
@@ -26,13 +25,26 @@ class BusProcess:
     proc: subprocess.Popen | None = None
 
     def overrides(self) -> list[str]:
-        return [f"bus.pub_endpoint='{self.pub_endpoint}'", f"bus.sub_endpoint='{self.sub_endpoint}'"]
+        return [
+            f"bus.pub_endpoint='{self.pub_endpoint}'",
+            f"bus.sub_endpoint='{self.sub_endpoint}'",
+        ]
 
     def start(self, host: str = "h1", period_s: float = 0.2) -> None:
-        args = [sys.executable, "-m", "rescoin.services.bus.main", "--host", host, "--period", str(period_s)]
+        args = [
+            sys.executable,
+            "-m",
+            "rescoin.services.bus.main",
+            "--host",
+            host,
+            "--period",
+            str(period_s),
+        ]
         for item in self.overrides():
             args += ["--set", item]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
@@ -53,7 +65,9 @@ def running_bus(host: str = "h1", period_s: float = 0.2) -> Iterator[BusProcess]
         bus.stop()
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0, interval_s: float = 0.02) -> bool:
+def wait_for(
+    predicate: Callable[[], bool], timeout_s: float = 10.0, interval_s: float = 0.02
+) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():

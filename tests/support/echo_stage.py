@@ -7,7 +7,13 @@ import argparse
 
 from rescoin.proto import Envelope, topic_prefix
 from rescoin.proto.messages import Estimate
-from rescoin.services.runtime.service import Health, Outgoing, common_arguments, config_from_args, run_stage
+from rescoin.services.runtime.service import (
+    Health,
+    Outgoing,
+    common_arguments,
+    config_from_args,
+    run_stage,
+)
 from rescoin.services.runtime.support import Counters
 
 
@@ -23,7 +29,9 @@ class EchoStage:
 
     def on_message(self, env: Envelope) -> list[Outgoing]:
         body = env.body
-        return [Outgoing("estimate", env.period + 1, Estimate(body.vms, body.usage, ["echo"] * 4, {}))]
+        return [
+            Outgoing("estimate", env.period + 1, Estimate(body.vms, body.usage, ["echo"] * 4, {}))
+        ]
 
     def on_period(self, ended_period: int) -> list[Outgoing]:
         self.periods += 1
@@ -33,7 +41,11 @@ class EchoStage:
         return Health("ok", {"periods": self.periods})
 
     def close(self) -> list[Outgoing]:
-        return [Outgoing("estimate", 0, Estimate([], __import__("numpy").zeros((0, 4)), ["bye"] * 4, {}))]
+        return [
+            Outgoing(
+                "estimate", 0, Estimate([], __import__("numpy").zeros((0, 4)), ["bye"] * 4, {})
+            )
+        ]
 
 
 def main() -> int:

@@ -51,11 +51,29 @@ def _prepare() -> None:
         subprocess.run(cmd, capture_output=True)
     if subprocess.run(["getent", "passwd", "libvirt-qemu"], capture_output=True).returncode != 0:
         subprocess.run(
-            ["useradd", "--system", "-g", "kvm", "-G", "libvirt-qemu", "-d", "/var/lib/libvirt", "-M", "-s", "/usr/sbin/nologin", "libvirt-qemu"],
+            [
+                "useradd",
+                "--system",
+                "-g",
+                "kvm",
+                "-G",
+                "libvirt-qemu",
+                "-d",
+                "/var/lib/libvirt",
+                "-M",
+                "-s",
+                "/usr/sbin/nologin",
+                "libvirt-qemu",
+            ],
             check=True,
             capture_output=True,
         )
-    for d in ("/var/log/libvirt/qemu", "/var/lib/libvirt/qemu", "/var/cache/libvirt", "/etc/libvirt"):
+    for d in (
+        "/var/log/libvirt/qemu",
+        "/var/lib/libvirt/qemu",
+        "/var/cache/libvirt",
+        "/etc/libvirt",
+    ):
         Path(d).mkdir(parents=True, exist_ok=True)
     conf = Path("/etc/libvirt/qemu.conf")
     if not conf.exists():
@@ -68,7 +86,9 @@ class Daemons:
     netns: str | None = None
 
 
-def start(log_dir: str = "/tmp/rescoin-libvirtd", netns: str | None = None, timeout_s: float = 60.0) -> Daemons:
+def start(
+    log_dir: str = "/tmp/rescoin-libvirtd", netns: str | None = None, timeout_s: float = 60.0
+) -> Daemons:
     """Start virtlogd and libvirtd unless they already run; wait until qemu:///system answers.
 
     ``netns``: start libvirtd inside that network namespace (nsenter --net, not
@@ -91,9 +111,14 @@ def start(log_dir: str = "/tmp/rescoin-libvirtd", netns: str | None = None, time
         subprocess.run(cmd, check=True, env=env)
         started.append("libvirtd")
     deadline = time.monotonic() + timeout_s
-    while subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True).returncode != 0:
+    while (
+        subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True).returncode
+        != 0
+    ):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"libvirtd did not answer within {timeout_s} s; see {log_dir}/libvirtd.log")
+            raise RuntimeError(
+                f"libvirtd did not answer within {timeout_s} s; see {log_dir}/libvirtd.log"
+            )
         time.sleep(0.2)
     return Daemons(started, netns)
 

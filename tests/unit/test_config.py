@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from rescoin.services.runtime.config import ConfigError, example_toml, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +46,9 @@ def test_bad_config_is_refused_naming_the_key(tmp_path, text, key):
 
 def test_the_committed_example_is_the_schema_with_its_defaults():
     committed = (ROOT / "deploy" / "rescoin.example.toml").read_text()
-    assert committed == example_toml(), "regenerate: rescoin config example > deploy/rescoin.example.toml"
+    assert committed == example_toml(), (
+        "regenerate: rescoin config example > deploy/rescoin.example.toml"
+    )
 
 
 def test_the_example_itself_loads(tmp_path):

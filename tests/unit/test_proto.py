@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 import uuid
+from pathlib import Path
 
 import msgpack
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from rescoin.proto import (
     KINDS,
     PROTOCOL_VERSION,
@@ -36,20 +35,65 @@ def mat(n: int = 3, lo: float = 0.0) -> np.ndarray:
 
 
 def envelope(kind: str, body, host: str = "h1", period: int = 100) -> Envelope:
-    return Envelope(kind=kind, host=host, src="test", epoch=1_700_000_000_000_000_000, seq=5, ts=1_700_000_000_500_000_000, period=period, body=body)
+    return Envelope(
+        kind=kind,
+        host=host,
+        src="test",
+        epoch=1_700_000_000_000_000_000,
+        seq=5,
+        ts=1_700_000_000_500_000_000,
+        period=period,
+        body=body,
+    )
 
 
 def sample_body(n: int = 3) -> Sample:
-    return Sample(np.array([2.0, 8e9, 1e8, 1e8]), VMS[:n], [f"vm{i}" for i in range(n)], mat(n), mat(n), ["guest", "balloon", "none"][:n], 1.0)
+    return Sample(
+        np.array([2.0, 8e9, 1e8, 1e8]),
+        VMS[:n],
+        [f"vm{i}" for i in range(n)],
+        mat(n),
+        mat(n),
+        ["guest", "balloon", "none"][:n],
+        1.0,
+    )
 
 
 BODIES = {
     "guest.mem": GuestMem(VMS[0], 2_000_000, 500_000, 1_500_000, 100, 50, "0.1.0"),
     "sample": sample_body(),
-    "estimate": Estimate(VMS, mat(), ["ewma_dev", "ewma_dev", "ewma", "last"], {"alpha": 0.7, "beta": 1.0}),
-    "alloc": Alloc(VMS, mat(), mat(lo=-5), mat(), mat(), np.array([2.0, 8e9, 1e8, 1e8]), ["fit", "contended", "fit", "fit"], "rescoin", "estimate"),
-    "applied": Applied(VMS, mat(lo=-1), mat(lo=-1), [{"vm": VMS[1], "resource": "disk", "error": "no such disk"}], 0.004, "normal", "libvirt", 7),
-    "hb": Heartbeat("monitor", "ok", 1.0, {"received": 3, "sent": 2}, {"backend": "libvirt", "pid": 42}, ["12:00:00 body: bad"]),
+    "estimate": Estimate(
+        VMS, mat(), ["ewma_dev", "ewma_dev", "ewma", "last"], {"alpha": 0.7, "beta": 1.0}
+    ),
+    "alloc": Alloc(
+        VMS,
+        mat(),
+        mat(lo=-5),
+        mat(),
+        mat(),
+        np.array([2.0, 8e9, 1e8, 1e8]),
+        ["fit", "contended", "fit", "fit"],
+        "rescoin",
+        "estimate",
+    ),
+    "applied": Applied(
+        VMS,
+        mat(lo=-1),
+        mat(lo=-1),
+        [{"vm": VMS[1], "resource": "disk", "error": "no such disk"}],
+        0.004,
+        "normal",
+        "libvirt",
+        7,
+    ),
+    "hb": Heartbeat(
+        "monitor",
+        "ok",
+        1.0,
+        {"received": 3, "sent": 2},
+        {"backend": "libvirt", "pid": 42},
+        ["12:00:00 body: bad"],
+    ),
 }
 
 
@@ -80,7 +124,9 @@ def test_topic_is_kind_slash_host_slash_and_guest_topic_uses_vm_uuid():
 
 
 def test_arrays_travel_as_extension_not_float_lists():
-    payload = msgpack.unpackb(encode(envelope("sample", BODIES["sample"]))[1], raw=False, ext_hook=lambda c, d: ("ext", c))
+    payload = msgpack.unpackb(
+        encode(envelope("sample", BODIES["sample"]))[1], raw=False, ext_hook=lambda c, d: ("ext", c)
+    )
     assert payload["body"]["tc"] == ("ext", EXT_NDARRAY)
     assert payload["v"] == PROTOCOL_VERSION
 
@@ -99,7 +145,9 @@ def repack(frames, mutate):
 
 
 def arr_ext(a: np.ndarray) -> msgpack.ExtType:
-    return msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<f8", list(a.shape), a.astype("<f8").tobytes()]))
+    return msgpack.ExtType(
+        EXT_NDARRAY, msgpack.packb(["<f8", list(a.shape), a.astype("<f8").tobytes()])
+    )
 
 
 BAD_MUTATIONS = {
@@ -121,9 +169,15 @@ BAD_MUTATIONS = {
     "duplicate vm": lambda p: p["body"].update(vms=[VMS[0], VMS[0], VMS[1]]),
     "vm not a uuid": lambda p: p["body"].update(vms=["vm-1", VMS[1], VMS[2]]),
     "unknown mem source": lambda p: p["body"].update(mem_src=["guest", "balloon", "psychic"]),
-    "wrong dtype": lambda p: p["body"].update(tc=msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<i8", [3, 4], b"\0" * 96]))),
-    "short array bytes": lambda p: p["body"].update(tc=msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<f8", [3, 4], b"\0" * 95]))),
-    "huge shape": lambda p: p["body"].update(tc=msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<f8", [2**40, 4], b""]))),
+    "wrong dtype": lambda p: p["body"].update(
+        tc=msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<i8", [3, 4], b"\0" * 96]))
+    ),
+    "short array bytes": lambda p: p["body"].update(
+        tc=msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<f8", [3, 4], b"\0" * 95]))
+    ),
+    "huge shape": lambda p: p["body"].update(
+        tc=msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<f8", [2**40, 4], b""]))
+    ),
     "unknown extension": lambda p: p["body"].update(tc=msgpack.ExtType(9, b"x")),
 }
 
@@ -148,7 +202,15 @@ def test_topic_must_agree_with_payload():
 
 @pytest.mark.parametrize(
     "frames",
-    [[], [b"sample/h1/"], [b"a", b"b", b"c"], b"sample/h1/", [b"sample/h1", b"\x80"], [b"\xff\xfe/h1/", b"\x80"], [b"sample/h1/", b"\xc1"]],
+    [
+        [],
+        [b"sample/h1/"],
+        [b"a", b"b", b"c"],
+        b"sample/h1/",
+        [b"sample/h1", b"\x80"],
+        [b"\xff\xfe/h1/", b"\x80"],
+        [b"sample/h1/", b"\xc1"],
+    ],
 )
 def test_malformed_framing_is_rejected(frames):
     with pytest.raises(ProtocolError):
@@ -157,7 +219,12 @@ def test_malformed_framing_is_rejected(frames):
 
 def test_absurd_guest_numbers_are_rejected():
     frames = encode(envelope("guest.mem", BODIES["guest.mem"]))
-    for field, value in (("mem_used", 10**18), ("mem_available", 3_000_000), ("mem_total", 0), ("swap_free", 10**6)):
+    for field, value in (
+        ("mem_used", 10**18),
+        ("mem_available", 3_000_000),
+        ("mem_total", 0),
+        ("swap_free", 10**6),
+    ):
         with pytest.raises(ProtocolError):
             decode(repack(frames, lambda p, f=field, v=value: p["body"].update({f: v})))
 
@@ -173,7 +240,12 @@ def test_random_bytes_raise_only_protocol_error(payload, topic):
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(KINDS), cut=st.integers(min_value=0, max_value=10_000), flip=st.integers(min_value=0, max_value=10_000), byte=st.integers(0, 255))
+@given(
+    kind=st.sampled_from(KINDS),
+    cut=st.integers(min_value=0, max_value=10_000),
+    flip=st.integers(min_value=0, max_value=10_000),
+    byte=st.integers(0, 255),
+)
 def test_truncated_or_corrupted_frames_raise_only_protocol_error(kind, cut, flip, byte):
     topic, payload = encode(envelope(kind, BODIES[kind]))
     truncated = payload[: cut % (len(payload) + 1)]
@@ -188,14 +260,25 @@ def test_truncated_or_corrupted_frames_raise_only_protocol_error(kind, cut, flip
 
 
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats() | st.text(max_size=20) | st.binary(max_size=20),
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=20,
 )
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(KINDS), field=st.sampled_from(["v", "kind", "host", "src", "epoch", "seq", "ts", "period", "body"]), value=msgpack_values)
+@given(
+    kind=st.sampled_from(KINDS),
+    field=st.sampled_from(["v", "kind", "host", "src", "epoch", "seq", "ts", "period", "body"]),
+    value=msgpack_values,
+)
 def test_wrongly_typed_envelope_fields_raise_only_protocol_error(kind, field, value):
     frames = repack(encode(envelope(kind, BODIES[kind])), lambda p: p.update({field: value}))
     try:
@@ -207,9 +290,15 @@ def test_wrongly_typed_envelope_fields_raise_only_protocol_error(kind, field, va
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.sampled_from(KINDS), value=msgpack_values, data=st.data())
 def test_wrongly_typed_body_fields_raise_only_protocol_error(kind, value, data):
-    body_keys = sorted(msgpack.unpackb(encode(envelope(kind, BODIES[kind]))[1], raw=False, ext_hook=msgpack.ExtType)["body"])
+    body_keys = sorted(
+        msgpack.unpackb(
+            encode(envelope(kind, BODIES[kind]))[1], raw=False, ext_hook=msgpack.ExtType
+        )["body"]
+    )
     field = data.draw(st.sampled_from(body_keys))
-    frames = repack(encode(envelope(kind, BODIES[kind])), lambda p: p["body"].update({field: value}))
+    frames = repack(
+        encode(envelope(kind, BODIES[kind])), lambda p: p["body"].update({field: value})
+    )
     try:
         decode(frames)
     except ProtocolError:
@@ -224,7 +313,17 @@ def test_encode_refuses_a_body_of_the_wrong_kind():
 def test_large_batch_round_trips():
     n = 10_000
     vms = [str(uuid.UUID(int=i + 1)) for i in range(n)]
-    body = Alloc(vms, np.ones((n, 4)), np.zeros((n, 4)), np.ones((n, 4)), np.ones((n, 4)), np.full(4, 1e12), ["fit"] * 4, "rescoin", "estimate")
+    body = Alloc(
+        vms,
+        np.ones((n, 4)),
+        np.zeros((n, 4)),
+        np.ones((n, 4)),
+        np.ones((n, 4)),
+        np.full(4, 1e12),
+        ["fit"] * 4,
+        "rescoin",
+        "estimate",
+    )
     back = decode(encode(envelope("alloc", body)))
     assert back.body.alloc.shape == (n, 4) and back.body.vms[-1] == vms[-1]
 
