@@ -130,7 +130,7 @@ class Envelope:
     host: str
     src: str
     epoch: int  # publisher start time, ns: a new value means it restarted
-    seq: int  # per-publisher counter, for gap detection
+    seq: int  # counter per publisher and topic, for gap detection
     ts: int  # send time, ns since the epoch
     period: int  # floor(unix_time / period_s) of the period the body is about
     body: Any

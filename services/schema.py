@@ -5,9 +5,19 @@ module only lists them, so every service validates the whole file.
 """
 
 from rescoin.services.runtime.settings import BusSettings, HostSettings, LogSettings
+from rescoin.services.actuator.settings import ActuatorSettings
+from rescoin.services.monitor.settings import MonitorSettings
+from rescoin.services.predictor.settings import PredictorSettings
+from rescoin.services.scheduler.settings import SchedulerSettings
+from rescoin.services.simhost.settings import SimhostSettings
 
 SECTIONS: dict[str, type] = {
     "host": HostSettings,
     "bus": BusSettings,
     "log": LogSettings,
+    "monitor": MonitorSettings,
+    "predictor": PredictorSettings,
+    "scheduler": SchedulerSettings,
+    "actuator": ActuatorSettings,
+    "simhost": SimhostSettings,
 }

@@ -84,7 +84,7 @@ class Publisher:
         self.src = src
         self.clock_ns = clock_ns
         self.epoch = clock_ns()
-        self.seq = 0
+        self.seq: dict[str, int] = {}  # per topic, so a subscriber to one topic sees no false gaps
 
     def envelope(self, kind: str, period: int, body: Any) -> Envelope:
         env = Envelope(
@@ -92,12 +92,12 @@ class Publisher:
             host=self.host,
             src=self.src,
             epoch=self.epoch,
-            seq=self.seq,
+            seq=self.seq.get(kind, 0),
             ts=self.clock_ns(),
             period=period,
             body=body,
         )
-        self.seq += 1
+        self.seq[kind] = env.seq + 1
         return env
 
     def send(self, kind: str, period: int, body: Any) -> Envelope:
@@ -112,10 +112,10 @@ class InputFilter:
     def __init__(self, counters: Counters) -> None:
         self.counters = counters
         self.last_period: dict[tuple[str, str], int] = {}
-        self.last_seq: dict[tuple[str, str], tuple[int, int]] = {}
+        self.last_seq: dict[tuple[str, str, str], tuple[int, int]] = {}
 
     def accept(self, env: Envelope) -> bool:
-        stream = (env.src, env.host)
+        stream = (env.src, env.host, env.kind)
         prev = self.last_seq.get(stream)
         if prev is not None and prev[0] == env.epoch and env.seq > prev[1] + 1:
             self.counters.inc("gaps", env.seq - prev[1] - 1)

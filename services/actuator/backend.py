@@ -1,0 +1,79 @@
+"""What the actuator drives: per VM and resource, a ceiling and a share.
+
+DESIGN §7: the template is the *guarantee* (a share proportional to it), the
+allocation the *ceiling*. Per VM and resource (cpu, mem, disk, net; units
+cores, bytes, bytes/s, bytes/s) a backend holds a Setting:
+
+* ``ceiling`` — cpu quota in cores, memory balloon target in bytes, disk and
+  net throttles in bytes/s; ``NO_LIMIT`` (-1) = none;
+* ``shares`` — the guarantee as an amount in the resource's unit (the VM's
+  template): each backend turns it into its own weight (libvirt cpu_shares =
+  1024 per core, cgroup v2 cpu.weight, htb rate...). 0 = leave unset.
+
+A backend reads what is set (so the actuator can record the originals and
+report "before"), writes changes in a batch, and says which resources it can
+enforce and how (``capabilities``). One VM's failure is returned as a
+ChangeError, never raised, so the others still get their writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+NO_LIMIT = -1.0
+RESOURCES = ("cpu", "mem", "disk", "net")
+
+
+class BackendError(RuntimeError):
+    """The backend cannot be used at all (no connection, no such cgroup root)."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    ceiling: float = NO_LIMIT
+    shares: float = 0.0
+
+
+@dataclass(frozen=True)
+class DomainLimits:
+    """What bounds a VM's settings: its memory size (the balloon's maximum)."""
+
+    name: str
+    mem_max_bytes: float
+
+
+@dataclass(frozen=True)
+class Change:
+    vm: str
+    resource: int  # index into RESOURCES
+    setting: Setting
+
+
+@dataclass(frozen=True)
+class ChangeError:
+    vm: str
+    resource: str  # cpu | mem | disk | net | all
+    error: str
+
+
+class ActuatorBackend(Protocol):
+    name: str
+
+    def domains(self) -> dict[str, DomainLimits]:
+        """The VMs this backend can act on, by UUID."""
+        ...
+
+    def read(self, vm: str) -> list[Setting]:
+        """The four settings in force for ``vm`` (cpu, mem, disk, net)."""
+        ...
+
+    def write(self, changes: list[Change]) -> list[ChangeError]:
+        """Apply ``changes``; return the ones that failed."""
+        ...
+
+    def capabilities(self) -> dict[str, str]:
+        """Per resource: how it is enforced, or why it is not ("unsupported: ...")."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,207 @@
+"""The actuator's libvirt backend (any URI).
+
+Mapping and units (DESIGN §7; libvirt wants µs, KiB and KiB/s in places):
+
+* cpu: ``cpu_shares`` = 1024 × template cores (2…262144); the ceiling as a
+  domain-wide quota, ``global_period`` = cpu_period_us and ``global_quota`` =
+  ceiling × period (µs) — or, where the driver has no global_quota,
+  ``vcpu_quota`` = ceiling × period / vcpus per vCPU; -1 = no quota. The test
+  driver knows only ``weight`` (and no *Flags scheduler calls): shares go
+  there, and a quota is reported as unsupported.
+* mem: ``setMemoryFlags(KiB, AFFECT_LIVE)`` (plain ``setMemory`` where the
+  driver lacks the flags call).
+* disk: ``setBlockIoTune(dev, total_bytes_sec)`` per disk, every other field
+  passed as 0 (libvirt keeps old values otherwise); the test driver also
+  needs ``total_bytes_sec_max``. 0 = no limit.
+* net: ``setInterfaceParameters`` inbound/outbound average in KiB/s where the
+  host kernel has what libvirt uses for it (sch_sfq, act_police), else ResCoin's
+  own tc shaping on the VM's tap (services/actuator/netshape.py); ``auto``
+  probes once and reports the choice in `hb`.
+
+Settings read back: quota → cores, cpu_shares → template cores, balloon
+(``info()[2]`` KiB), block I/O tune bytes/s, interface average KiB/s.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import libvirt
+
+from ..runtime.domxml import DomainFacts, parse_domain_xml
+from .backend import NO_LIMIT, RESOURCES, BackendError, Change, ChangeError, DomainLimits, Setting
+from .netshape import NetShaper, ShapingError
+from .settings import ActuatorSettings
+
+log = logging.getLogger("rescoin.actuator.libvirt")
+KIB = 1024
+SHARES_PER_CORE = 1024
+LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
+
+
+def _quiet(_ctx: object, _err: object) -> None:
+    """Errors are returned in `applied`, not printed by libvirt."""
+
+
+class LibvirtActuatorBackend:
+    name = "libvirt"
+
+    def __init__(self, settings: ActuatorSettings) -> None:
+        self.settings = settings
+        libvirt.registerErrorHandler(_quiet, None)
+        try:
+            self.conn = libvirt.open(settings.uri)
+        except libvirt.libvirtError as exc:
+            raise BackendError(f"cannot connect to {settings.uri}: {exc}") from exc
+        self.facts: dict[str, DomainFacts] = {}
+        self.net_mode = "off" if settings.net_shaping == "off" else ""
+        self.shaper = NetShaper()
+
+    def _domain(self, vm: str) -> libvirt.virDomain:
+        try:
+            return self.conn.lookupByUUIDString(vm)
+        except libvirt.libvirtError as exc:
+            raise BackendError(f"no domain {vm}: {exc}") from exc
+
+    def _facts(self, vm: str, dom: libvirt.virDomain) -> DomainFacts:
+        if vm not in self.facts:
+            self.facts[vm] = parse_domain_xml(dom.XMLDesc(0))
+        return self.facts[vm]
+
+    def domains(self) -> dict[str, DomainLimits]:
+        try:
+            doms = self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            return {d.UUIDString().lower(): DomainLimits(d.name(), float(d.maxMemory()) * KIB) for d in doms}
+        except libvirt.libvirtError as exc:
+            raise BackendError(f"listing domains on {self.settings.uri}: {exc}") from exc
+
+    # -- read ----------------------------------------------------------------------
+
+    def read(self, vm: str) -> list[Setting]:
+        dom = self._domain(vm)
+        try:
+            return [self._read_cpu(vm, dom), Setting(float(dom.info()[2]) * KIB, 0.0), self._read_disk(vm, dom), self._read_net(vm, dom)]
+        except libvirt.libvirtError as exc:
+            raise BackendError(f"reading {vm}: {exc}") from exc
+
+    def _read_cpu(self, vm: str, dom: libvirt.virDomain) -> Setting:
+        params = dom.schedulerParameters()
+        if "cpu_shares" not in params:
+            return Setting(NO_LIMIT, float(params.get("weight", 0)) / SHARES_PER_CORE)
+        shares = float(params["cpu_shares"]) / SHARES_PER_CORE
+        quota, period = params.get("global_quota", -1), params.get("global_period", 0)
+        if quota > 0 and period > 0:
+            return Setting(quota / period, shares)
+        quota, period = params.get("vcpu_quota", -1), params.get("vcpu_period", 0)
+        if quota > 0 and period > 0:
+            return Setting(quota / period * self._facts(vm, dom).vcpus, shares)
+        return Setting(NO_LIMIT, shares)
+
+    def _read_disk(self, vm: str, dom: libvirt.virDomain) -> Setting:
+        disks = self._facts(vm, dom).disks
+        if not disks:
+            return Setting(NO_LIMIT, 0.0)
+        total = float(dom.blockIoTune(disks[0], LIVE).get("total_bytes_sec", 0))
+        return Setting(total if total > 0 else NO_LIMIT, 0.0)
+
+    def _read_net(self, vm: str, dom: libvirt.virDomain) -> Setting:
+        nics = self._facts(vm, dom).interfaces
+        if not nics or self._net_mode(dom, nics[0]) != "libvirt":
+            return Setting(NO_LIMIT, 0.0)
+        params = dom.interfaceParameters(nics[0], LIVE)
+        average = float(params.get("inbound.average", 0)) * KIB
+        return Setting(average if average > 0 else NO_LIMIT, 0.0)
+
+    # -- write ---------------------------------------------------------------------
+
+    def write(self, changes: list[Change]) -> list[ChangeError]:
+        errors = []
+        for change in changes:
+            resource = RESOURCES[change.resource]
+            try:
+                dom = self._domain(change.vm)
+                getattr(self, f"_write_{resource}")(change.vm, dom, change.setting)
+            except (BackendError, libvirt.libvirtError, ShapingError, LookupError) as exc:
+                errors.append(ChangeError(change.vm, resource, str(exc)))
+        return errors
+
+    def _write_cpu(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
+        known = dom.schedulerParameters()
+        shares = int(min(max(round(setting.shares * SHARES_PER_CORE), 2), 262144))
+        if "cpu_shares" not in known:  # libvirt's test driver: a weight, no quota, no *Flags calls
+            dom.setSchedulerParameters({"weight": shares})
+            if setting.ceiling != NO_LIMIT:
+                raise BackendError("this driver has no cpu quota (only 'weight'): ceiling not enforced")
+            return
+        period = self.settings.cpu_period_us
+        params: dict[str, int] = {"cpu_shares": shares}
+        if "global_quota" in known:
+            params["global_period"] = period
+            params["global_quota"] = -1 if setting.ceiling == NO_LIMIT else max(int(setting.ceiling * period), 1000)
+        else:
+            vcpus = max(self._facts(vm, dom).vcpus, 1)
+            params["vcpu_period"] = period
+            params["vcpu_quota"] = -1 if setting.ceiling == NO_LIMIT else max(int(setting.ceiling * period / vcpus), 1000)
+        dom.setSchedulerParametersFlags(params, LIVE)
+
+    def _write_mem(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
+        target_kib = int((setting.ceiling if setting.ceiling != NO_LIMIT else dom.maxMemory() * KIB) // KIB)
+        try:
+            dom.setMemoryFlags(target_kib, LIVE)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT and "unsupported flags" not in str(exc):
+                raise
+            dom.setMemory(target_kib)
+
+    def _write_disk(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
+        bps = 0 if setting.ceiling == NO_LIMIT else max(int(setting.ceiling), 1)
+        params = {"total_bytes_sec": bps, "read_bytes_sec": 0, "write_bytes_sec": 0, "total_iops_sec": 0, "read_iops_sec": 0, "write_iops_sec": 0}
+        for disk in self._facts(vm, dom).disks:
+            try:
+                dom.setBlockIoTune(disk, params, LIVE)
+            except libvirt.libvirtError as exc:
+                if "cannot be set higher than" not in str(exc):
+                    raise
+                dom.setBlockIoTune(disk, {**params, "total_bytes_sec_max": bps}, LIVE)  # test-driver quirk
+
+    def _net_mode(self, dom: libvirt.virDomain, nic: str) -> str:
+        """libvirt or tc, probed once (``auto``): libvirt's shaping needs sch_sfq and act_police."""
+        if self.net_mode:
+            return self.net_mode
+        wanted = self.settings.net_shaping
+        if wanted in ("libvirt", "tc"):
+            self.net_mode = wanted
+        else:
+            try:
+                current = dom.interfaceParameters(nic, LIVE)
+                dom.setInterfaceParameters(nic, {"inbound.average": max(int(current.get("inbound.average", 0)), 0) or 0}, LIVE)
+                self.net_mode = "libvirt" if NetShaper.kernel_has_libvirt_shaping() else "tc"
+            except libvirt.libvirtError:
+                self.net_mode = "tc"
+        log.info("network ceilings through %s", self.net_mode)
+        return self.net_mode
+
+    def _write_net(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
+        nics = self._facts(vm, dom).interfaces
+        if not nics:
+            raise BackendError("the domain has no interface with a host device to shape")
+        mode = self._net_mode(dom, nics[0])
+        if mode == "off":
+            return
+        for nic in nics:
+            if mode == "libvirt":
+                kib = 0 if setting.ceiling == NO_LIMIT else max(int(setting.ceiling // KIB), 1)
+                dom.setInterfaceParameters(nic, {"inbound.average": kib, "outbound.average": kib}, LIVE)
+            elif setting.ceiling == NO_LIMIT:
+                self.shaper.clear(nic)
+            else:
+                self.shaper.shape(nic, rate_bps=max(setting.shares, 1.0), ceil_bps=setting.ceiling)
+
+    def capabilities(self) -> dict[str, str]:
+        return {"cpu": "cpu_shares + quota", "mem": "balloon", "disk": "setBlockIoTune", "net": self.net_mode or "probe on first write"}
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except libvirt.libvirtError:
+            pass

@@ -1,0 +1,249 @@
+"""The actuator's logic: turn each `alloc` into backend writes, safely.
+
+Socket-free: ``on_alloc`` takes a decoded alloc envelope and returns the
+`applied` body; ``on_period`` notices silence and moves to the fail-safe
+state; ``restore`` puts back what was there before ResCoin touched it.
+
+* Targets (DESIGN §7): ceiling = max(alloc, template) for cpu, disk, net;
+  shares = the template; memory: balloon target = alloc, never below the
+  VM's use + reserve, never above its maximum.
+* Hysteresis: a setting is written only if it moved by more than
+  max(absolute threshold, relative threshold × current value).
+* Originals: before the first write to a VM, its settings are read and saved
+  atomically; ``restore`` (SIGTERM, ``--restore``) writes them back, even after
+  a kill -9 and a restart.
+* Fail-safe: no valid alloc for ``stale_periods`` → ceilings at template,
+  shares by template (mode "failsafe"), until a valid alloc comes.
+* Bad allocs (Σ over capacity, an old period) are rejected and counted; an
+  unknown VM is skipped and reported; one VM's failure never stops the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from rescoin.proto import KIND_ALLOC, KIND_APPLIED, Envelope, topic_prefix
+from rescoin.proto.messages import Alloc, Applied
+
+from ..runtime.service import Health, Outgoing
+from ..runtime.support import Counters, atomic_write
+from .backend import NO_LIMIT, RESOURCES, ActuatorBackend, BackendError, Change, ChangeError, Setting
+from .settings import ActuatorSettings
+
+log = logging.getLogger("rescoin.actuator")
+CPU, MEM, DISK, NET = range(4)
+CAPACITY_SLACK = 1e-6  # relative: float sums of a valid alloc may exceed C by rounding
+
+
+class ActuatorCore:
+    name = "actuator"
+
+    def __init__(self, host: str, settings: ActuatorSettings, backend: ActuatorBackend, counters: Counters, state_dir: Path | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.host = host
+        self.settings = settings
+        self.backend = backend
+        self.counters = counters
+        self.clock = clock
+        self.originals_path = state_dir / settings.originals_file if state_dir else None
+        self.originals: dict[str, list[Setting]] = self._load_originals()
+        self.current: dict[str, list[Setting]] = {}
+        self.last_alloc_period = -1
+        self.last_valid: Alloc | None = None
+        self.mode = "normal"
+        self.periods_without_alloc = 0
+
+    # -- originals -----------------------------------------------------------------
+
+    def _load_originals(self) -> dict[str, list[Setting]]:
+        if self.originals_path is None or not self.originals_path.exists():
+            return {}
+        try:
+            data = json.loads(self.originals_path.read_text())
+            return {vm: [Setting(float(s[0]), float(s[1])) for s in settings] for vm, settings in data.items()}
+        except (OSError, ValueError, TypeError, IndexError) as exc:
+            self.counters.reject("originals", f"unreadable originals file {self.originals_path}: {exc}", log)
+            return {}
+
+    def _save_originals(self) -> None:
+        if self.originals_path is None:
+            return
+        data = {vm: [[s.ceiling, s.shares] for s in settings] for vm, settings in self.originals.items()}
+        atomic_write(self.originals_path, json.dumps(data, indent=1).encode())
+
+    def _settings_of(self, vm: str) -> list[Setting]:
+        """What is set now; the first time, read from the backend and kept as the original."""
+        if vm not in self.current:
+            self.current[vm] = self.backend.read(vm)
+            if vm not in self.originals:
+                self.originals[vm] = list(self.current[vm])
+                self._save_originals()
+        return self.current[vm]
+
+    # -- the stage -----------------------------------------------------------------
+
+    def subscriptions(self) -> list[bytes]:
+        return [topic_prefix(KIND_ALLOC, self.host)]
+
+    def on_message(self, env: Envelope) -> list[Outgoing]:
+        if env.kind != KIND_ALLOC:
+            return []
+        applied = self.on_alloc(env)
+        return [Outgoing(KIND_APPLIED, env.period, applied)] if applied else []
+
+    def validate(self, env: Envelope) -> str:
+        alloc: Alloc = env.body
+        if env.period <= self.last_alloc_period:
+            return f"alloc for period {env.period} is not newer than {self.last_alloc_period}"
+        over = alloc.alloc.sum(axis=0) > alloc.capacity * (1 + CAPACITY_SLACK) + 1e-9
+        if over.any():
+            names = [RESOURCES[r] for r in np.flatnonzero(over)]
+            return f"allocation exceeds capacity for {', '.join(names)}"
+        return ""
+
+    def on_alloc(self, env: Envelope) -> Applied | None:
+        """Apply one allocation; None if it was rejected."""
+        started = self.clock()
+        problem = self.validate(env)
+        if problem:
+            self.counters.reject("alloc", problem, log)
+            return None
+        alloc: Alloc = env.body
+        self.last_alloc_period = env.period
+        self.last_valid = alloc
+        self.periods_without_alloc = 0
+        if self.mode == "failsafe":
+            log.info("valid alloc for period %d: leaving the fail-safe state", env.period)
+        self.mode = "normal"
+        targets = self.targets(alloc.alloc, alloc.template, alloc.usage)
+        return self._apply(alloc.vms, targets, started, "normal")
+
+    def targets(self, alloc: np.ndarray, template: np.ndarray, usage: np.ndarray) -> list[list[Setting]]:
+        """Per VM the four settings DESIGN §7 asks for (the memory floor re-checked here)."""
+        ceiling = np.maximum(alloc, template)
+        mem = np.maximum(alloc[:, MEM], usage[:, MEM] + self.settings.mem_reserve_bytes)
+        out = []
+        for i in range(alloc.shape[0]):
+            out.append(
+                [
+                    Setting(float(max(ceiling[i, CPU], self.settings.cpu_floor_cores)), float(template[i, CPU])),
+                    Setting(float(mem[i]), 0.0),
+                    Setting(float(ceiling[i, DISK]), float(template[i, DISK])),
+                    Setting(float(ceiling[i, NET]), float(template[i, NET])),
+                ]
+            )
+        return out
+
+    def _moved(self, resource: int, old: Setting, new: Setting) -> bool:
+        if (old.ceiling == NO_LIMIT) != (new.ceiling == NO_LIMIT):
+            return True
+        rel = self.settings.hysteresis_relative
+        absolute = self.settings.hysteresis_absolute[resource]
+        ceiling_moved = abs(new.ceiling - old.ceiling) > max(absolute, rel * abs(old.ceiling))
+        shares_moved = abs(new.shares - old.shares) > rel * max(abs(old.shares), 1e-12)
+        return ceiling_moved or shares_moved
+
+    def _apply(self, vms: list[str], targets: list[list[Setting]], started: float, mode: str) -> Applied:
+        errors: list[ChangeError] = []
+        try:
+            limits = self.backend.domains()
+        except BackendError as exc:
+            self.counters.reject("backend", str(exc), log)
+            limits = {}
+            errors.append(ChangeError("*", "all", f"backend unavailable: {exc}"))
+        before = np.full((len(vms), 4), NO_LIMIT)
+        after = np.full((len(vms), 4), NO_LIMIT)
+        changes: list[Change] = []
+        for i, vm in enumerate(vms):
+            if vm not in limits:
+                if limits:
+                    self.counters.reject("unknown_vm", f"alloc names VM {vm}, which the {self.backend.name} backend does not have", log)
+                    errors.append(ChangeError(vm, "all", "unknown VM"))
+                continue
+            try:
+                current = self._settings_of(vm)
+            except BackendError as exc:
+                errors.append(ChangeError(vm, "all", str(exc)))
+                continue
+            wanted = list(targets[i])
+            mem_target = min(wanted[MEM].ceiling, limits[vm].mem_max_bytes)
+            wanted[MEM] = Setting(mem_target, 0.0)
+            for r in range(4):
+                before[i, r] = current[r].ceiling
+                after[i, r] = current[r].ceiling
+                if self._moved(r, current[r], wanted[r]):
+                    changes.append(Change(vm, r, wanted[r]))
+                    after[i, r] = wanted[r].ceiling
+        writes = len(changes)
+        if self.settings.dry_run:
+            for change in changes:
+                log.info("dry-run: would set %s %s to ceiling %.6g, shares %.6g", change.vm, RESOURCES[change.resource], change.setting.ceiling, change.setting.shares)
+            mode = "dry-run" if mode == "normal" else mode
+        elif changes:
+            failed = self.backend.write(changes)
+            failed_keys = {(e.vm, e.resource) for e in failed}
+            for change in changes:
+                if (change.vm, RESOURCES[change.resource]) not in failed_keys:
+                    self.current[change.vm][change.resource] = change.setting
+            for e in failed:
+                row = vms.index(e.vm) if e.vm in vms else -1
+                if row >= 0 and e.resource in RESOURCES:
+                    after[row, RESOURCES.index(e.resource)] = before[row, RESOURCES.index(e.resource)]
+            errors.extend(failed)
+            writes -= len(failed)
+            self.counters.inc("write_errors", len(failed))
+        self.counters.inc("writes", writes)
+        return Applied(
+            vms=list(vms),
+            set=np.maximum(after, NO_LIMIT),
+            before=np.maximum(before, NO_LIMIT),
+            errors=[{"vm": e.vm, "resource": e.resource, "error": e.error[:2000]} for e in errors],
+            latency_s=max(self.clock() - started, 0.0),
+            mode=mode,
+            backend=self.backend.name,
+            writes=writes,
+        )
+
+    def on_period(self, ended_period: int) -> list[Outgoing]:
+        """Count silent periods; past ``stale_periods`` move every VM to the safe state."""
+        self.periods_without_alloc += 1
+        if self.mode == "failsafe" or self.periods_without_alloc <= self.settings.stale_periods or self.last_valid is None:
+            return []
+        self.mode = "failsafe"
+        self.counters.inc("failsafe_entries")
+        log.warning("no valid alloc for %d periods: ceilings back to templates (fail-safe)", self.periods_without_alloc)
+        last = self.last_valid
+        safe = self.targets(last.template, last.template, last.usage)
+        applied = self._apply(last.vms, safe, self.clock(), "failsafe")
+        return [Outgoing(KIND_APPLIED, ended_period + 1, applied)]
+
+    def restore(self) -> Applied:
+        """Put back every original setting ResCoin recorded; forget them once done."""
+        started = self.clock()
+        vms = list(self.originals)
+        errors: list[ChangeError] = []
+        if not self.settings.dry_run and vms:
+            changes = [Change(vm, r, self.originals[vm][r]) for vm in vms for r in range(4)]
+            errors = self.backend.write(changes)
+        restored = np.array([[s.ceiling for s in self.originals[vm]] for vm in vms]).reshape(len(vms), 4)
+        if not errors and not self.settings.dry_run and self.originals_path is not None:
+            self.originals_path.unlink(missing_ok=True)
+            self.originals = {}
+        self.current = {}
+        log.info("restored the original settings of %d VMs (%d errors)", len(vms), len(errors))
+        return Applied(vms, np.maximum(restored, NO_LIMIT), np.maximum(restored, NO_LIMIT), [{"vm": e.vm, "resource": e.resource, "error": e.error[:2000]} for e in errors], max(self.clock() - started, 0.0), "restore", self.backend.name, len(vms) * 4 - len(errors))
+
+    def health(self) -> Health:
+        info = {"backend": self.backend.name, "mode": self.mode, "dry_run": self.settings.dry_run, "vms_touched": len(self.originals)}
+        info.update({f"enforce.{k}": v for k, v in self.backend.capabilities().items()})
+        return Health("failsafe" if self.mode == "failsafe" else "ok", info)
+
+    def close(self) -> list[Outgoing]:
+        applied = self.restore() if self.settings.restore_on_stop else None
+        self.backend.close()
+        return [Outgoing(KIND_APPLIED, max(self.last_alloc_period, 0), applied)] if applied else []

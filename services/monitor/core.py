@@ -1,0 +1,168 @@
+"""The monitor's logic: readings and guest reports in, one `sample` per period out.
+
+Socket-free and clock-free: ``observe(reading, period)`` takes a HostReading
+(cumulative counters) and returns the Sample for that period; ``on_guest_mem``
+takes a decoded guest report. Rules:
+
+* rates are counter deltas over the readings' time difference: cpu cores,
+  disk read+write bytes/s, net rx+tx bytes/s;
+* a VM seen for the first time has no rate yet: it joins the sample from its
+  second reading on (the scheduler then starts its coins from a real value);
+* a counter that goes backwards (the VM restarted) resets that VM's baseline;
+  for that period it reports its previous rates (no spike, no coin windfall);
+* a VM that disappears drops out of the next sample;
+* memory use: the VM's agent report if not older than 2 periods (source
+  ``guest``), else balloon stats (``balloon``), else the current balloon size
+  (``none``: a VM whose use is unknown is taken to use what it has, so it
+  earns no memory coins and is never ballooned below it);
+* a reading with bad values (NaN, negative) is rejected for that VM only,
+  counted and logged; the other VMs' sample still goes out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from rescoin.proto import Envelope, GuestMem
+from rescoin.proto.messages import Sample
+
+from ..runtime.support import Counters
+from .backend import DomainReading, HostCapacity, HostReading
+from .settings import MonitorSettings
+
+log = logging.getLogger("rescoin.monitor")
+GUEST_REPORT_MAX_AGE = 2  # periods
+ABSURD_GUEST_FACTOR = 1.5  # a guest claiming more than this times its max memory is lying
+
+
+@dataclass
+class _Baseline:
+    ts_ns: int
+    counters: tuple[float, float, float]  # cpu ns, disk bytes, net bytes
+    rates: tuple[float, float, float] | None = None  # the last good rates
+
+
+def capacity_vector(host: HostCapacity, settings: MonitorSettings) -> np.ndarray:
+    """C: host cores and memory minus the reserve; disk/net from the backend, else config."""
+    return np.array(
+        [
+            max(host.cores - settings.reserve_cores, 0.0),
+            max(host.mem_bytes - settings.reserve_mem_bytes, 0.0),
+            host.disk_bps if host.disk_bps is not None else settings.disk_bps,
+            host.net_bps if host.net_bps is not None else settings.net_bps,
+        ]
+    )
+
+
+class MonitorCore:
+    def __init__(self, settings: MonitorSettings, counters: Counters) -> None:
+        self.settings = settings
+        self.counters = counters
+        self.baselines: dict[str, _Baseline] = {}
+        self.guest: dict[str, tuple[int, GuestMem]] = {}  # vm -> (period received, report)
+        self.known: dict[str, float] = {}  # vm -> max memory, from the last reading
+
+    def on_guest_mem(self, env: Envelope, period: int) -> None:
+        """Keep the latest report of a VM we know; reject the rest."""
+        report: GuestMem = env.body
+        mem_max = self.known.get(report.vm)
+        if mem_max is None:
+            self.counters.reject("guest_unknown_vm", f"guest.mem for unknown VM {report.vm}", log)
+            return
+        if report.mem_total > ABSURD_GUEST_FACTOR * mem_max:
+            self.counters.reject("guest_absurd", f"VM {report.vm} claims MemTotal {report.mem_total} B, its maximum is {mem_max:.0f} B", log)
+            return
+        self.guest[report.vm] = (period, report)
+        self.counters.inc("guest_reports")
+
+    def template_of(self, dom: DomainReading) -> list[float]:
+        """tc: the backend's (metadata) values, else the config table, else the defaults."""
+        table = self.settings.templates.get(dom.uuid) or self.settings.templates.get(dom.name) or {}
+        derived = [float(dom.vcpus), float(dom.mem_max_bytes), self.settings.default_disk_bps, self.settings.default_net_bps]
+        out = []
+        for r, key in enumerate(("cpu_cores", "mem_bytes", "disk_bps", "net_bps")):
+            value = dom.template[r]
+            out.append(value if value is not None else float(table.get(key, derived[r])))
+        return out
+
+    def observe(self, reading: HostReading, period: int, period_s: float, capacity: np.ndarray) -> Sample:
+        """The sample of ``period`` from this reading and the previous one."""
+        vms, names, templates, usages, sources = [], [], [], [], []
+        present = set()
+        for dom in reading.domains:
+            present.add(dom.uuid)
+            self.known[dom.uuid] = dom.mem_max_bytes
+            problem = self._bad_values(dom)
+            if problem:
+                self.counters.reject("stats", f"VM {dom.name} ({dom.uuid}): {problem}", log)
+                continue
+            rates = self._rates(dom, reading.ts_ns)
+            if rates is None:
+                continue
+            mem, source = self._memory(dom, period)
+            vms.append(dom.uuid)
+            names.append(dom.name)
+            templates.append(self.template_of(dom))
+            usages.append([rates[0], mem, rates[1], rates[2]])
+            sources.append(source)
+        for gone in set(self.baselines) - present:
+            del self.baselines[gone]
+            self.guest.pop(gone, None)
+            self.known.pop(gone, None)
+        n = len(vms)
+        return Sample(
+            capacity=capacity,
+            vms=vms,
+            names=names,
+            template=np.array(templates, dtype=float).reshape(n, 4),
+            usage=np.array(usages, dtype=float).reshape(n, 4),
+            mem_source=sources,
+            period_s=period_s,
+        )
+
+    @staticmethod
+    def _bad_values(dom: DomainReading) -> str:
+        values = {
+            "vcpus": dom.vcpus,
+            "mem_max_bytes": dom.mem_max_bytes,
+            "mem_current_bytes": dom.mem_current_bytes,
+            "cpu_time_ns": dom.cpu_time_ns,
+            "disk_bytes": dom.disk_bytes,
+            "net_bytes": dom.net_bytes,
+            "balloon_used_bytes": dom.balloon_used_bytes,
+        }
+        for name, value in values.items():
+            if value is not None and (not isinstance(value, int | float) or not math.isfinite(value) or value < 0):
+                return f"{name} is {value!r}"
+        for value in dom.template:
+            if value is not None and (not math.isfinite(value) or value < 0):
+                return f"template value {value!r}"
+        return ""
+
+    def _rates(self, dom: DomainReading, ts_ns: int) -> tuple[float, float, float] | None:
+        counters = (dom.cpu_time_ns or 0.0, dom.disk_bytes or 0.0, dom.net_bytes or 0.0)
+        base = self.baselines.get(dom.uuid)
+        self.baselines[dom.uuid] = _Baseline(ts_ns, counters, base.rates if base else None)
+        if base is None:
+            return None  # first sight: a rate needs two readings
+        dt = (ts_ns - base.ts_ns) / 1e9
+        deltas = [now - before for now, before in zip(counters, base.counters, strict=True)]
+        if dt <= 0 or min(deltas) < 0:
+            self.counters.inc("counter_resets")
+            log.info("VM %s: counters went backwards (restart?); baseline reset", dom.name)
+            return base.rates or (0.0, 0.0, 0.0)
+        rates = (deltas[0] / 1e9 / dt, deltas[1] / dt, deltas[2] / dt)
+        self.baselines[dom.uuid].rates = rates
+        return rates
+
+    def _memory(self, dom: DomainReading, period: int) -> tuple[float, str]:
+        report = self.guest.get(dom.uuid)
+        if report is not None and period - report[0] <= GUEST_REPORT_MAX_AGE:
+            return float(report[1].mem_used), "guest"
+        if dom.balloon_used_bytes is not None:
+            return float(dom.balloon_used_bytes), "balloon"
+        return float(dom.mem_current_bytes), "none"

@@ -1,0 +1,85 @@
+"""What ResCoin reads from a libvirt domain's XML: size, devices, template metadata.
+
+Shared by the monitor's and the actuator's libvirt backends. The template a VM
+was sold can be stored in the domain itself, in libvirt's ``<metadata>``::
+
+    <metadata>
+      <rescoin:template xmlns:rescoin="https://rescoin.dev/xmlns/template/1">
+        <rescoin:cpu cores="1.5"/>          <!-- optional; default: the vcpus -->
+        <rescoin:mem bytes="1073741824"/>   <!-- optional; default: the memory size -->
+        <rescoin:disk bps="10485760"/>      <!-- disk read+write bytes/s -->
+        <rescoin:net bps="1250000"/>        <!-- network rx+tx bytes/s -->
+      </rescoin:template>
+    </metadata>
+
+(``virsh metadata DOMAIN https://rescoin.dev/xmlns/template/1 --key rescoin
+--set '<template><disk bps="10485760"/></template>'`` writes it on a live host.)
+"""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+TEMPLATE_NS = "https://rescoin.dev/xmlns/template/1"
+TEMPLATE_FIELDS = (("cpu", "cores"), ("mem", "bytes"), ("disk", "bps"), ("net", "bps"))
+_UNIT_BYTES = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 2**20, "mib": 2**20, "mb": 10**6, "g": 2**30, "gib": 2**30, "gb": 10**9}
+
+
+class DomainXMLError(ValueError):
+    """The XML lacks what ResCoin needs, or holds nonsense."""
+
+
+@dataclass(frozen=True)
+class DomainFacts:
+    uuid: str
+    name: str
+    vcpus: int
+    mem_max_bytes: float
+    disks: list[str] = field(default_factory=list)  # target devs: vda, vdb
+    interfaces: list[str] = field(default_factory=list)  # host-side target devs: vnet0
+    template: tuple[float | None, float | None, float | None, float | None] = (None, None, None, None)
+
+
+def _memory_bytes(elem: ET.Element | None) -> float:
+    if elem is None or not (elem.text or "").strip():
+        raise DomainXMLError("no <memory> element")
+    unit = elem.get("unit", "KiB").lower()
+    if unit not in _UNIT_BYTES:
+        raise DomainXMLError(f"unknown memory unit {unit!r}")
+    return float(elem.text) * _UNIT_BYTES[unit]
+
+
+def parse_domain_xml(xml: str) -> DomainFacts:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise DomainXMLError(f"not XML: {exc}") from exc
+    vcpu = root.find("vcpu")
+    try:
+        vcpus = int(vcpu.get("current", vcpu.text)) if vcpu is not None else 1
+    except (TypeError, ValueError) as exc:
+        raise DomainXMLError("bad <vcpu>") from exc
+    template: list[float | None] = [None, None, None, None]
+    meta = root.find(f"metadata/{{{TEMPLATE_NS}}}template")
+    if meta is not None:
+        for i, (tag, attr) in enumerate(TEMPLATE_FIELDS):
+            elem = meta.find(f"{{{TEMPLATE_NS}}}{tag}")
+            if elem is not None and elem.get(attr) is not None:
+                try:
+                    value = float(elem.get(attr))
+                except ValueError as exc:
+                    raise DomainXMLError(f"template {tag} {attr}={elem.get(attr)!r} is not a number") from exc
+                if not math.isfinite(value) or value < 0:
+                    raise DomainXMLError(f"template {tag} {attr} must be a finite number >= 0")
+                template[i] = value
+    return DomainFacts(
+        uuid=(root.findtext("uuid") or "").strip().lower(),
+        name=(root.findtext("name") or "").strip(),
+        vcpus=vcpus,
+        mem_max_bytes=_memory_bytes(root.find("memory")),
+        disks=[t.get("dev") for t in root.findall("devices/disk[@device='disk']/target") if t.get("dev")],
+        interfaces=[t.get("dev") for t in root.findall("devices/interface/target") if t.get("dev")],
+        template=tuple(template),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,172 @@
+"""The scheduler's logic: pair each sample with its estimate, allocate, keep the coins.
+
+Socket-free: ``on_sample``/``on_estimate`` take decoded envelopes and return
+the `alloc` to publish; ``on_period`` lets a sample whose estimate never came
+fall back to its last use. The runtime (main.py) owns sockets and the clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rescoin.proto import KIND_ALLOC, KIND_ESTIMATE, KIND_SAMPLE, Envelope, topic_prefix
+from rescoin.proto.messages import Alloc, Estimate, Sample
+
+from ..runtime.service import Health, Outgoing
+from ..runtime.support import Counters
+from .ledger import CoinLedger, LedgerStateError
+from .policy import POLICIES
+from .settings import SchedulerSettings
+
+log = logging.getLogger("rescoin.scheduler")
+CPU, MEM = 0, 1
+
+
+def apply_floors(alloc: np.ndarray, usage: np.ndarray, capacity: np.ndarray, cpu_floor: float, mem_reserve: float) -> tuple[np.ndarray, bool]:
+    """Raise allocations to the floors (cpu minimum; memory ≥ use + reserve), then fit Σ ≤ C
+    by shrinking only what lies above the floors. Returns (alloc, floors_exceed_capacity)."""
+    floor = np.zeros_like(alloc)
+    floor[:, CPU] = cpu_floor
+    floor[:, MEM] = usage[:, MEM] + mem_reserve
+    floor = np.minimum(floor, capacity)  # no single floor above the whole host
+    alloc = np.maximum(alloc, floor)
+    total, floor_total = alloc.sum(axis=0), floor.sum(axis=0)
+    over = total > capacity
+    if not over.any():
+        return alloc, False
+    room = np.maximum(capacity - floor_total, 0.0)
+    above = alloc - floor
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(over, np.minimum(room / np.where(above.sum(axis=0) > 0, above.sum(axis=0), 1.0), 1.0), 1.0)
+    alloc = floor + above * scale
+    too_much = floor_total > capacity  # floors alone do not fit: share the host by floor
+    if too_much.any():
+        alloc = np.where(too_much, floor * (capacity / np.where(floor_total > 0, floor_total, 1.0)), alloc)
+    return alloc, bool(too_much.any())
+
+
+@dataclass
+class _Pending:
+    env: Envelope  # the sample waiting for its estimate
+    waited: int = 0
+
+
+class SchedulerCore:
+    """One host's scheduler: ledger, pairing, policy, floors, persistence."""
+
+    name = "scheduler"
+
+    def __init__(self, host: str, settings: SchedulerSettings, counters: Counters, state_dir: Path | None) -> None:
+        self.host = host
+        self.settings = settings
+        self.counters = counters
+        self.policy = POLICIES[settings.policy]
+        self.ledger_path = state_dir / settings.ledger_file if state_dir else None
+        self.ledger = self._restore()
+        self.pending: dict[int, _Pending] = {}  # period of the sample -> it
+        self.estimates: dict[int, Estimate] = {}  # period the estimate is for -> it
+        self.last_source = ""
+        self.floors_over_capacity = False
+
+    def _restore(self) -> CoinLedger:
+        if self.ledger_path is None or not self.ledger_path.exists():
+            return CoinLedger(self.settings.coin_window)
+        try:
+            ledger = CoinLedger.load(self.ledger_path, self.settings.coin_window)
+            log.info("coin ledger restored from %s: %d VMs, period %d", self.ledger_path, len(ledger.vms), ledger.period)
+            return ledger
+        except LedgerStateError as exc:
+            self.counters.reject("ledger", f"corrupt state file, starting with an empty ledger: {exc}", log)
+            return CoinLedger(self.settings.coin_window)
+
+    def subscriptions(self) -> list[bytes]:
+        return [topic_prefix(KIND_SAMPLE, self.host), topic_prefix(KIND_ESTIMATE, self.host)]
+
+    def on_message(self, env: Envelope) -> list[Outgoing]:
+        if env.kind == KIND_SAMPLE:
+            return self.on_sample(env)
+        if env.kind == KIND_ESTIMATE:
+            return self.on_estimate(env)
+        return []
+
+    def on_sample(self, env: Envelope) -> list[Outgoing]:
+        """Credit coins for the period that ended; allocate now if its estimate is already here."""
+        sample: Sample = env.body
+        self.ledger.credit(env.period, sample.vms, sample.template, sample.usage, sample.capacity)
+        self._save()
+        estimate = self.estimates.pop(env.period + 1, None)
+        if estimate is not None:
+            return [self._allocate(env, estimate)]
+        self.pending[env.period] = _Pending(env)
+        return []
+
+    def on_estimate(self, env: Envelope) -> list[Outgoing]:
+        """An estimate for period p+1 completes the sample of period p."""
+        pending = self.pending.pop(env.period - 1, None)
+        if pending is None:
+            self.estimates = {p: e for p, e in self.estimates.items() if p >= env.period - 2}
+            self.estimates[env.period] = env.body
+            return []
+        return [self._allocate(pending.env, env.body)]
+
+    def on_period(self, ended_period: int) -> list[Outgoing]:
+        """Samples that waited too long for their estimate are allocated on last use."""
+        out = []
+        for period in sorted(self.pending):
+            pending = self.pending[period]
+            pending.waited += 1
+            if pending.waited >= self.settings.estimate_wait_periods:
+                del self.pending[period]
+                self.counters.inc("estimate_missing")
+                out.append(self._allocate(pending.env, None))
+        return out
+
+    def _allocate(self, sample_env: Envelope, estimate: Estimate | None) -> Outgoing:
+        sample: Sample = sample_env.body
+        demand, source = sample.usage, "last_use"
+        if estimate is not None:
+            demand, source = self._demand_from(sample, estimate), "estimate"
+        coins = self.ledger.balances(sample.vms)
+        alloc = self.policy(demand, sample.template, sample.capacity, coins, share_leftover=self.settings.share_leftover)
+        alloc, self.floors_over_capacity = apply_floors(alloc, sample.usage, sample.capacity, self.settings.cpu_floor_cores, self.settings.mem_reserve_bytes)
+        if self.floors_over_capacity:
+            self.counters.inc("floors_over_capacity")
+        mode = ["contended" if d > c else "fit" for d, c in zip(demand.sum(axis=0), sample.capacity, strict=True)]
+        self.last_source = source
+        self.counters.inc(f"alloc.{source}")
+        body = Alloc(sample.vms, alloc, coins, sample.template, sample.usage, sample.capacity, mode, self.settings.policy, source)
+        return Outgoing(KIND_ALLOC, sample_env.period + 1, body)
+
+    def _demand_from(self, sample: Sample, estimate: Estimate) -> np.ndarray:
+        """The estimate's rows in the sample's VM order; a VM it lacks falls back to its use."""
+        if estimate.vms == sample.vms:
+            return np.asarray(estimate.estimate)
+        index = {vm: i for i, vm in enumerate(estimate.vms)}
+        demand = np.array(sample.usage, dtype=float)
+        for row, vm in enumerate(sample.vms):
+            if vm in index:
+                demand[row] = estimate.estimate[index[vm]]
+            else:
+                self.counters.inc("estimate_row_missing")
+        return demand
+
+    def _save(self) -> None:
+        if self.ledger_path is None:
+            return
+        try:
+            self.ledger.save(self.ledger_path)
+        except OSError as exc:
+            self.counters.reject("ledger", f"cannot save the coin ledger: {exc}", log)
+
+    def health(self) -> Health:
+        state = "degraded" if self.last_source == "last_use" or self.floors_over_capacity else "ok"
+        return Health(state, {"policy": self.settings.policy, "coin_window": self.settings.coin_window, "vms": len(self.ledger.vms), "estimate_source": self.last_source or "none"})
+
+    def close(self) -> list[Outgoing]:
+        self._save()
+        return []
+

@@ -1,0 +1,101 @@
+"""The coin ledger: each VM's unused entitlement over the last k periods.
+
+``s_i(t) = (tc_i(t) − au_i(t)) / C`` per resource (normalized by capacity so
+resources are comparable); the balance is the sum of the last ``k`` of them
+(the seed's ``ac += s(t−1) − s(t−k−1)``, a sliding window kept in a ring
+buffer — the window really slides here). Rows follow VMs by UUID as they come
+and go. Saved atomically every period and restored on restart.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.support import atomic_write
+
+log = logging.getLogger("rescoin.scheduler.ledger")
+
+
+class LedgerStateError(ValueError):
+    """The state file exists but cannot be used."""
+
+
+class CoinLedger:
+    def __init__(self, window: int) -> None:
+        if window < 1:
+            raise ValueError("the coin window must be at least one period")
+        self.window = window
+        self.vms: list[str] = []
+        self.ring = np.zeros((window, 0, 4))  # (k, n, 4): savings of the last k periods
+        self.slot = 0  # where the next period's savings go
+        self.period = -1  # last period credited
+
+    def balances(self, vms: list[str]) -> np.ndarray:
+        """Coin balance (n, 4) of ``vms``, in their order; a VM never seen has none."""
+        total = self.ring.sum(axis=0)
+        index = {vm: i for i, vm in enumerate(self.vms)}
+        rows = np.array([index.get(vm, -1) for vm in vms], dtype=int)
+        out = np.zeros((len(vms), 4))
+        known = rows >= 0
+        out[known] = total[rows[known]]
+        return out
+
+    def credit(self, period: int, vms: list[str], template: np.ndarray, usage: np.ndarray, capacity: np.ndarray) -> None:
+        """Add period ``period``'s savings; VMs absent from ``vms`` leave the ledger."""
+        if period <= self.period:
+            return  # already credited (a repeated or old sample)
+        self._align(vms)
+        savings = (template - usage) / np.where(capacity > 0, capacity, 1.0)
+        skipped = min(period - self.period - 1, self.window) if self.period >= 0 else 0
+        for _ in range(skipped):  # periods nobody reported save nothing
+            self.ring[self.slot] = 0.0
+            self.slot = (self.slot + 1) % self.window
+        self.ring[self.slot] = savings
+        self.slot = (self.slot + 1) % self.window
+        self.period = period
+
+    def _align(self, vms: list[str]) -> None:
+        if vms == self.vms:
+            return
+        index = {vm: i for i, vm in enumerate(self.vms)}
+        ring = np.zeros((self.window, len(vms), 4))
+        for new_row, vm in enumerate(vms):
+            old_row = index.get(vm)
+            if old_row is not None:
+                ring[:, new_row] = self.ring[:, old_row]
+        self.vms = list(vms)
+        self.ring = ring
+
+    def save(self, path: Path) -> None:
+        buf = io.BytesIO()
+        meta = json.dumps({"window": self.window, "slot": self.slot, "period": self.period, "vms": self.vms})
+        np.savez(buf, ring=self.ring, meta=np.frombuffer(meta.encode(), dtype=np.uint8))
+        atomic_write(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: Path, window: int) -> CoinLedger:
+        """Restore from ``path``; raises LedgerStateError if it is unreadable or inconsistent."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                ring = np.array(data["ring"], dtype=float)
+                meta = json.loads(bytes(data["meta"]).decode())
+            vms, slot, period, saved_window = meta["vms"], int(meta["slot"]), int(meta["period"]), int(meta["window"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise LedgerStateError(f"{path}: {type(exc).__name__}: {exc}") from exc
+        if ring.shape != (saved_window, len(vms), 4) or not np.isfinite(ring).all() or not 0 <= slot < saved_window:
+            raise LedgerStateError(f"{path}: inconsistent ledger (shape {ring.shape}, {len(vms)} VMs)")
+        ledger = cls(window)
+        ledger.vms, ledger.period = list(vms), period
+        if saved_window == window:
+            ledger.ring, ledger.slot = ring, slot
+        else:  # the window changed in config: keep the most recent periods that fit
+            ordered = np.roll(ring, -slot, axis=0)[-window:]
+            ledger.ring = np.zeros((window, len(vms), 4))
+            ledger.ring[window - len(ordered):] = ordered
+            ledger.slot = 0
+        return ledger

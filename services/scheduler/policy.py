@@ -1,0 +1,161 @@
+"""The ResCoin allocation policy (DESIGN §6) and the baselines it is compared with.
+
+Every policy has the same signature:
+``policy(demand, template, capacity, coins, share_leftover=False) -> alloc``
+with demand, template, coins of shape (n, 4), capacity (4,), alloc (n, 4),
+columns cpu, mem, disk, net. Pure functions of their inputs: no state, no
+Python loop over VMs (each step is a column-wise weighted water-filling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..model.waterfill import waterfill, waterfill_loop
+
+N_RESOURCES = 4
+
+
+class PolicyInputError(ValueError):
+    """Inputs of the wrong shape, non-finite, or negative."""
+
+
+def check_inputs(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray) -> tuple[np.ndarray, ...]:
+    arrays = [np.asarray(a, dtype=float) for a in (demand, template, capacity, coins)]
+    demand, template, capacity, coins = arrays
+    n = demand.shape[0] if demand.ndim == 2 else -1
+    if demand.shape != (n, N_RESOURCES) or template.shape != demand.shape or coins.shape != demand.shape:
+        raise PolicyInputError(f"demand, template and coins must be (n, 4); got {demand.shape}, {template.shape}, {coins.shape}")
+    if capacity.shape != (N_RESOURCES,):
+        raise PolicyInputError(f"capacity must be (4,), got {capacity.shape}")
+    for name, arr in zip(("demand", "template", "capacity", "coins"), arrays, strict=True):
+        if not np.isfinite(arr).all():
+            raise PolicyInputError(f"{name} contains NaN or infinity")
+    for name, arr in (("demand", demand), ("template", template), ("capacity", capacity)):
+        if arr.size and arr.min() < 0:
+            raise PolicyInputError(f"{name} contains negative values")
+    return demand, template, capacity, coins
+
+
+def coin_weight(coins: np.ndarray) -> np.ndarray:
+    """w_i = ‖max(coins_i, 0)‖₂ over the resources: coins are one currency. Shape (n,)."""
+    return np.linalg.norm(np.maximum(coins, 0.0), axis=1)
+
+
+def _tiebreak_weights(template: np.ndarray) -> np.ndarray:
+    """Template as weights, with a tiny floor so a VM with a zero template is served last, not never."""
+    scale = max(float(template.max(initial=0.0)), 1.0)
+    return np.maximum(template, 1e-9 * scale)
+
+
+def _share_leftover(alloc: np.ndarray, template: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    left = np.maximum(capacity - alloc.sum(axis=0), 0.0)
+    weights = _tiebreak_weights(template)
+    return alloc + left * weights / weights.sum(axis=0)
+
+
+def rescoin(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False) -> np.ndarray:
+    """Entitlement first, then excess by coins, then the rest by template (DESIGN §6)."""
+    demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
+    if demand.shape[0] == 0:
+        return np.zeros((0, N_RESOURCES))
+    base = np.minimum(demand, template)
+    oversold = base.sum(axis=0) > capacity
+    if oversold.any():  # the host sold more than it has: entitlements shrink by template
+        base = np.where(oversold, waterfill(capacity, base, template), base)
+    excess = np.maximum(capacity - base.sum(axis=0), 0.0)
+    burst = np.maximum(demand - template, 0.0)
+    weights = np.repeat(coin_weight(coins)[:, None], N_RESOURCES, axis=1)
+    extra = waterfill(excess, burst, weights)  # tier 1: coins buy priority
+    rest = np.maximum(excess - extra.sum(axis=0), 0.0)
+    extra += waterfill(rest, burst - extra, _tiebreak_weights(template))  # tier 2: never withheld
+    alloc = base + extra
+    return _share_leftover(alloc, template, capacity) if share_leftover else alloc
+
+
+def rescoin_loop(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False) -> np.ndarray:
+    """The same policy step by step with the loop water-filling: the reference for tests and benchmarks."""
+    demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
+    n = demand.shape[0]
+    alloc = np.zeros((n, N_RESOURCES))
+    weight = [float(np.sqrt(sum(max(c, 0.0) ** 2 for c in coins[i]))) for i in range(n)]
+    scale = max(float(template.max(initial=0.0)), 1.0)
+    for r in range(N_RESOURCES):
+        col = lambda values: np.array(values, dtype=float).reshape(n, 1)  # noqa: E731
+        base = [min(demand[i, r], template[i, r]) for i in range(n)]
+        if sum(base) > capacity[r]:
+            base = list(waterfill_loop(capacity[r : r + 1], col(base), template[:, r : r + 1])[:, 0])
+        excess = max(capacity[r] - sum(base), 0.0)
+        burst = [max(demand[i, r] - template[i, r], 0.0) for i in range(n)]
+        tier1 = waterfill_loop([excess], col(burst), col(weight))[:, 0]
+        rest = max(excess - tier1.sum(), 0.0)
+        tie = col([max(template[i, r], 1e-9 * scale) for i in range(n)])
+        tier2 = waterfill_loop([rest], col([burst[i] - tier1[i] for i in range(n)]), tie)[:, 0]
+        for i in range(n):
+            alloc[i, r] = base[i] + tier1[i] + tier2[i]
+    return _share_leftover(alloc, template, capacity) if share_leftover else alloc
+
+
+def static(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False) -> np.ndarray:
+    """Caps at template: each VM gets min(demand, template), never more (no bursting)."""
+    demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
+    base = np.minimum(demand, template)
+    oversold = base.sum(axis=0) > capacity
+    return np.where(oversold, waterfill(capacity, base, template), base)
+
+
+def shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False) -> np.ndarray:
+    """CFS-like: water-fill the capacity over the demands with the templates as weights."""
+    demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
+    alloc = waterfill(capacity, demand, _tiebreak_weights(template))
+    return _share_leftover(alloc, template, capacity) if share_leftover else alloc
+
+
+def maxmin(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False) -> np.ndarray:
+    """Max-min fair on demand, blind to templates: equal weights for everyone."""
+    demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
+    alloc = waterfill(capacity, demand, np.ones_like(demand))
+    return _share_leftover(alloc, template, capacity) if share_leftover else alloc
+
+
+def credits(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False) -> np.ndarray:
+    """AWS T-instance style: a VM may burst above its template only while it holds credits
+    of that resource (``coins`` here are per-resource credit balances, earned below template,
+    spent above, capped by the ledger's horizon); bursts are served by template share."""
+    demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
+    base = static(demand, template, capacity, coins)
+    burst = np.where(coins > 0, np.maximum(demand - template, 0.0), 0.0)
+    excess = np.maximum(capacity - base.sum(axis=0), 0.0)
+    alloc = base + waterfill(excess, burst, _tiebreak_weights(template))
+    return _share_leftover(alloc, template, capacity) if share_leftover else alloc
+
+
+def karma(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False) -> np.ndarray:
+    """After Karma (Vuppalapati et al., OSDI 2023): everyone gets its guaranteed fair share
+    (here its template, scaled to capacity), unused shares are donated, and borrowers are
+    served in order of credit balance — the borrower with the most credits first, so what a
+    VM donated it gets back later; per resource, credits are the VM's balance in it."""
+    demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
+    base = static(demand, template, capacity, coins)
+    burst = np.maximum(demand - template, 0.0)
+    excess = np.maximum(capacity - base.sum(axis=0), 0.0)
+    # Karma gives donated capacity to the borrower with the most credits first; strictly
+    # ordered service is water-filling with steeply rising weights in credit rank.
+    rank = np.argsort(np.argsort(coins, axis=0, kind="stable"), axis=0, kind="stable")
+    weights = np.power(4.0, rank / max(demand.shape[0] - 1, 1) * 30.0)
+    alloc = base + waterfill(excess, burst, weights)
+    return _share_leftover(alloc, template, capacity) if share_leftover else alloc
+
+
+Policy = Callable[..., np.ndarray]
+
+POLICIES: dict[str, Policy] = {
+    "rescoin": rescoin,
+    "static": static,
+    "shares": shares,
+    "maxmin": maxmin,
+    "credits": credits,
+    "karma": karma,
+}
