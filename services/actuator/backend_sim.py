@@ -9,6 +9,8 @@ model divides contended capacity in proportion to it). A Setting's shares of
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..runtime.simclient import SimhostClient, SimhostError
 from .backend import RESOURCES, BackendError, Change, ChangeError, DomainLimits, Setting
 
@@ -49,8 +51,11 @@ class SimActuatorBackend:
     def write(self, changes: list[Change]) -> list[ChangeError]:
         writes = []
         for change in changes:
-            write = {"vm": change.vm, "resource": RESOURCES[change.resource]}
-            write["ceiling"] = change.setting.ceiling
+            write: dict[str, Any] = {
+                "vm": change.vm,
+                "resource": RESOURCES[change.resource],
+                "ceiling": change.setting.ceiling,
+            }
             if change.resource != MEM and change.setting.shares > 0:
                 write["shares"] = change.setting.shares
             writes.append(write)

@@ -36,9 +36,11 @@ def waterfill(amount: np.ndarray, caps: np.ndarray, weights: np.ndarray) -> np.n
     cols = np.arange(caps.shape[1])
     served = caps_cum[saturated, cols]
     rising = weight_tail[saturated, cols]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         lam = np.where(rising > 0, (amount - served) / np.where(rising > 0, rising, 1.0), np.inf)
-        share = np.maximum(lam, 0.0) * weights
+        # λ is at least the level of the last saturated VM (rounding can leave it a hair below)
+        last_level = np.where(saturated > 0, level_s[np.maximum(saturated - 1, 0), cols], 0.0)
+        share = np.maximum(lam, last_level) * weights
     return np.where(np.isinf(lam), caps, np.minimum(caps, share))  # λ = inf: all saturated
 
 
@@ -58,7 +60,7 @@ def waterfill_loop(amount: np.ndarray, caps: np.ndarray, weights: np.ndarray) ->
                 break
             step = min((caps[i, r] - result[i, r]) / weights[i, r] for i in capped)
             for i in active:
-                result[i, r] += step * weights[i, r]
+                result[i, r] = min(caps[i, r], result[i, r] + step * weights[i, r])
             left -= step * total_w
             active = [i for i in active if caps[i, r] - result[i, r] > 1e-12 * max(1.0, caps[i, r])]
     return result

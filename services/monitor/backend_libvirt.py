@@ -102,7 +102,7 @@ class LibvirtMonitorBackend:
             raise BackendError(f"getAllDomainStats on {self.uri}: {exc}") from exc
         live = {d.uuid for d in domains}
         self.facts = {u: f for u, f in self.facts.items() if u in live}
-        return HostReading(ts_ns, domains)
+        return HostReading(ts_ns, sorted(domains, key=lambda d: d.uuid))  # stable rows
 
     def _note_fallbacks(self, empty: set[str]) -> None:
         for group in empty - self.fallbacks:

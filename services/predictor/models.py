@@ -41,6 +41,9 @@ class Predictor:
         self.seen = seen
 
     def update(self, use: np.ndarray) -> np.ndarray:
+        if len(self.seen) != len(use):  # rows were never aligned: all of them are new
+            self.seen = np.zeros(len(use), dtype=bool)
+            self.state = {}
         fresh = ~self.seen
         if fresh.any():  # a new VM's first value seeds its state
             self._seed(use, fresh)

@@ -1,0 +1,119 @@
+"""The actuator's logic over a real backend: cgroup v2 files in a tmp dir, no sockets."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+
+from rescoin.proto import Envelope
+from rescoin.proto.messages import Alloc
+from rescoin.services.actuator.backend_cgroup import CgroupBackend, group_uuid
+from rescoin.services.actuator.core import ActuatorCore
+from rescoin.services.runtime.config import load_config
+from rescoin.services.runtime.support import Counters
+from tests.support.cgroupfs import fake_v2_root, v2_files
+
+GROUPS = ["web", "batch"]
+VMS = [group_uuid(g) for g in GROUPS]
+C = np.array([2.0, 8e9, 1e8, 1e8])
+TC = np.array([[0.5, 1e9, 1e7, 1e7], [0.5, 1e9, 1e7, 1e7]])
+AU = np.array([[0.2, 2e8, 0, 0], [0.9, 5e8, 0, 0]])
+
+
+def alloc_env(period, alloc, vms=VMS, template=TC, usage=AU):
+    body = Alloc(vms, alloc, np.zeros_like(alloc), template, usage, C, ["fit"] * 4, "rescoin", "estimate")
+    return Envelope("alloc", "h1", "scheduler", 1, period, 0, period, body)
+
+
+@pytest.fixture
+def actuator(tmp_path):
+    root = fake_v2_root(tmp_path / "cg", GROUPS)
+
+    def make(*overrides):
+        cfg = load_config(
+            None,
+            ["actuator.backend='cgroup'", f"actuator.cgroup_root='{tmp_path / 'none'}'", f"actuator.cgroup_v2_root='{root}'",
+             "actuator.cgroups={web='web', batch='batch'}", "actuator.cgroup_block_device='8:0'", *overrides],
+        )
+        return ActuatorCore("h1", cfg.actuator, CgroupBackend(cfg.actuator), Counters(), tmp_path / "state")
+
+    return make, root
+
+
+def test_ceiling_is_max_of_alloc_and_template_and_shares_follow_template(actuator):
+    make, root = actuator
+    core = make()
+    applied = core.on_alloc(alloc_env(5, np.array([[0.2, 3e8, 5e6, 1e6], [1.5, 6e8, 4e7, 1e6]])))
+    files = v2_files(root, "batch")
+    assert files["cpu.max"] == "150000 100000" and files["cpu.weight"] == "50"
+    assert v2_files(root, "web")["cpu.max"] == "50000 100000"  # alloc 0.2 < template 0.5
+    assert files["io.max"] == "8:0 rbps=40000000 wbps=40000000"
+    assert int(files["memory.high"]) == int(6e8)
+    assert applied.mode == "normal" and applied.set[1, 0] == pytest.approx(1.5)
+    assert {e["resource"] for e in applied.errors} == {"net"}  # loudly unsupported on cgroups
+
+
+def test_memory_never_below_use_plus_reserve(actuator):
+    make, root = actuator
+    core = make("actuator.mem_reserve_bytes=1e8")
+    core.on_alloc(alloc_env(5, np.array([[0.5, 1e6, 0, 0], [0.5, 1e6, 0, 0]])))
+    assert int(v2_files(root, "web")["memory.high"]) == int(2e8 + 1e8)
+
+
+def test_hysteresis_makes_a_stable_allocation_cost_no_writes(actuator):
+    make, _root = actuator
+    core = make()
+    alloc = np.array([[0.6, 3e8, 2e7, 1e7], [0.7, 6e8, 2e7, 1e7]])
+    first = core.on_alloc(alloc_env(5, alloc))
+    second = core.on_alloc(alloc_env(6, alloc * 1.01))  # within 5 %
+    assert first.writes > 0 and second.writes == 0
+
+
+def test_silence_moves_to_failsafe_then_a_valid_alloc_resumes(actuator):
+    make, root = actuator
+    core = make("actuator.stale_periods=2")
+    core.on_alloc(alloc_env(5, np.array([[1.5, 3e8, 5e7, 1e7], [0.4, 6e8, 2e7, 1e7]])))
+    assert core.on_period(5) == [] and core.on_period(6) == []
+    (out,) = core.on_period(7)
+    assert out.body.mode == "failsafe" and core.health().state == "failsafe"
+    assert v2_files(root, "web")["cpu.max"] == "50000 100000"  # back to the template
+    assert core.on_period(8) == []  # entered once
+    assert core.on_alloc(alloc_env(9, np.array([[1.5, 3e8, 5e7, 1e7], [0.4, 6e8, 2e7, 1e7]]))).mode == "normal"
+
+
+def test_bad_allocs_are_rejected_and_counted(actuator):
+    make, root = actuator
+    core = make()
+    before = v2_files(root, "web")
+    assert core.on_alloc(alloc_env(5, np.array([[1.5, 1e8, 0, 0], [1.5, 1e8, 0, 0]]))) is None  # Σ cpu 3 > 2
+    core.on_alloc(alloc_env(6, np.array([[0.6, 3e8, 0, 0], [0.6, 3e8, 0, 0]])))
+    assert core.on_alloc(alloc_env(6, np.array([[0.6, 3e8, 0, 0], [0.6, 3e8, 0, 0]]))) is None  # old period
+    stranger = str(uuid.UUID(int=7))
+    applied = core.on_alloc(alloc_env(7, np.array([[0.6, 3e8, 0, 0], [0.6, 3e8, 0, 0]]), vms=[VMS[0], stranger]))
+    assert {"vm": stranger, "resource": "all", "error": "unknown VM"} in applied.errors
+    assert core.counters.values["rejected.alloc"] == 2 and core.counters.values["rejected.unknown_vm"] == 1
+    assert before != v2_files(root, "web")
+
+
+def test_dry_run_touches_nothing(actuator):
+    make, root = actuator
+    core = make("actuator.dry_run=true")
+    before = {g: v2_files(root, g) for g in GROUPS}
+    applied = core.on_alloc(alloc_env(5, np.array([[1.5, 3e8, 5e7, 1e7], [0.4, 6e8, 2e7, 1e7]])))
+    assert applied.mode == "dry-run" and applied.writes > 0
+    assert {g: v2_files(root, g) for g in GROUPS} == before
+
+
+def test_restore_puts_back_the_originals_even_from_a_new_process(actuator):
+    make, root = actuator
+    before = {g: v2_files(root, g) for g in GROUPS}
+    make().on_alloc(alloc_env(5, np.array([[1.5, 3e8, 5e7, 1e7], [0.4, 6e8, 2e7, 1e7]])))
+    assert {g: v2_files(root, g) for g in GROUPS} != before
+    fresh = make()  # as after kill -9: only the persisted originals remain
+    applied = fresh.restore()
+    assert applied.mode == "restore"
+    restored = {g: v2_files(root, g) for g in GROUPS}
+    assert {g: {k: v for k, v in f.items() if k != "io.max"} for g, f in restored.items()} == {g: {k: v for k, v in f.items() if k != "io.max"} for g, f in before.items()}
+    assert all(f["io.max"] in ("", "8:0 rbps=max wbps=max") for f in restored.values())

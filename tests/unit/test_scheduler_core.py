@@ -1,0 +1,105 @@
+"""The scheduler stage's logic, driven by messages, no sockets."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+
+from rescoin.proto import Envelope
+from rescoin.proto.messages import Estimate, Sample
+from rescoin.services.runtime.config import load_config
+from rescoin.services.runtime.support import Counters
+from rescoin.services.scheduler.core import SchedulerCore, apply_floors
+from rescoin.services.scheduler.ledger import CoinLedger
+
+VMS = [str(uuid.UUID(int=i + 1)) for i in range(3)]
+C = np.array([4.0, 8e9, 1e8, 1e8])
+TC = np.array([[1.0, 2e9, 2e7, 2e7]] * 3)
+
+
+def env(kind, period, body):
+    return Envelope(kind, "h1", "test", 1, period, 0, period, body)
+
+
+def sample(period, usage, vms=VMS):
+    n = len(vms)
+    return env("sample", period, Sample(C, vms, [f"v{i}" for i in range(n)], TC[:n], usage, ["guest"] * n, 1.0))
+
+
+def estimate(period, est, vms=VMS):
+    return env("estimate", period, Estimate(vms, est, ["last"] * 4, {}))
+
+
+def core(tmp_path, **overrides):
+    cfg = load_config(None, [f"scheduler.{k}={v}" for k, v in overrides.items()])
+    return SchedulerCore("h1", cfg.scheduler, Counters(), tmp_path)
+
+
+def test_sample_then_estimate_gives_alloc_for_the_next_period(tmp_path):
+    sched = core(tmp_path)
+    usage = TC * 0.5
+    assert sched.on_message(sample(10, usage)) == []
+    (out,) = sched.on_message(estimate(11, usage))
+    assert out.kind == "alloc" and out.period == 11
+    assert out.body.estimate_source == "estimate" and out.body.vms == VMS
+    assert (out.body.alloc.sum(axis=0) <= C * (1 + 1e-9)).all()
+
+
+def test_missing_estimate_falls_back_to_last_use(tmp_path):
+    sched = core(tmp_path)
+    sched.on_message(sample(10, TC * 0.5))
+    (out,) = sched.on_period(11)
+    assert out.body.estimate_source == "last_use" and out.period == 11
+    assert sched.counters.values["estimate_missing"] == 1
+    assert sched.health().state == "degraded"
+
+
+def test_savers_earn_coins_and_hogs_lose_them(tmp_path):
+    sched = core(tmp_path, coin_window=5)
+    usage = TC.copy()
+    usage[0] *= 0.1  # saves
+    usage[1] *= 2.0  # hogs
+    for p in range(10, 13):
+        sched.on_message(sample(p, usage))
+        (out,) = sched.on_message(estimate(p + 1, usage))
+    coins = out.body.coins
+    assert (coins[0] > 0).all() and (coins[1] < 0).all() and np.allclose(coins[2], 0)
+
+
+def test_ledger_window_slides(tmp_path):
+    ledger = CoinLedger(window=2)
+    vms = VMS[:1]
+    for p, use in enumerate([0.0, 0.0, 1.0, 1.0]):
+        ledger.credit(p, vms, np.ones((1, 4)), np.full((1, 4), use), np.ones(4))
+    assert np.allclose(ledger.balances(vms), 0.0)  # the early savings slid out
+
+
+def test_ledger_survives_restart_and_corruption(tmp_path):
+    sched = core(tmp_path)
+    usage = TC * 0.2
+    for p in range(5):
+        sched.on_message(sample(p, usage))
+    before = sched.ledger.balances(VMS)
+    again = core(tmp_path)
+    assert np.array_equal(again.ledger.balances(VMS), before)
+    (tmp_path / "scheduler-ledger.npz").write_bytes(b"garbage")
+    broken = core(tmp_path)
+    assert np.allclose(broken.ledger.balances(VMS), 0) and broken.counters.values["rejected.ledger"] == 1
+
+
+def test_vms_that_come_and_go_keep_their_own_coins(tmp_path):
+    ledger = CoinLedger(window=10)
+    ledger.credit(1, VMS, TC, TC * np.array([[0.0], [1.0], [1.0]]), C)
+    saved = ledger.balances(VMS[:1])
+    ledger.credit(2, VMS[1:], TC[1:], TC[1:], C)  # VM 0 left
+    ledger.credit(3, VMS, TC, TC, C)  # and came back: a fresh start
+    assert (saved > 0).all() and np.allclose(ledger.balances(VMS[:1]), 0)
+
+
+def test_floors_hold_and_capacity_is_respected():
+    alloc = np.array([[0.0, 1e9, 0, 0], [3.9, 7e9, 0, 0]])
+    usage = np.array([[0.0, 2e9, 0, 0], [3.0, 5e9, 0, 0]])
+    out, over = apply_floors(alloc, usage, C, 0.05, 64 * 2**20)
+    assert out[0, 0] >= 0.05 and out[0, 1] >= 2e9 + 64 * 2**20
+    assert (out.sum(axis=0) <= C + 1e-6).all() and not over
