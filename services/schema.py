@@ -6,6 +6,7 @@ module only lists them, so every service validates the whole file.
 
 from rescoin.services.runtime.settings import BusSettings, HostSettings, LogSettings
 from rescoin.services.actuator.settings import ActuatorSettings
+from rescoin.services.exporter.settings import ExporterSettings
 from rescoin.services.monitor.settings import MonitorSettings
 from rescoin.services.predictor.settings import PredictorSettings
 from rescoin.services.scheduler.settings import SchedulerSettings
@@ -20,4 +21,5 @@ SECTIONS: dict[str, type] = {
     "scheduler": SchedulerSettings,
     "actuator": ActuatorSettings,
     "simhost": SimhostSettings,
+    "exporter": ExporterSettings,
 }

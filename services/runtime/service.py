@@ -130,7 +130,7 @@ class InputFilter:
 
 
 def bus_sockets(
-    ctx: zmq.Context, cfg: Config, subscriptions: Sequence[bytes]
+    ctx: zmq.Context, cfg: Config, subscriptions: Sequence[bytes], extra_sub_endpoints: Sequence[str] = ()
 ) -> tuple[zmq.Socket, zmq.Socket]:
     """A PUB connected to the bus's XSUB side and a SUB connected to its XPUB side."""
     pub = ctx.socket(zmq.PUB)
@@ -145,6 +145,8 @@ def bus_sockets(
             secure_client(sock, cfg.bus.curve_client_key, cfg.bus.curve_server_public)
     pub.connect(cfg.bus.pub_endpoint)
     sub.connect(cfg.bus.sub_endpoint)
+    for endpoint in extra_sub_endpoints:  # other hosts' buses (exporter, central tools)
+        sub.connect(endpoint)
     for prefix in subscriptions:
         sub.subscribe(prefix)
     return pub, sub
@@ -156,9 +158,15 @@ class ServiceLoop:
     MAX_BATCH = 1000  # messages handled before the clock is checked again
 
     def __init__(
-        self, stage: Stage, cfg: Config, counters: Counters, clock: Callable[[], float] = time.time
+        self,
+        stage: Stage,
+        cfg: Config,
+        counters: Counters,
+        clock: Callable[[], float] = time.time,
+        extra_sub_endpoints: Sequence[str] = (),
     ) -> None:
         self.stage = stage
+        self.extra_sub_endpoints = list(extra_sub_endpoints)
         self.cfg = cfg
         self.counters = counters
         self.clock = clock
@@ -169,7 +177,7 @@ class ServiceLoop:
     def run(self) -> int:
         self.stop.install()
         ctx = zmq.Context()
-        pub, sub = bus_sockets(ctx, self.cfg, self.stage.subscriptions())
+        pub, sub = bus_sockets(ctx, self.cfg, self.stage.subscriptions(), self.extra_sub_endpoints)
         self.publisher = Publisher(pub, self.cfg.host.name, self.stage.name)
         period_s = self.cfg.host.period_s
         next_tick = (current_period(self.clock(), period_s) + 1) * period_s
@@ -218,7 +226,7 @@ class ServiceLoop:
         except ProtocolError as exc:
             self.counters.reject(exc.field.split(".")[0] or "frame", str(exc), self.logger)
             return
-        if env.kind == KIND_HB or not self.filter.accept(env):
+        if not self.filter.accept(env):
             return
         try:
             outgoing = self.stage.on_message(env)
@@ -286,6 +294,6 @@ def config_from_args(args: argparse.Namespace, extra: Sequence[str] = ()) -> Con
     return cfg
 
 
-def run_stage(stage: Stage, cfg: Config, counters: Counters) -> int:
+def run_stage(stage: Stage, cfg: Config, counters: Counters, extra_sub_endpoints: Sequence[str] = ()) -> int:
     """Run ``stage`` under the service loop; returns the process exit code."""
-    return ServiceLoop(stage, cfg, counters).run()
+    return ServiceLoop(stage, cfg, counters, extra_sub_endpoints=extra_sub_endpoints).run()
