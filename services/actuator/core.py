@@ -4,9 +4,10 @@ Socket-free: ``on_alloc`` takes a decoded alloc envelope and returns the
 `applied` body; ``on_period`` notices silence and moves to the fail-safe
 state; ``restore`` puts back what was there before ResCoin touched it.
 
-* Targets (DESIGN §7): ceiling = max(alloc, template) for cpu, disk, net;
-  shares = the template; memory: balloon target = alloc, never below the
-  VM's use + reserve, never above its maximum.
+* Targets (DESIGN §7, services/model/enforcement.ceilings): ceiling =
+  max(alloc, template), none for a resource the alloc marks "fit"; shares =
+  the template; memory: balloon target never below the VM's use + reserve,
+  no balloon at or above its maximum.
 * Hysteresis: a setting is written only if it moved by more than
   max(absolute threshold, relative threshold × current value).
 * Originals: before the first write to a VM, its settings are read and saved
@@ -31,6 +32,7 @@ import numpy as np
 from rescoin.proto import KIND_ALLOC, KIND_APPLIED, Envelope, topic_prefix
 from rescoin.proto.messages import Alloc, Applied
 
+from ..model.enforcement import ceilings
 from ..runtime.service import Health, Outgoing
 from ..runtime.support import Counters, atomic_write
 from .backend import NO_LIMIT, RESOURCES, ActuatorBackend, BackendError, Change, ChangeError, Setting
@@ -120,24 +122,25 @@ class ActuatorCore:
         if self.mode == "failsafe":
             log.info("valid alloc for period %d: leaving the fail-safe state", env.period)
         self.mode = "normal"
-        targets = self.targets(alloc.alloc, alloc.template, alloc.usage)
+        targets = self.targets(alloc.alloc, alloc.template, alloc.usage, alloc.mode)
         return self._apply(alloc.vms, targets, started, "normal")
 
-    def targets(self, alloc: np.ndarray, template: np.ndarray, usage: np.ndarray) -> list[list[Setting]]:
-        """Per VM the four settings DESIGN §7 asks for (the memory floor re-checked here)."""
-        ceiling = np.maximum(alloc, template)
-        mem = np.maximum(alloc[:, MEM], usage[:, MEM] + self.settings.mem_reserve_bytes)
-        out = []
-        for i in range(alloc.shape[0]):
-            out.append(
-                [
-                    Setting(float(max(ceiling[i, CPU], self.settings.cpu_floor_cores)), float(template[i, CPU])),
-                    Setting(float(mem[i]), 0.0),
-                    Setting(float(ceiling[i, DISK]), float(template[i, DISK])),
-                    Setting(float(ceiling[i, NET]), float(template[i, NET])),
-                ]
-            )
-        return out
+    def targets(self, alloc: np.ndarray, template: np.ndarray, usage: np.ndarray, mode: list[str] | None = None) -> list[list[Setting]]:
+        """Per VM the four settings DESIGN §7 asks for (services/model/enforcement.ceilings):
+        ceilings max(alloc, template), none where the alloc's mode is "fit"; memory floor re-checked."""
+        fits = np.array([m == "fit" for m in mode]) if mode is not None and self.settings.release_when_fit else None
+        ceiling = ceilings(alloc, template, usage, self.settings.mem_reserve_bytes, fits)
+        cpu = np.maximum(ceiling[:, CPU], self.settings.cpu_floor_cores)
+        limit = lambda v: NO_LIMIT if np.isinf(v) else float(v)  # noqa: E731
+        return [
+            [
+                Setting(limit(cpu[i]), float(template[i, CPU])),
+                Setting(limit(ceiling[i, MEM]), 0.0),
+                Setting(limit(ceiling[i, DISK]), float(template[i, DISK])),
+                Setting(limit(ceiling[i, NET]), float(template[i, NET])),
+            ]
+            for i in range(alloc.shape[0])
+        ]
 
     def _moved(self, resource: int, old: Setting, new: Setting) -> bool:
         if (old.ceiling == NO_LIMIT) != (new.ceiling == NO_LIMIT):
@@ -171,8 +174,8 @@ class ActuatorCore:
                 errors.append(ChangeError(vm, "all", str(exc)))
                 continue
             wanted = list(targets[i])
-            mem_target = min(wanted[MEM].ceiling, limits[vm].mem_max_bytes)
-            wanted[MEM] = Setting(mem_target, 0.0)
+            if wanted[MEM].ceiling != NO_LIMIT and wanted[MEM].ceiling >= limits[vm].mem_max_bytes:
+                wanted[MEM] = Setting(NO_LIMIT, 0.0)  # at or above its size: no balloon
             for r in range(4):
                 before[i, r] = current[r].ceiling
                 after[i, r] = current[r].ceiling

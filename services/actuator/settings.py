@@ -28,6 +28,7 @@ class ActuatorSettings:
     cgroup_root: str = setting("/sys/fs/cgroup", "cgroup backend: where cgroupfs is mounted (v1 controllers below it, or v2)")
     cgroup_v2_root: str = setting("/sys/fs/cgroup/unified", "cgroup backend: a cgroup v2 mount to use when v1 lacks a controller")
     cgroup_block_device: str = setting("", "cgroup backend: MAJ:MIN of the disk to throttle (blkio/io.max); empty = no disk control")
+    release_when_fit: bool = setting(True, "no ceilings on a resource whose predicted demand fits the host (alloc mode 'fit')")
     dry_run: bool = setting(False, "compute, log and publish what would be set; touch nothing")
     restore_on_stop: bool = setting(True, "on SIGTERM put back every setting as it was found")
     originals_file: str = setting("actuator-originals.json", "original settings state file, relative to host.state_dir")

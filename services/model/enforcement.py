@@ -24,9 +24,20 @@ from .waterfill import waterfill
 MEM = 1
 
 
-def ceilings(alloc: np.ndarray, template: np.ndarray) -> np.ndarray:
-    """The ceiling the actuator enforces for an allocation: never below the template."""
-    return np.maximum(alloc, template)
+def ceilings(alloc: np.ndarray, template: np.ndarray, usage: np.ndarray, mem_reserve: float, fits: np.ndarray | None = None) -> np.ndarray:
+    """The ceilings the actuator enforces for an allocation, (n, 4), inf = none.
+
+    Never below the template (the guarantee); memory never below use + reserve
+    (ballooning a guest below its use kills it); and, for a resource whose
+    predicted demand fits the host (``fits[r]``, the alloc's mode "fit"), no
+    ceiling at all: there is no one to protect, and a low prediction must not
+    waste idle capacity.
+    """
+    ceiling = np.maximum(alloc, template)
+    ceiling[:, MEM] = np.maximum(ceiling[:, MEM], usage[:, MEM] + mem_reserve)
+    if fits is not None:
+        ceiling[:, np.asarray(fits, dtype=bool)] = np.inf
+    return ceiling
 
 
 def shares(template: np.ndarray) -> np.ndarray:

@@ -107,6 +107,7 @@ class SimHost:
         self.counters = np.zeros((n, 5))  # at self.last_ns: cpu ns, rd, wr, rx, tx bytes
         self.below_template = np.zeros((n, 4))
         self.period = self._period_of(now_ns)
+        self.origin = self.period  # the period that replays start_sample
         self.last_ns = now_ns
         self._violated = np.zeros((n, 4), dtype=bool)  # a ceiling below template this period
         self.changed = False  # tunables changed since the last saved_state()
@@ -116,7 +117,8 @@ class SimHost:
         return math.floor(now_ns / 1e9 / self.period_s)
 
     def _demand_row(self, period: int) -> int:
-        return (self.start_sample + period * self.samples_per_period) % self.work.demand.shape[0]
+        step = (period - self.origin) * self.samples_per_period
+        return (self.start_sample + step) % self.work.demand.shape[0]
 
     def _start_period(self) -> None:
         row = self._demand_row(self.period)
@@ -237,25 +239,26 @@ class SimHost:
         return ""
 
     def saved_state(self) -> dict:
-        """The tunables as a JSON-able map: a real host keeps them across restarts, so do we."""
+        """Tunables and trace position, JSON-able: a real host keeps its state across restarts."""
         self.changed = False
         return {
             "vms": list(self.vms),
             "shares": self.shares.tolist(),
             "ceiling": self.ceiling.tolist(),
+            "origin_period": self.origin,
         }
 
     def load_state(self, state: dict) -> bool:
-        """Take tunables saved by saved_state(); False (and nothing changed) if they do not fit."""
+        """Take what saved_state() gave; False (and nothing changed) if it does not fit."""
         try:
             shares = np.asarray(state["shares"], dtype=float)
             ceiling = np.asarray(state["ceiling"], dtype=float)
+            origin = int(state["origin_period"])
             fits = state["vms"] == self.vms and shares.shape == ceiling.shape == self.shares.shape
         except (KeyError, TypeError, ValueError):
             return False
         if not fits or not (np.isfinite(shares).all() and np.isfinite(ceiling).all()):
             return False
-        self.shares, self.ceiling = shares, ceiling
-        self._violated = self._below_template()
-        self._recompute()
+        self.shares, self.ceiling, self.origin = shares, ceiling, origin
+        self._start_period()  # the trace row and the rates follow the restored state
         return True

@@ -74,17 +74,19 @@ class Server:
         self.last_request = time.monotonic()
 
     def load(self) -> None:
+        """Continue from the state file if it fits these VMs; either way, (re)write it."""
         try:
             saved = json.loads(self.state.read_text())
         except FileNotFoundError:
-            return
+            saved = None
         except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable %s: %s", self.state, exc)
-            return
-        if self.sim.load_state(saved):
-            log.info("tunables restored from %s", self.state)
-        else:
+            saved = None
+        if saved is not None and self.sim.load_state(saved):
+            log.info("tunables and trace position restored from %s", self.state)
+        elif saved is not None:
             log.warning("%s is for other VMs: starting from the boot tunables", self.state)
+        self.save()
 
     def save(self) -> None:
         atomic_write(self.state, json.dumps(self.sim.saved_state()).encode())

@@ -24,7 +24,7 @@ ALLOC = Alloc(
     np.array([[0.5, 1e9, 1e7, 1e7]] * 2),
     np.zeros((2, 4)),
     np.array([2.0, 8e9, 1e8, 1e8]),
-    ["fit"] * 4,
+    ["contended"] * 4,
     "rescoin",
     "estimate",
 )

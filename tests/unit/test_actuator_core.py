@@ -23,7 +23,7 @@ AU = np.array([[0.2, 2e8, 0, 0], [0.9, 5e8, 0, 0]])
 
 
 def alloc_env(period, alloc, vms=VMS, template=TC, usage=AU):
-    body = Alloc(vms, alloc, np.zeros_like(alloc), template, usage, C, ["fit"] * 4, "rescoin", "estimate")
+    body = Alloc(vms, alloc, np.zeros_like(alloc), template, usage, C, ["contended"] * 4, "rescoin", "estimate")
     return Envelope("alloc", "h1", "scheduler", 1, period, 0, period, body)
 
 
@@ -50,7 +50,7 @@ def test_ceiling_is_max_of_alloc_and_template_and_shares_follow_template(actuato
     assert files["cpu.max"] == "150000 100000" and files["cpu.weight"] == "50"
     assert v2_files(root, "web")["cpu.max"] == "50000 100000"  # alloc 0.2 < template 0.5
     assert files["io.max"] == "8:0 rbps=40000000 wbps=40000000"
-    assert int(files["memory.high"]) == int(6e8)
+    assert int(files["memory.high"]) == int(1e9)  # alloc 6e8 is below the template
     assert applied.mode == "normal" and applied.set[1, 0] == pytest.approx(1.5)
     assert {e["resource"] for e in applied.errors} == {"net"}  # loudly unsupported on cgroups
 
@@ -58,8 +58,18 @@ def test_ceiling_is_max_of_alloc_and_template_and_shares_follow_template(actuato
 def test_memory_never_below_use_plus_reserve(actuator):
     make, root = actuator
     core = make("actuator.mem_reserve_bytes=1e8")
-    core.on_alloc(alloc_env(5, np.array([[0.5, 1e6, 0, 0], [0.5, 1e6, 0, 0]])))
-    assert int(v2_files(root, "web")["memory.high"]) == int(2e8 + 1e8)
+    usage = np.array([[0.2, 1.5e9, 0, 0], [0.2, 2e8, 0, 0]])
+    core.on_alloc(alloc_env(5, np.array([[0.5, 1e6, 0, 0], [0.5, 1e6, 0, 0]]), usage=usage))
+    assert int(v2_files(root, "web")["memory.high"]) == int(1.5e9 + 1e8)  # above its template
+
+
+def test_a_resource_that_fits_the_host_gets_no_ceiling(actuator):
+    make, root = actuator
+    core = make()
+    body = alloc_env(5, np.array([[0.2, 3e8, 5e6, 1e6], [1.5, 6e8, 4e7, 1e6]]))
+    body = Envelope("alloc", "h1", "scheduler", 1, 5, 0, 5, Alloc(body.body.vms, body.body.alloc, body.body.coins, TC, AU, C, ["fit", "contended", "contended", "contended"], "rescoin", "estimate"))
+    core.on_alloc(body)
+    assert v2_files(root, "batch")["cpu.max"] == "max 100000" and v2_files(root, "batch")["cpu.weight"] == "50"
 
 
 def test_hysteresis_makes_a_stable_allocation_cost_no_writes(actuator):

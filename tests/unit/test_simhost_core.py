@@ -51,7 +51,7 @@ def test_each_period_replays_the_next_trace_sample_and_wraps_around():
     demand[0, :, 0], demand[1, :, 0] = 0.2, 0.6
     sim = SimHost("h1", PERIOD_S, workload(demand), at(0))
     seen = [sim.stats(at(0.5 + k)).demand[0, 0] for k in range(4)]
-    assert seen == pytest.approx([0.2, 0.6, 0.2, 0.6])  # period 1_000_000 is even: row 0
+    assert seen == pytest.approx([0.2, 0.6, 0.2, 0.6])  # the first period replays row 0
 
 
 def test_a_cpu_ceiling_caps_achieved_use_and_the_counters():
@@ -124,6 +124,7 @@ def test_saved_tunables_come_back_only_for_the_same_vms():
     again = SimHost("h1", PERIOD_S, workload(steady([[0, 0, 0, 0], [0, 0, 0, 0]])), at(5))
     assert again.load_state(saved)
     assert again.tunables().ceiling[1, 2] == 5e7
+    assert again.origin == sim.origin  # the trace goes on where it was, not from the start
     other = SimHost("h2", PERIOD_S, workload(steady([[0, 0, 0, 0], [0, 0, 0, 0]])), at(5))
     assert not other.load_state(saved)  # other host name, other VM UUIDs
     assert not other.load_state({"vms": saved["vms"], "shares": "x"})
