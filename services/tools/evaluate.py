@@ -50,7 +50,7 @@ class Scenario:
 
 @dataclass
 class Options:
-    predictors: list[str] = field(default_factory=lambda: ["ewma_dev", "fastslow", "ewma_dev", "ewma_dev"])
+    predictors: list[str] = field(default_factory=lambda: ["ewma_dev"] * 4)
     coin_window: int = 288
     beta: float = 1.0
     share_leftover: bool = True
