@@ -7,6 +7,7 @@ module only lists them, so every service validates the whole file.
 from rescoin.services.runtime.settings import BusSettings, HostSettings, LogSettings
 from rescoin.services.actuator.settings import ActuatorSettings
 from rescoin.services.exporter.settings import ExporterSettings
+from rescoin.services.ingress.settings import IngressSettings
 from rescoin.services.monitor.settings import MonitorSettings
 from rescoin.services.predictor.settings import PredictorSettings
 from rescoin.services.scheduler.settings import SchedulerSettings
@@ -16,6 +17,7 @@ SECTIONS: dict[str, type] = {
     "host": HostSettings,
     "bus": BusSettings,
     "log": LogSettings,
+    "ingress": IngressSettings,
     "monitor": MonitorSettings,
     "predictor": PredictorSettings,
     "scheduler": SchedulerSettings,

@@ -93,11 +93,11 @@ class Server:
 
     def serve_once(self, timeout_s: float) -> None:
         """Answer at most one request, then let the host catch up with the clock."""
+        ended = self.sim.period  # before the request: answering it may cross the boundary
         if self.rep.poll(max(0, int(timeout_s * 1000)) + 1):
             frame = self.rep.recv()
             self.rep.send(handle_request(self.sim, frame, time.time_ns(), self.counters))
             self.last_request = time.monotonic()
-        ended = self.sim.period
         self.sim.advance(time.time_ns())
         if self.sim.period != ended:
             self.counters.inc("periods", self.sim.period - ended)

@@ -1,0 +1,132 @@
+"""rescoin-guest-agent: reports this VM's memory use to its host's ResCoin ingress.
+
+Runs inside the guest with only Python, pyzmq and msgpack. Every period it
+reads /proc/meminfo and publishes ``guest.mem/<vm-uuid>/`` over ZeroMQ CURVE,
+as a client holding this VM's own key pair (``rescoin keys add <uuid>`` on
+the host). Two ways to reach the host:
+
+* ``--connect tcp://HOST:7730``: the agent dials the ingress;
+* ``--bind tcp://0.0.0.0:5556``: the agent listens and the ingress dials it
+  (a per-VM forwarded port; for guests behind QEMU user networking/NAT).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import socket
+import sys
+import time
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.utils.monitor import recv_monitor_message
+
+from rescoin.proto import Envelope, GuestMem, encode_guest_mem
+
+AGENT_VERSION = "0.1.0"
+DMI_UUID = "/sys/class/dmi/id/product_uuid"
+log = logging.getLogger("rescoin.guest_agent")
+
+
+def read_meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
+    """The /proc/meminfo fields ResCoin uses, in bytes."""
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts:
+            values[name] = int(parts[0]) * (1024 if len(parts) > 1 and parts[1] == "kB" else 1)
+    return values
+
+
+def report(vm: str, meminfo: dict[str, int]) -> GuestMem:
+    total = meminfo["MemTotal"]
+    available = meminfo.get("MemAvailable", meminfo.get("MemFree", 0))
+    return GuestMem(vm, total, available, max(total - available, 0), meminfo.get("SwapTotal", 0), meminfo.get("SwapFree", 0), AGENT_VERSION)
+
+
+def vm_uuid(override: str | None) -> str:
+    if override:
+        return override.lower()
+    try:
+        return Path(DMI_UUID).read_text().strip().lower()
+    except OSError as exc:
+        raise SystemExit(f"rescoin-guest-agent: cannot read {DMI_UUID} ({exc}); pass --uuid") from exc
+
+
+def make_socket(ctx: zmq.Context, args: argparse.Namespace) -> zmq.Socket:
+    sock = ctx.socket(zmq.PUB)
+    public, secret = zmq.auth.load_certificate(args.key)
+    server_public, _ = zmq.auth.load_certificate(args.server_key)
+    sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server_public
+    # many agents must not stampede a restarted host: jittered, growing reconnect intervals
+    sock.reconnect_ivl = int(random.uniform(500, 1500))
+    sock.reconnect_ivl_max = 30_000
+    sock.sndhwm = 10
+    sock.linger = 2000
+    if args.bind:
+        sock.bind(args.bind)
+    else:
+        sock.connect(args.connect)
+    return sock
+
+
+def wait_connected(sock: zmq.Socket, timeout_s: float) -> bool:
+    """Wait until the CURVE handshake with the ingress succeeded (a PUB drops what it sends before)."""
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    try:
+        if monitor.poll(int(timeout_s * 1000)):
+            recv_monitor_message(monitor)
+            return True
+        return False
+    finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rescoin-guest-agent", description=__doc__.split("\n")[0])
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--connect", metavar="ENDPOINT", help="dial the host's ingress, e.g. tcp://10.0.2.2:7730")
+    where.add_argument("--bind", metavar="ENDPOINT", help="listen for the ingress, e.g. tcp://0.0.0.0:5556")
+    parser.add_argument("--key", required=True, help="this VM's secret cert (<uuid>.key_secret from `rescoin keys add`)")
+    parser.add_argument("--server-key", required=True, help="the host's public cert (server.key)")
+    parser.add_argument("--uuid", help=f"VM UUID (default: {DMI_UUID})")
+    parser.add_argument("--period", type=float, default=1.0, help="seconds between reports")
+    parser.add_argument("--meminfo", default="/proc/meminfo", help=argparse.SUPPRESS)
+    parser.add_argument("--once", action="store_true", help="wait for the ingress, send one report, exit (0 if sent)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    vm = vm_uuid(args.uuid)
+    ctx = zmq.Context()
+    sock = make_socket(ctx, args)
+    epoch, seq = time.time_ns(), 0
+    host = socket.gethostname().split(".")[0][:64] or "guest"
+    host = "".join(c if c.isalnum() or c in "_.:-" else "-" for c in host)
+    try:
+        if args.once:
+            if not wait_connected(sock, 30):
+                log.error("no CURVE handshake with the ingress within 30 s (wrong key, or nobody listening)")
+                return 1
+            time.sleep(0.5)  # the ingress's subscription travels after the handshake
+        while True:
+            now = time.time()
+            body = report(vm, read_meminfo(args.meminfo))
+            env = Envelope("guest.mem", host, "agent", epoch, seq, time.time_ns(), int(now // args.period), body)
+            sock.send_multipart(encode_guest_mem(env))
+            seq += 1
+            if args.once:
+                return 0
+            time.sleep(args.period - (time.time() % args.period))
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        sock.close()
+        ctx.term()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""ResCoin's message contract: envelope, topics, kinds, codec (see README.md).
+
+This package's top level is numpy-free so the guest agent can import it;
+the batch bodies and the full codec are in ``rescoin.proto.messages``.
+"""
+
+from .envelope import (
+    KIND_ALLOC,
+    KIND_APPLIED,
+    KIND_ESTIMATE,
+    KIND_GUEST_MEM,
+    KIND_HB,
+    KIND_SAMPLE,
+    KINDS,
+    PROTOCOL_VERSION,
+    RESOURCES,
+    UNITS,
+    Envelope,
+    make_topic,
+    parse_topic,
+    topic_prefix,
+)
+from .errors import ProtocolError
+from .guest import GuestMem, decode_guest_mem, encode_guest_mem
+from .heartbeat import SERVICE_STATES, Heartbeat
+
+__all__ = [
+    "KINDS",
+    "KIND_ALLOC",
+    "KIND_APPLIED",
+    "KIND_ESTIMATE",
+    "KIND_GUEST_MEM",
+    "KIND_HB",
+    "KIND_SAMPLE",
+    "PROTOCOL_VERSION",
+    "RESOURCES",
+    "SERVICE_STATES",
+    "UNITS",
+    "Envelope",
+    "GuestMem",
+    "Heartbeat",
+    "ProtocolError",
+    "decode_guest_mem",
+    "encode_guest_mem",
+    "make_topic",
+    "parse_topic",
+    "topic_prefix",
+]

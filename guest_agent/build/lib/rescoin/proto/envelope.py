@@ -1,0 +1,225 @@
+"""The envelope, topics and framing shared by every ResCoin message.
+
+Numpy-free on purpose: the guest agent imports this module inside VMs that
+have only pyzmq and msgpack. The batch bodies with arrays live in
+`rescoin.proto.messages`, which plugs its array codec in through `ext_hook`.
+
+Wire form (see proto/README.md): a two-frame ZeroMQ message
+``[topic, payload]``; topic is ``"<kind>/<key>/"`` in UTF-8 (key = host name,
+or the VM UUID for guest reports), payload is one msgpack map.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from .errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+
+RESOURCES = ("cpu", "mem", "disk", "net")
+UNITS = ("cores", "bytes", "bytes/s", "bytes/s")
+
+KIND_GUEST_MEM = "guest.mem"
+KIND_SAMPLE = "sample"
+KIND_ESTIMATE = "estimate"
+KIND_ALLOC = "alloc"
+KIND_APPLIED = "applied"
+KIND_HB = "hb"
+KINDS = (KIND_GUEST_MEM, KIND_SAMPLE, KIND_ESTIMATE, KIND_ALLOC, KIND_APPLIED, KIND_HB)
+
+# Frames larger than this are rejected before msgpack sees them: 10k VMs x 4
+# resources x several float64 matrices is ~2 MB, so 64 MiB is generous.
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+MAX_TOPIC_BYTES = 256
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_INT64_MAX = 2**63 - 1
+
+ENVELOPE_FIELDS = ("v", "kind", "host", "src", "epoch", "seq", "ts", "period", "body")
+
+
+def check_name(value: object, field: str) -> str:
+    """A host name or publisher id: 1-128 chars of [A-Za-z0-9_.:-], no '/'."""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ProtocolError(
+            f"must be a name of [A-Za-z0-9_.:-] (1-128 chars), got {value!r:.80}", field
+        )
+    return value
+
+
+def check_uuid(value: object, field: str) -> str:
+    """A VM id: a lowercase canonical UUID string (as libvirt prints it)."""
+    if not isinstance(value, str) or not _UUID_RE.match(value):
+        raise ProtocolError(f"must be a lowercase UUID string, got {value!r:.80}", field)
+    return value
+
+
+def check_int(value: object, field: str, lo: int = 0, hi: int = _INT64_MAX) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ProtocolError(f"must be an integer in [{lo}, {hi}], got {value!r:.80}", field)
+    return value
+
+
+def check_str(value: object, field: str, max_len: int = 1024) -> str:
+    if not isinstance(value, str) or len(value) > max_len:
+        raise ProtocolError(
+            f"must be a string of at most {max_len} chars, got {type(value).__name__}", field
+        )
+    return value
+
+
+def check_map(value: object, field: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ProtocolError(f"must be a map with string keys, got {type(value).__name__}", field)
+    return value
+
+
+def require_keys(
+    body: Mapping[str, Any], required: Sequence[str], optional: Sequence[str], where: str
+) -> None:
+    """Exactly the documented keys: missing ones are errors, unknown ones too."""
+    missing = [k for k in required if k not in body]
+    if missing:
+        raise ProtocolError(f"missing field(s) {', '.join(missing)}", where)
+    unknown = sorted(set(body) - set(required) - set(optional))
+    if unknown:
+        raise ProtocolError(f"unknown field(s) {', '.join(unknown)[:200]}", where)
+
+
+def make_topic(kind: str, key: str) -> bytes:
+    """``kind/key/``: the trailing slash keeps ``sample/h1/`` from matching ``sample/h10/``."""
+    return f"{kind}/{key}/".encode()
+
+
+def topic_prefix(kind: str = "", key: str = "") -> bytes:
+    """A subscription prefix: all kinds, one kind on every host, or one kind on one host."""
+    if not kind:
+        return b""
+    return make_topic(kind, key) if key else f"{kind}/".encode()
+
+
+def parse_topic(raw: bytes) -> tuple[str, str]:
+    if not isinstance(raw, bytes | bytearray | memoryview) or len(raw) > MAX_TOPIC_BYTES:
+        raise ProtocolError("topic must be at most 256 bytes", "topic")
+    try:
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("topic is not UTF-8", "topic") from exc
+    parts = text.split("/")
+    if len(parts) != 3 or parts[2] != "" or not parts[0] or not parts[1]:
+        raise ProtocolError(f"topic must look like 'kind/key/', got {text!r:.80}", "topic")
+    return parts[0], parts[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One message: who sent it, when, for which period, and its body.
+
+    ``body`` is the kind's body object (a dataclass from guest.py or
+    messages.py); the codec converts it to and from its wire map.
+    """
+
+    kind: str
+    host: str
+    src: str
+    epoch: int  # publisher start time, ns: a new value means it restarted
+    seq: int  # counter per publisher and topic, for gap detection
+    ts: int  # send time, ns since the epoch
+    period: int  # floor(unix_time / period_s) of the period the body is about
+    body: Any
+    v: int = PROTOCOL_VERSION
+
+    @property
+    def topic_key(self) -> str:
+        return self.body.vm if self.kind == KIND_GUEST_MEM else self.host
+
+    @property
+    def topic(self) -> bytes:
+        return make_topic(self.kind, self.topic_key)
+
+
+def pack_frames(
+    env: Envelope, body_map: Mapping[str, Any], default: Callable[[Any], Any] | None = None
+) -> list[bytes]:
+    payload = {
+        "v": env.v,
+        "kind": env.kind,
+        "host": env.host,
+        "src": env.src,
+        "epoch": env.epoch,
+        "seq": env.seq,
+        "ts": env.ts,
+        "period": env.period,
+        "body": body_map,
+    }
+    return [env.topic, msgpack.packb(payload, default=default, use_bin_type=True)]
+
+
+def unpack_frames(
+    frames: Sequence[bytes], ext_hook: Callable[[int, bytes], Any] | None = None
+) -> tuple[str, str, dict[str, Any]]:
+    """Split and msgpack-decode a frame list; validate the envelope header.
+
+    Returns (kind, topic key, payload map). The body is left for the kind's
+    decoder. Every failure is a ProtocolError.
+    """
+    if not isinstance(frames, Sequence) or isinstance(frames, bytes | str) or len(frames) != 2:
+        raise ProtocolError("a message is exactly two frames [topic, payload]", "frames")
+    topic_kind, topic_key = parse_topic(frames[0])
+    raw = frames[1]
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise ProtocolError("payload frame must be bytes", "payload")
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise ProtocolError(f"payload of {len(raw)} bytes exceeds {MAX_PAYLOAD_BYTES}", "payload")
+    try:
+        payload = msgpack.unpackb(
+            raw,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            ext_hook=ext_hook or _reject_ext,
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises many types for bad bytes
+        raise ProtocolError(
+            f"payload is not valid msgpack ({type(exc).__name__}: {exc})"[:300], "payload"
+        ) from exc
+    payload = dict(check_map(payload, "payload"))
+    require_keys(payload, ENVELOPE_FIELDS, (), "envelope")
+    version = payload["v"]
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"unsupported protocol version {version!r:.20} (this side speaks {PROTOCOL_VERSION})",
+            "v",
+        )
+    kind = payload["kind"]
+    if kind not in KINDS:
+        raise ProtocolError(f"unknown kind {kind!r:.40}", "kind")
+    if kind != topic_kind:
+        raise ProtocolError(
+            f"topic kind {topic_kind!r} does not match payload kind {kind!r}", "topic"
+        )
+    check_name(payload["host"], "host")
+    check_name(payload["src"], "src")
+    check_int(payload["epoch"], "epoch")
+    check_int(payload["seq"], "seq")
+    check_int(payload["ts"], "ts")
+    check_int(payload["period"], "period")
+    if kind != KIND_GUEST_MEM and topic_key != payload["host"]:
+        raise ProtocolError(
+            f"topic host {topic_key!r} does not match payload host {payload['host']!r}", "topic"
+        )
+    check_map(payload["body"], "body")
+    return kind, topic_key, payload
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"msgpack extension type {code} is not allowed in this message", "payload")

@@ -1,0 +1,319 @@
+"""The batch bodies (sample, estimate, alloc, applied) and the full codec.
+
+Every batch body is column-wise for one host and one period: ``vms`` lists
+the VM UUIDs and every matrix has one row per VM, columns in RESOURCES order
+(cpu cores, mem bytes, disk bytes/s, net bytes/s).
+
+    frames = encode(env)          # [topic, payload]
+    env = decode(frames)          # validated Envelope, or ProtocolError
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .arrays import check_matrix, ext_hook, pack_default
+from .envelope import (
+    KIND_ALLOC,
+    KIND_APPLIED,
+    KIND_ESTIMATE,
+    KIND_GUEST_MEM,
+    KIND_HB,
+    KIND_SAMPLE,
+    RESOURCES,
+    Envelope,
+    check_int,
+    check_map,
+    check_name,
+    check_str,
+    check_uuid,
+    pack_frames,
+    require_keys,
+    unpack_frames,
+)
+from .errors import ProtocolError
+from .guest import GuestMem, envelope_from_payload
+from .heartbeat import Heartbeat
+
+MEM_SOURCES = ("guest", "balloon", "none")
+MODES = ("fit", "contended")
+ESTIMATE_SOURCES = ("estimate", "last_use")
+APPLY_MODES = ("normal", "failsafe", "dry-run", "restore")
+NO_LIMIT = -1.0  # in `applied`: this resource has no ceiling set
+MAX_VMS = 100_000
+
+
+def _check_vms(value: Any, field_name: str = "body.vms") -> list[str]:
+    if not isinstance(value, list) or len(value) > MAX_VMS:
+        raise ProtocolError(f"must be a list of at most {MAX_VMS} VM UUIDs", field_name)
+    for i, vm in enumerate(value):
+        check_uuid(vm, f"{field_name}[{i}]")
+    if len(set(value)) != len(value):
+        raise ProtocolError("lists a VM twice", field_name)
+    return value
+
+
+def _check_str_list(
+    value: Any, field_name: str, n: int, allowed: Sequence[str] | None = None
+) -> list[str]:
+    if not isinstance(value, list) or len(value) != n:
+        raise ProtocolError(f"must be a list of {n} strings", field_name)
+    for i, item in enumerate(value):
+        check_str(item, f"{field_name}[{i}]", 256)
+        if allowed is not None and item not in allowed:
+            raise ProtocolError(f"must be one of {allowed}, got {item!r:.40}", f"{field_name}[{i}]")
+    return value
+
+
+def _check_float(value: Any, field_name: str, lo: float = 0.0, hi: float = math.inf) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not lo <= value <= hi
+    ):
+        raise ProtocolError(f"must be a finite number in [{lo}, {hi}]", field_name)
+    return float(value)
+
+
+def _check_params(value: Any, field_name: str) -> dict[str, Any]:
+    params = check_map(value, field_name)
+    if len(params) > 64:
+        raise ProtocolError("at most 64 parameters", field_name)
+    for key, item in params.items():
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ProtocolError("parameters must be finite", f"{field_name}.{key:.40}")
+        if not isinstance(item, str | int | float | bool):
+            raise ProtocolError("parameters are strings or numbers", f"{field_name}.{key:.40}")
+    return dict(params)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """monitor -> all: what each VM used in the period that just ended."""
+
+    capacity: np.ndarray  # (4,): host capacity C after the host reserve
+    vms: list[str]
+    names: list[str]  # domain names, for people
+    template: np.ndarray  # (n, 4): tc, what each VM was sold
+    usage: np.ndarray  # (n, 4): au, measured use
+    mem_source: list[str]  # per VM: guest | balloon | none
+    period_s: float
+
+    WIRE: ClassVar[tuple[str, ...]] = ("C", "vms", "names", "tc", "au", "mem_src", "period_s")
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "C": self.capacity,
+            "vms": list(self.vms),
+            "names": list(self.names),
+            "tc": self.template,
+            "au": self.usage,
+            "mem_src": list(self.mem_source),
+            "period_s": float(self.period_s),
+        }
+
+    @classmethod
+    def from_wire(cls, body: Mapping[str, Any]) -> Sample:
+        require_keys(body, cls.WIRE, (), "body")
+        vms = _check_vms(body["vms"])
+        n = len(vms)
+        return cls(
+            capacity=check_matrix(body["C"], "body.C", len(RESOURCES), None),
+            vms=vms,
+            names=_check_str_list(body["names"], "body.names", n),
+            template=check_matrix(body["tc"], "body.tc", n),
+            usage=check_matrix(body["au"], "body.au", n),
+            mem_source=_check_str_list(body["mem_src"], "body.mem_src", n, MEM_SOURCES),
+            period_s=_check_float(body["period_s"], "body.period_s", 1e-3, 3600),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """predictor -> scheduler: predicted demand for the next period."""
+
+    vms: list[str]
+    estimate: np.ndarray  # (n, 4): d, predicted demand
+    predictor: list[str]  # per resource: the predictor's name
+    params: dict[str, Any] = field(default_factory=dict)
+
+    WIRE: ClassVar[tuple[str, ...]] = ("vms", "est", "predictor", "params")
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "vms": list(self.vms),
+            "est": self.estimate,
+            "predictor": list(self.predictor),
+            "params": dict(self.params),
+        }
+
+    @classmethod
+    def from_wire(cls, body: Mapping[str, Any]) -> Estimate:
+        require_keys(body, cls.WIRE, (), "body")
+        vms = _check_vms(body["vms"])
+        return cls(
+            vms=vms,
+            estimate=check_matrix(body["est"], "body.est", len(vms)),
+            predictor=_check_str_list(body["predictor"], "body.predictor", len(RESOURCES)),
+            params=_check_params(body["params"], "body.params"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Alloc:
+    """scheduler -> actuator: each VM's allocation (its ceiling) for the next period."""
+
+    vms: list[str]
+    alloc: np.ndarray  # (n, 4)
+    coins: np.ndarray  # (n, 4): coin balance after this period; may be negative
+    template: np.ndarray  # (n, 4): tc, the guarantee the actuator enforces as shares/floor
+    usage: np.ndarray  # (n, 4): au the allocation was based on (memory floor check)
+    capacity: np.ndarray  # (4,)
+    mode: list[str]  # per resource: fit | contended
+    policy: str
+    estimate_source: str  # estimate | last_use (the predictor's estimate was missing)
+
+    WIRE: ClassVar[tuple[str, ...]] = (
+        "vms",
+        "alloc",
+        "coins",
+        "tc",
+        "au",
+        "C",
+        "mode",
+        "policy",
+        "est_src",
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "vms": list(self.vms),
+            "alloc": self.alloc,
+            "coins": self.coins,
+            "tc": self.template,
+            "au": self.usage,
+            "C": self.capacity,
+            "mode": list(self.mode),
+            "policy": self.policy,
+            "est_src": self.estimate_source,
+        }
+
+    @classmethod
+    def from_wire(cls, body: Mapping[str, Any]) -> Alloc:
+        require_keys(body, cls.WIRE, (), "body")
+        vms = _check_vms(body["vms"])
+        n = len(vms)
+        src = body["est_src"]
+        if src not in ESTIMATE_SOURCES:
+            raise ProtocolError(f"must be one of {ESTIMATE_SOURCES}", "body.est_src")
+        return cls(
+            vms=vms,
+            alloc=check_matrix(body["alloc"], "body.alloc", n),
+            coins=check_matrix(body["coins"], "body.coins", n, lo=None),
+            template=check_matrix(body["tc"], "body.tc", n),
+            usage=check_matrix(body["au"], "body.au", n),
+            capacity=check_matrix(body["C"], "body.C", len(RESOURCES), None),
+            mode=_check_str_list(body["mode"], "body.mode", len(RESOURCES), MODES),
+            policy=check_name(body["policy"], "body.policy"),
+            estimate_source=src,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """actuator -> all: what was set (ceilings in resource units, NO_LIMIT = none)."""
+
+    vms: list[str]
+    set: np.ndarray  # (n, 4): the ceiling in force after this apply
+    before: np.ndarray  # (n, 4): the ceiling before it
+    errors: list[dict[str, str]]  # {"vm", "resource", "error"}
+    latency_s: float  # from receiving the alloc to the last write
+    mode: str  # normal | failsafe | dry-run | restore
+    backend: str
+    writes: int  # backend calls that changed something
+
+    WIRE: ClassVar[tuple[str, ...]] = (
+        "vms",
+        "set",
+        "before",
+        "errors",
+        "latency_s",
+        "mode",
+        "backend",
+        "writes",
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "vms": list(self.vms),
+            "set": self.set,
+            "before": self.before,
+            "errors": [dict(e) for e in self.errors],
+            "latency_s": float(self.latency_s),
+            "mode": self.mode,
+            "backend": self.backend,
+            "writes": int(self.writes),
+        }
+
+    @classmethod
+    def from_wire(cls, body: Mapping[str, Any]) -> Applied:
+        require_keys(body, cls.WIRE, (), "body")
+        vms = _check_vms(body["vms"])
+        n = len(vms)
+        errors = body["errors"]
+        if not isinstance(errors, list) or len(errors) > 4 * MAX_VMS:
+            raise ProtocolError("must be a list of error maps", "body.errors")
+        for i, err in enumerate(errors):
+            err = check_map(err, f"body.errors[{i}]")
+            require_keys(err, ("vm", "resource", "error"), (), f"body.errors[{i}]")
+            check_str(err["vm"], f"body.errors[{i}].vm", 64)
+            if err["resource"] not in RESOURCES + ("all",):
+                raise ProtocolError(
+                    "resource must be cpu, mem, disk, net or all", f"body.errors[{i}].resource"
+                )
+            check_str(err["error"], f"body.errors[{i}].error", 2000)
+        if body["mode"] not in APPLY_MODES:
+            raise ProtocolError(f"must be one of {APPLY_MODES}", "body.mode")
+        return cls(
+            vms=vms,
+            set=check_matrix(body["set"], "body.set", n, lo=NO_LIMIT),
+            before=check_matrix(body["before"], "body.before", n, lo=NO_LIMIT),
+            errors=[dict(e) for e in errors],
+            latency_s=_check_float(body["latency_s"], "body.latency_s", 0.0, 3600.0),
+            mode=body["mode"],
+            backend=check_name(body["backend"], "body.backend"),
+            writes=check_int(body["writes"], "body.writes"),
+        )
+
+
+BODY_TYPES: dict[str, Any] = {
+    KIND_GUEST_MEM: GuestMem,
+    KIND_SAMPLE: Sample,
+    KIND_ESTIMATE: Estimate,
+    KIND_ALLOC: Alloc,
+    KIND_APPLIED: Applied,
+    KIND_HB: Heartbeat,
+}
+
+
+def encode(env: Envelope) -> list[bytes]:
+    """Envelope -> ``[topic, payload]`` frames."""
+    body_type = BODY_TYPES.get(env.kind)
+    if body_type is None or not isinstance(env.body, body_type):
+        raise ProtocolError(
+            f"body of a {env.kind!r} message must be {getattr(body_type, '__name__', '?')}", "body"
+        )
+    return pack_frames(env, env.body.to_wire(), default=pack_default)
+
+
+def decode(frames: Sequence[bytes]) -> Envelope:
+    """``[topic, payload]`` frames -> validated Envelope. Raises only ProtocolError."""
+    kind, key, payload = unpack_frames(frames, ext_hook)
+    body = BODY_TYPES[kind].from_wire(payload["body"])
+    return envelope_from_payload(payload, body, key)

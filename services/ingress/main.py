@@ -1,0 +1,104 @@
+"""rescoin-ingress: the only way guests reach the bus.
+
+A CURVE-server SUB socket (bound for agents that connect, and/or connected to
+agents that bind behind NAT) authenticates every agent through ZAP against
+the key store; each message's User-Id is the VM its key was issued for, and
+only that VM's own ``guest.mem`` reports are forwarded, unchanged, to the bus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from rescoin.proto import KIND_HB, Heartbeat
+
+from ..runtime.service import Publisher, common_arguments, config_from_args, current_period
+from ..runtime.support import Counters, StopFlag, load_curve_keypair
+from .core import check_guest_frames
+from .keys import SERVER, trusted_guests
+
+log = logging.getLogger("rescoin.ingress")
+
+
+class GuestAuthenticator(ThreadAuthenticator):
+    """ZAP: a guest key is known or the connection is refused; User-Id = its VM UUID."""
+
+    def __init__(self, ctx: zmq.Context, guests: dict[bytes, str]) -> None:
+        super().__init__(ctx)
+        self.guests = guests
+        self.denied = 0
+
+    def callback(self, _domain: str, z85_key: bytes) -> bool:
+        known = z85_key in self.guests
+        self.denied += not known
+        return known
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        return self.guests[zmq.utils.z85.encode(client_public_key)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rescoin-ingress", description=__doc__.split("\n")[0])
+    common_arguments(parser)
+    cfg = config_from_args(parser.parse_args(argv))
+    keys_dir = Path(cfg.ingress.keys_dir)
+    try:
+        server_public, server_secret = load_curve_keypair(str(keys_dir / f"{SERVER}.key_secret"))
+    except (OSError, ValueError) as exc:
+        log.error("no server key in %s (run `rescoin keys init`): %s", keys_dir, exc)
+        return 1
+    guests = trusted_guests(keys_dir)
+    stop = StopFlag().install()
+    ctx = zmq.Context()
+    auth = GuestAuthenticator(ctx, guests)
+    auth.start()
+    auth.configure_curve_callback("*", credentials_provider=auth)
+    guest_sock = ctx.socket(zmq.SUB)
+    guest_sock.curve_server = True
+    guest_sock.curve_publickey, guest_sock.curve_secretkey = server_public, server_secret
+    guest_sock.rcvhwm = 1000
+    guest_sock.subscribe(b"")
+    if cfg.ingress.bind_endpoint:
+        guest_sock.bind(cfg.ingress.bind_endpoint)
+    for endpoint in cfg.ingress.agents.values():  # bind-mode agents behind NAT: we dial them
+        guest_sock.connect(endpoint)
+    bus = ctx.socket(zmq.PUB)
+    bus.connect(cfg.bus.pub_endpoint)
+    publisher = Publisher(bus, cfg.host.name, "ingress")
+    counters = Counters(max_warnings=cfg.log.max_warnings_per_period)
+    period_s = cfg.host.period_s
+    next_tick = (math.floor(time.time() / period_s) + 1) * period_s
+    log.info("ingress up: %d guest keys, bind %s, %d agents to dial", len(guests), cfg.ingress.bind_endpoint or "-", len(cfg.ingress.agents))
+    try:
+        while not stop.stopping:
+            if guest_sock.poll(max(0, int((next_tick - time.time()) * 1000))):
+                frames = guest_sock.recv_multipart(copy=False)
+                counters.inc("received")
+                ok, cause, detail = check_guest_frames([f.bytes for f in frames], frames[0].get("User-Id") if frames else None)
+                if ok:
+                    bus.send_multipart([f.bytes for f in frames])
+                    counters.inc("forwarded")
+                else:
+                    counters.reject(cause, detail, log)
+            if time.time() >= next_tick:
+                counters.values["rejected.zap_denied"] = auth.denied
+                hb = Heartbeat("ingress", "ok", period_s, counters.snapshot(), {"pid": os.getpid(), "guest_keys": len(guests)}, list(counters.recent_errors))
+                publisher.send(KIND_HB, current_period(time.time(), period_s) - 1, hb)
+                counters.end_period(log)
+                next_tick += period_s
+    finally:
+        auth.stop()
+        ctx.destroy(linger=200)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
