@@ -50,10 +50,24 @@ def bus_endpoints(args) -> list[str]:
     return [load_config(args.config).bus.sub_endpoint]
 
 
-def subscribe(ctx: zmq.Context, endpoints: Sequence[str], prefixes: Sequence[str]) -> zmq.Socket:
-    """One SUB socket connected to every endpoint (ZeroMQ fair-queues them)."""
+def curve_keys(args) -> tuple[str, str] | None:
+    """(client secret cert, bus public cert) from the config's [bus] curve_* keys, if set."""
+    if not args.config:
+        return None
+    from ..runtime.config import load_config
+
+    bus = load_config(args.config).bus
+    return (bus.curve_client_key, bus.curve_server_public) if bus.curve_client_key else None
+
+
+def subscribe(ctx: zmq.Context, endpoints: Sequence[str], prefixes: Sequence[str], curve: tuple[str, str] | None = None) -> zmq.Socket:
+    """One SUB socket connected to every endpoint (ZeroMQ fair-queues them); CURVE if given keys."""
     sub = ctx.socket(zmq.SUB)
     sub.rcvhwm = 100_000
+    if curve:
+        from ..runtime.support import secure_client
+
+        secure_client(sub, *curve)
     for endpoint in endpoints:
         sub.connect(endpoint)
     for prefix in prefixes or [""]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import zmq
 
 from ..runtime.support import StopFlag
-from .buses import RecordWriter, add_bus_arguments, bus_endpoints, subscribe
+from .buses import RecordWriter, add_bus_arguments, bus_endpoints, curve_keys, subscribe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     stop = StopFlag().install()
     ctx = zmq.Context()
-    sub = subscribe(ctx, bus_endpoints(args), args.topics)
+    sub = subscribe(ctx, bus_endpoints(args), args.topics, curve_keys(args))
     writer = RecordWriter(args.file)
     deadline = time.monotonic() + args.duration if args.duration else None
     count = 0

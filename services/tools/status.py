@@ -12,7 +12,7 @@ import zmq
 
 from rescoin.proto import Heartbeat
 
-from .buses import add_bus_arguments, bus_endpoints, receive, subscribe
+from .buses import add_bus_arguments, bus_endpoints, curve_keys, receive, subscribe
 
 EXPECTED = ("bus", "monitor", "predictor", "scheduler", "actuator")
 BAD_STATES = ("disconnected", "failsafe", "stopping")
@@ -56,7 +56,7 @@ def judge(beats: dict[tuple[str, str], Beat], hosts: list[str], expected: list[s
 
 def run(args: argparse.Namespace) -> int:
     ctx = zmq.Context()
-    sub = subscribe(ctx, bus_endpoints(args), ["hb/"])
+    sub = subscribe(ctx, bus_endpoints(args), ["hb/"], curve_keys(args))
     beats: dict[tuple[str, str], Beat] = {}
     deadline = time.monotonic() + args.wait
     try:

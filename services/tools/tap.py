@@ -12,7 +12,7 @@ import zmq
 
 from rescoin.proto import Envelope
 
-from .buses import add_bus_arguments, bus_endpoints, receive, subscribe
+from .buses import add_bus_arguments, bus_endpoints, curve_keys, receive, subscribe
 
 UNITS = (("cpu", "cores", 1.0), ("mem", "MiB", 2**20), ("disk", "MB/s", 1e6), ("net", "MB/s", 1e6))
 MATRICES = {
@@ -82,7 +82,7 @@ def fmt_row(row: np.ndarray) -> str:
 
 def run(args: argparse.Namespace) -> int:
     ctx = zmq.Context()
-    sub = subscribe(ctx, bus_endpoints(args), args.topics)
+    sub = subscribe(ctx, bus_endpoints(args), args.topics, curve_keys(args))
     shown = 0
     try:
         for msg in receive(sub, args.timeout):

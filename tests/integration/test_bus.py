@@ -120,3 +120,33 @@ def test_bus_exits_zero_on_sigterm():
         ctx.destroy(linger=0)
         assert bus.stop(signal.SIGTERM) == 0
         bus.start()  # running_bus stops it again
+
+
+def test_a_curve_bus_serves_key_holders_and_nobody_else(ctx, tmp_path):
+    import subprocess
+    import sys
+
+    import zmq.auth
+
+    from rescoin.services.runtime.support import secure_client
+    from tests.support.net import free_port
+
+    zmq.auth.create_certificates(str(tmp_path), "bus")
+    pub_ep, sub_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    secret, public = str(tmp_path / "bus.key_secret"), str(tmp_path / "bus.key")
+    args = [sys.executable, "-m", "rescoin.services.bus.main", "--host", "h1", "--period", "0.2"]
+    for item in (f"bus.pub_endpoint='{pub_ep}'", f"bus.sub_endpoint='{sub_ep}'", f"bus.curve_server_key='{secret}'", f"bus.curve_client_key='{secret}'", f"bus.curve_server_public='{public}'"):
+        args += ["--set", item]
+    bus = subprocess.Popen(args, stderr=subprocess.DEVNULL)
+    try:
+        trusted = ctx.socket(zmq.SUB)
+        secure_client(trusted, secret, public)
+        trusted.connect(sub_ep)
+        trusted.subscribe(b"hb/")
+        plain = connect_sub(ctx, sub_ep, b"hb/")
+        assert trusted.poll(5000)  # the bus's own heartbeat, over CURVE
+        assert decode(trusted.recv_multipart()).body.service == "bus"
+        assert plain.poll(1000) == 0  # no handshake without keys: nothing arrives
+    finally:
+        bus.terminate()
+        bus.wait(timeout=10)
