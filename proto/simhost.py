@@ -21,7 +21,7 @@ Ops (args -> result; the result types are the dataclasses below):
   (n,4) (the tunables the VMs booted with: what a restore puts back) and
   ``traces`` (the trace file each VM replays).
 * ``stats`` ({} -> HostStats): ``now_ns`` (the sim host's clock), ``period``,
-  ``vms``, ``counters`` (n,5) cumulative since start: cpu time ns, disk read
+  ``vms``, ``counters`` (n,5) cumulative since the sim host started: cpu time ns, disk read
   bytes, disk write bytes, net rx bytes, net tx bytes (linear in time within
   a period, so two reads at any moments give the exact rate between them);
   ``mem_used`` (n,) bytes in use now; ``mem_target`` (n,) balloon target
@@ -45,10 +45,9 @@ reported in ``errors`` and does not stop the others.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import msgpack
 import numpy as np
@@ -64,6 +63,7 @@ from .envelope import (
     require_keys,
 )
 from .errors import ProtocolError
+from .messages import _check_float, _check_str_list, _check_vms  # one set of checks
 
 OP_DESCRIBE = "describe"
 OP_STATS = "stats"
@@ -107,17 +107,11 @@ def check_write(write: Any, where: str) -> dict[str, Any]:
         raise ProtocolError(f"resource must be one of {RESOURCES}", f"{where}.resource")
     if "shares" not in write and "ceiling" not in write:
         raise ProtocolError("sets neither shares nor ceiling", where)
+    write = dict(write)
     for key, lo in (("shares", 0.0), ("ceiling", NO_CEILING)):
         if key in write:
-            value = write[key]
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or value < lo
-            ):
-                raise ProtocolError(f"must be a finite number >= {lo}", f"{where}.{key}")
-    return dict(write)
+            write[key] = _check_float(write[key], f"{where}.{key}", lo)
+    return write
 
 
 def encode_request(op: str, args: Mapping[str, Any] | None = None) -> bytes:
@@ -168,33 +162,6 @@ def decode_reply(op: str, frame: bytes) -> Any:
     raise ProtocolError(check_str(message["error"], "reply.error", 2000), "simhost")
 
 
-def _vms(value: Any, where: str) -> list[str]:
-    if not isinstance(value, list) or len(value) > MAX_WRITES:
-        raise ProtocolError("must be a list of VM UUIDs", where)
-    for i, vm in enumerate(value):
-        check_uuid(vm, f"{where}[{i}]")
-    if len(set(value)) != len(value):
-        raise ProtocolError("lists a VM twice", where)
-    return list(value)
-
-
-def _strs(value: Any, where: str, n: int) -> list[str]:
-    if not isinstance(value, list) or len(value) != n:
-        raise ProtocolError(f"must be a list of {n} strings", where)
-    return [check_str(item, f"{where}[{i}]", 256) for i, item in enumerate(value)]
-
-
-def _float(value: Any, where: str, lo: float, hi: float) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not lo <= value <= hi
-    ):
-        raise ProtocolError(f"must be a finite number in [{lo}, {hi}]", where)
-    return float(value)
-
-
 @dataclass(frozen=True, slots=True)
 class HostInfo:
     """``describe``: the simulated host and its VMs (fixed while the sim host runs)."""
@@ -209,6 +176,19 @@ class HostInfo:
     initial_shares: np.ndarray  # (n, 4): tunables at boot, what a restore must put back
     initial_ceiling: np.ndarray  # (n, 4)
     traces: list[str]  # the trace file each VM replays
+
+    WIRE: ClassVar[tuple[str, ...]] = (
+        "host",
+        "period_s",
+        "capacity",
+        "vms",
+        "names",
+        "template",
+        "provisioned",
+        "initial_shares",
+        "initial_ceiling",
+        "traces",
+    )
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -226,24 +206,22 @@ class HostInfo:
 
     @classmethod
     def from_wire(cls, result: Mapping[str, Any]) -> HostInfo:
-        keys = ("host", "period_s", "capacity", "vms", "names", "template", "provisioned")
-        keys += ("initial_shares", "initial_ceiling", "traces")
-        require_keys(result, keys, (), "result")
-        vms = _vms(result["vms"], "result.vms")
+        require_keys(result, cls.WIRE, (), "result")
+        vms = _check_vms(result["vms"], "result.vms")
         n = len(vms)
         return cls(
             host=check_str(result["host"], "result.host", 128),
-            period_s=_float(result["period_s"], "result.period_s", 1e-3, 3600),
+            period_s=_check_float(result["period_s"], "result.period_s", 1e-3, 3600),
             capacity=check_matrix(result["capacity"], "result.capacity", len(RESOURCES), None),
             vms=vms,
-            names=_strs(result["names"], "result.names", n),
+            names=_check_str_list(result["names"], "result.names", n),
             template=check_matrix(result["template"], "result.template", n),
             provisioned=check_matrix(result["provisioned"], "result.provisioned", n),
             initial_shares=check_matrix(result["initial_shares"], "result.initial_shares", n),
             initial_ceiling=check_matrix(
                 result["initial_ceiling"], "result.initial_ceiling", n, lo=NO_CEILING
             ),
-            traces=_strs(result["traces"], "result.traces", n),
+            traces=_check_str_list(result["traces"], "result.traces", n),
         )
 
 
@@ -261,6 +239,18 @@ class HostStats:
     achieved: np.ndarray  # (n, 4): what it gets, given the tunables
     below_template: np.ndarray  # (n, 4): periods a ceiling sat below the template
 
+    WIRE: ClassVar[tuple[str, ...]] = (
+        "now_ns",
+        "period",
+        "vms",
+        "counters",
+        "mem_used",
+        "mem_target",
+        "demand",
+        "achieved",
+        "below_template",
+    )
+
     def to_wire(self) -> dict[str, Any]:
         return {
             "now_ns": int(self.now_ns),
@@ -276,10 +266,8 @@ class HostStats:
 
     @classmethod
     def from_wire(cls, result: Mapping[str, Any]) -> HostStats:
-        keys = ("now_ns", "period", "vms", "counters", "mem_used", "mem_target", "demand")
-        keys += ("achieved", "below_template")
-        require_keys(result, keys, (), "result")
-        vms = _vms(result["vms"], "result.vms")
+        require_keys(result, cls.WIRE, (), "result")
+        vms = _check_vms(result["vms"], "result.vms")
         n = len(vms)
         return cls(
             now_ns=check_int(result["now_ns"], "result.now_ns"),
@@ -308,7 +296,7 @@ class Tunables:
     @classmethod
     def from_wire(cls, result: Mapping[str, Any]) -> Tunables:
         require_keys(result, ("vms", "shares", "ceiling"), (), "result")
-        vms = _vms(result["vms"], "result.vms")
+        vms = _check_vms(result["vms"], "result.vms")
         n = len(vms)
         return cls(
             vms=vms,

@@ -21,7 +21,8 @@ def waterfill(amount: np.ndarray, caps: np.ndarray, weights: np.ndarray) -> np.n
     if n == 0:
         return caps.copy()
     safe_w = np.where(weights > 0, weights, 1.0)
-    level = np.where(weights > 0, caps / safe_w, 0.0)  # the λ at which i is saturated
+    with np.errstate(over="ignore"):  # a tiny weight's level overflows to inf: saturated last
+        level = np.where(weights > 0, caps / safe_w, 0.0)  # the λ at which i is saturated
     order = np.argsort(level, axis=0, kind="stable")
     level_s = np.take_along_axis(level, order, axis=0)
     caps_s = np.take_along_axis(caps, order, axis=0)

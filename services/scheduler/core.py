@@ -52,7 +52,6 @@ def apply_floors(alloc: np.ndarray, usage: np.ndarray, capacity: np.ndarray, cpu
 @dataclass
 class _Pending:
     env: Envelope  # the sample waiting for its estimate
-    waited: int = 0
 
 
 class SchedulerCore:
@@ -118,8 +117,8 @@ class SchedulerCore:
         out = []
         for period in sorted(self.pending):
             pending = self.pending[period]
-            pending.waited += 1
-            if pending.waited >= self.settings.estimate_wait_periods:
+            # sample p arrives at the boundary that ends p: wait whole periods after it
+            if ended_period - period >= self.settings.estimate_wait_periods:
                 del self.pending[period]
                 self.counters.inc("estimate_missing")
                 out.append(self._allocate(pending.env, None))

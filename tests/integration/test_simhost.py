@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 import zmq
 from rescoin.proto.messages import decode
+from rescoin.services.actuator.backend import Change, Setting
+from rescoin.services.actuator.backend_sim import SimActuatorBackend
+from rescoin.services.monitor.backend_sim import SimMonitorBackend
 from rescoin.services.runtime.simclient import SimhostClient, SimhostError
 
 from tests.support.bus import running_bus, wait_for
@@ -134,3 +137,44 @@ def test_tunables_survive_a_restart(tmp_path):
                 assert client.tunables().ceiling[1, 0] == 0.75
     finally:
         client.close()
+
+
+def test_the_monitor_backend_reads_counters_sizes_and_templates(sim):
+    client, _, _ = sim
+    info = client.describe()
+    backend = SimMonitorBackend(client.endpoint, timeout_s=10.0)
+    try:
+        first = backend.read()
+        assert wait_for(lambda: backend.read().ts_ns > first.ts_ns + 0.1e9, 5)
+        second = backend.read()
+        assert [d.uuid for d in second.domains] == info.vms
+        for before, after, template in zip(
+            first.domains, second.domains, info.template, strict=True
+        ):
+            assert after.cpu_time_ns >= before.cpu_time_ns
+            assert after.template == tuple(template)
+            assert after.balloon_used_bytes <= after.mem_max_bytes
+        assert backend.capacity().cores == info.capacity[0]
+    finally:
+        backend.close()
+
+
+def test_the_actuator_backend_writes_and_reads_back_settings(sim):
+    client, _, _ = sim
+    backend = SimActuatorBackend(client.endpoint, timeout_s=10.0)
+    try:
+        vm = next(iter(backend.domains()))
+        errors = backend.write(
+            [
+                Change(vm, 0, Setting(ceiling=1.5, shares=0.5)),
+                Change(vm, 1, Setting(ceiling=2.0**30, shares=0.0)),  # memory: no shares
+                Change(vm, 3, Setting(ceiling=1e6, shares=0.0)),  # shares 0 = leave as they are
+                Change("00000000-0000-0000-0000-000000000009", 2, Setting(ceiling=1e6)),
+            ]
+        )
+        assert [(e.vm[:8], e.resource) for e in errors] == [("00000000", "disk")]
+        cpu, mem, _, net = backend.read(vm)
+        assert cpu == Setting(1.5, 0.5) and mem.ceiling == 2.0**30
+        assert net == Setting(1e6, 1.0)  # the boot share kept
+    finally:
+        backend.close()

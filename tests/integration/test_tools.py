@@ -119,7 +119,8 @@ def test_exporter_serves_metrics_that_promtool_accepts(bus_with_chatter, tmp_pat
     args = [sys.executable, "-m", "rescoin.services.exporter.main", "--host", "h1", "--period", "0.2", "--port", str(port)]
     for item in bus.overrides():
         args += ["--set", item]
-    proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
+    log = tmp_path / "exporter.log"
+    proc = subprocess.Popen(args, stderr=log.open("w"))
     try:
         scraped = {}
 
@@ -130,7 +131,7 @@ def test_exporter_serves_metrics_that_promtool_accepts(bus_with_chatter, tmp_pat
                 return False
             return "rescoin_vm_allocation_cpu_cores" in scraped["text"] and "rescoin_service_up" in scraped["text"]
 
-        assert wait_for(scrape, 20)
+        assert wait_for(scrape, 45), log.read_text()[-2000:] + scraped.get("text", "")[-1000:]
     finally:
         proc.terminate()
         proc.wait(timeout=10)

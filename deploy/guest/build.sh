@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Build ResCoin's tiny test guest, cached by the hash of its inputs:
+#   $OUT/vmlinuz            Debian's kernel (direct boot; the package linux-image-amd64 points at)
+#   $OUT/initramfs.cpio.gz  busybox-static + virtio/9p modules + init.sh as /init
+#   $OUT/rootfs/            debootstrapped Debian minbase with python3, python3-zmq, python3-msgpack
+#                           and ResCoin's guest agent in /opt/rescoin (shared read-only over 9p)
+# Needs (deploy/install.sh --test): busybox-static, debootstrap, cpio; apt lists; root.
+# OUT defaults to /var/cache/rescoin-guest/<hash>; prints OUT on the last line.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+PKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+[ -n "$PKG" ] || { apt-get update -q >/dev/null; PKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}'); }
+KVER=${PKG#linux-image-}
+HASH=$(cat "$HERE/build.sh" "$HERE/init.sh" "$REPO"/guest_agent/*.py "$REPO"/proto/*.py <(echo "$KVER") | sha256sum | cut -c1-16)
+OUT=${OUT:-/var/cache/rescoin-guest/$HASH}
+if [ -f "$OUT/.done" ]; then echo "$OUT"; exit 0; fi
+mkdir -p "$OUT"
+t0=$(date +%s)
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+# 1. the kernel and only the modules the guest loads (a full unpack is 390 MB)
+(cd "$WORK" && apt-get download -q "$PKG" >/dev/null && mkdir root &&
+ dpkg-deb --fsys-tarfile "$PKG"_*.deb | tar -x -C root --wildcards \
+    "./boot/vmlinuz-$KVER" \
+    "./lib/modules/$KVER/kernel/drivers/virtio/*" "./lib/modules/$KVER/kernel/drivers/net/virtio_net.ko" \
+    "./lib/modules/$KVER/kernel/drivers/net/net_failover.ko" "./lib/modules/$KVER/kernel/drivers/block/virtio_blk.ko" \
+    "./lib/modules/$KVER/kernel/net/core/failover.ko" "./lib/modules/$KVER/kernel/net/9p/*" \
+    "./lib/modules/$KVER/kernel/fs/netfs/*" "./lib/modules/$KVER/kernel/fs/fscache/*" "./lib/modules/$KVER/kernel/fs/9p/*")
+cp "$WORK/root/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
+MOD="$WORK/root/lib/modules/$KVER/kernel"
+
+# 2. the initramfs: busybox, modules in load order, /init (must start with #!/bin/busybox sh)
+R="$WORK/initramfs"
+mkdir -p "$R/bin" "$R/lib/modules" "$R/dev" "$R/proc" "$R/sys" "$R/tmp" "$R/mnt"
+cp /bin/busybox "$R/bin/busybox"
+for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev \
+         drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci net/core/failover \
+         drivers/net/net_failover drivers/net/virtio_net drivers/block/virtio_blk \
+         drivers/virtio/virtio_balloon fs/netfs/netfs fs/fscache/fscache net/9p/9pnet \
+         net/9p/9pnet_virtio fs/9p/9p; do
+    [ -f "$MOD/$m.ko" ] && cp "$MOD/$m.ko" "$R/lib/modules/"
+done
+cp "$HERE/init.sh" "$R/init"
+chmod 755 "$R/init"
+(cd "$R" && find . | cpio -o -H newc 2>/dev/null | gzip -9) > "$OUT/initramfs.cpio.gz"
+
+# 3. the Python root filesystem with the real agent (python3-cffi-backend must be named:
+#    debootstrap does not resolve the virtual package python3-zmq needs)
+if [ ! -x "$OUT/rootfs/usr/bin/python3" ]; then
+    rm -rf "$OUT/rootfs"
+    debootstrap --variant=minbase --include=python3-minimal,python3-zmq,python3-cffi-backend,python3-msgpack \
+        bookworm "$OUT/rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log" 2>&1 \
+        || { tail -20 "$WORK/debootstrap.log" >&2; exit 1; }
+    rm -rf "$OUT/rootfs/var/cache/apt/archives/"*.deb "$OUT/rootfs/var/lib/apt/lists/"*
+fi
+mkdir -p "$OUT/rootfs/opt/rescoin/rescoin" "$OUT/rootfs/opt/rescoin/keys"
+rm -rf "$OUT/rootfs/opt/rescoin/rescoin/guest_agent" "$OUT/rootfs/opt/rescoin/rescoin/proto"
+mkdir -p "$OUT/rootfs/opt/rescoin/rescoin/guest_agent" "$OUT/rootfs/opt/rescoin/rescoin/proto"
+cp "$REPO"/guest_agent/*.py "$OUT/rootfs/opt/rescoin/rescoin/guest_agent/"
+cp "$REPO"/proto/*.py "$OUT/rootfs/opt/rescoin/rescoin/proto/"
+chmod 644 "$OUT/vmlinuz" "$OUT/initramfs.cpio.gz"
+touch "$OUT/.done"
+echo "guest built in $(( $(date +%s) - t0 )) s: kernel $KVER, initramfs $(du -h "$OUT/initramfs.cpio.gz" | cut -f1), rootfs $(du -sh "$OUT/rootfs" | cut -f1)" >&2
+echo "$OUT"

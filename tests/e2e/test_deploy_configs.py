@@ -1,0 +1,71 @@
+"""deploy/: both supervisord configs, as supervisord itself reads them, and their TOML configs."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+from rescoin.services.runtime.config import load_config
+from supervisor.datatypes import RestartUnconditionally
+from supervisor.options import ServerOptions
+
+from tests.e2e.conftest import DEPLOY
+
+PIPELINE = {"bus", "monitor", "predictor", "scheduler", "actuator", "exporter"}
+
+
+def parsed(name: str, tmp_path: Path) -> ServerOptions:
+    """supervisord's own reading of deploy/<name>, with its paths moved under tmp_path."""
+    text = (DEPLOY / name).read_text()
+    for path in ("/var/lib/rescoin", "/run/rescoin", "%(here)s/../state"):
+        text = text.replace(path, str(tmp_path))
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    conf = DEPLOY / f".test-{tmp_path.name}.conf"  # beside the original: includes are relative
+    conf.write_text(text)
+    try:
+        options = ServerOptions()
+        options.realize(["-c", str(conf)])
+        return options
+    finally:
+        conf.unlink()
+
+
+@pytest.mark.parametrize(
+    "name,toml,extra",
+    [
+        ("supervisord.conf", "demo.toml", "simhost"),
+        ("supervisord-host.conf", "host.toml", "ingress"),
+    ],
+)
+def test_every_program_restarts_stops_as_a_group_and_logs_to_the_state_dir(
+    name, toml, extra, tmp_path
+):
+    options = parsed(name, tmp_path)
+    (group,) = options.process_group_configs
+    assert group.name == "rescoin"
+    programs = {p.name: p for p in group.process_configs}
+    assert set(programs) == PIPELINE | {extra}
+    for program in programs.values():
+        assert program.autorestart is RestartUnconditionally, program.name
+        assert program.startsecs >= 1 and program.stopwaitsecs >= 5, program.name
+        assert program.stopsignal == signal.SIGTERM, program.name
+        assert program.stopasgroup and program.killasgroup, program.name
+        assert program.stdout_logfile == f"{tmp_path}/logs/{program.name}.log"
+        assert program.command.endswith(f"/.venv/bin/rescoin-{program.name}")
+    assert programs["actuator"].stopwaitsecs >= 10  # time to restore every tunable
+    assert min(programs.values(), key=lambda p: p.priority).name == "bus"
+    (server,) = options.server_configs
+    assert server["family"].name == "AF_UNIX" and server["chmod"] == 0o700
+    config = load_config(DEPLOY / toml)
+    backend = "sim" if extra == "simhost" else "libvirt"
+    assert config.monitor.backend == config.actuator.backend == backend
+
+
+def test_the_host_config_drives_qemu_system_and_keeps_state_in_var_lib():
+    config = load_config(DEPLOY / "host.toml")
+    assert config.monitor.uri == config.actuator.uri == "qemu:///system"
+    assert config.host.state_dir == "/var/lib/rescoin"
+    unit = (DEPLOY / "rescoin.service").read_text()
+    assert "supervisord --nodaemon -c /opt/rescoin/deploy/supervisord-host.conf" in unit
+    assert "KillMode=mixed" in unit  # SIGTERM to supervisord alone: it stops the programs
