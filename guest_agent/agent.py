@@ -57,6 +57,13 @@ def vm_uuid(override: str | None) -> str:
         raise SystemExit(f"rescoin-guest-agent: cannot read {DMI_UUID} ({exc}); pass --uuid") from exc
 
 
+def guest_name(hostname: str) -> str:
+    """The envelope's host field: the guest's hostname made a valid name ("(none)" -> "guest")."""
+    name = "".join(c if (c.isascii() and c.isalnum()) or c in "_.:-" else "-" for c in hostname.split(".")[0][:64])
+    name = name.strip("-_.:")
+    return name or "guest"
+
+
 def make_socket(ctx: zmq.Context, args: argparse.Namespace) -> zmq.Socket:
     sock = ctx.socket(zmq.PUB)
     public, secret = zmq.auth.load_certificate(args.key)
@@ -104,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = zmq.Context()
     sock = make_socket(ctx, args)
     epoch, seq = time.time_ns(), 0
-    host = socket.gethostname().split(".")[0][:64] or "guest"
-    host = "".join(c if c.isalnum() or c in "_.:-" else "-" for c in host)
+    host = guest_name(socket.gethostname())
     try:
         if args.once:
             if not wait_connected(sock, 30):

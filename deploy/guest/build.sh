@@ -2,8 +2,9 @@
 # Build ResCoin's tiny test guest, cached by the hash of its inputs:
 #   $OUT/vmlinuz            Debian's kernel (direct boot; the package linux-image-amd64 points at)
 #   $OUT/initramfs.cpio.gz  busybox-static + virtio/9p modules + init.sh as /init
-#   $OUT/rootfs/            debootstrapped Debian minbase with python3, python3-zmq, python3-msgpack
-#                           and ResCoin's guest agent in /opt/rescoin (shared read-only over 9p)
+#   $OUT/rootfs -> a debootstrapped Debian minbase with python3, python3-zmq, python3-msgpack
+#                           (cached once per package list) and ResCoin's guest agent in
+#                           /opt/rescoin, copied in fresh by every build (shared read-only over 9p)
 # Needs (deploy/install.sh --test): busybox-static, debootstrap, cpio; apt lists; root.
 # OUT defaults to /var/cache/rescoin-guest/<hash>; prints OUT on the last line.
 set -euo pipefail
@@ -12,8 +13,11 @@ REPO=$(cd "$HERE/../.." && pwd)
 PKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
 [ -n "$PKG" ] || { apt-get update -q >/dev/null; PKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}'); }
 KVER=${PKG#linux-image-}
+ROOTFS_PKGS=python3-minimal,python3-zmq,python3-cffi-backend,python3-msgpack
+CACHE=${CACHE:-/var/cache/rescoin-guest}
 HASH=$(cat "$HERE/build.sh" "$HERE/init.sh" "$REPO"/guest_agent/*.py "$REPO"/proto/*.py <(echo "$KVER") | sha256sum | cut -c1-16)
-OUT=${OUT:-/var/cache/rescoin-guest/$HASH}
+OUT=${OUT:-$CACHE/$HASH}
+ROOTFS=$CACHE/rootfs-bookworm-$(echo "$ROOTFS_PKGS" | sha256sum | cut -c1-8)
 if [ -f "$OUT/.done" ]; then echo "$OUT"; exit 0; fi
 mkdir -p "$OUT"
 t0=$(date +%s)
@@ -48,19 +52,19 @@ chmod 755 "$R/init"
 
 # 3. the Python root filesystem with the real agent (python3-cffi-backend must be named:
 #    debootstrap does not resolve the virtual package python3-zmq needs)
-if [ ! -x "$OUT/rootfs/usr/bin/python3" ]; then
-    rm -rf "$OUT/rootfs"
-    debootstrap --variant=minbase --include=python3-minimal,python3-zmq,python3-cffi-backend,python3-msgpack \
-        bookworm "$OUT/rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log" 2>&1 \
+if [ ! -x "$ROOTFS/usr/bin/python3" ]; then
+    rm -rf "$ROOTFS"
+    debootstrap --variant=minbase --include=$ROOTFS_PKGS \
+        bookworm "$ROOTFS" http://deb.debian.org/debian >"$WORK/debootstrap.log" 2>&1 \
         || { tail -20 "$WORK/debootstrap.log" >&2; exit 1; }
-    rm -rf "$OUT/rootfs/var/cache/apt/archives/"*.deb "$OUT/rootfs/var/lib/apt/lists/"*
+    rm -rf "$ROOTFS/var/cache/apt/archives/"*.deb "$ROOTFS/var/lib/apt/lists/"*
 fi
-mkdir -p "$OUT/rootfs/opt/rescoin/rescoin" "$OUT/rootfs/opt/rescoin/keys"
-rm -rf "$OUT/rootfs/opt/rescoin/rescoin/guest_agent" "$OUT/rootfs/opt/rescoin/rescoin/proto"
-mkdir -p "$OUT/rootfs/opt/rescoin/rescoin/guest_agent" "$OUT/rootfs/opt/rescoin/rescoin/proto"
-cp "$REPO"/guest_agent/*.py "$OUT/rootfs/opt/rescoin/rescoin/guest_agent/"
-cp "$REPO"/proto/*.py "$OUT/rootfs/opt/rescoin/rescoin/proto/"
+AGENT="$ROOTFS/opt/rescoin/rescoin"
+rm -rf "$AGENT" && mkdir -p "$AGENT/guest_agent" "$AGENT/proto"
+cp "$REPO"/guest_agent/*.py "$AGENT/guest_agent/"
+cp "$REPO"/proto/*.py "$AGENT/proto/"
+ln -sfn "$ROOTFS" "$OUT/rootfs"
 chmod 644 "$OUT/vmlinuz" "$OUT/initramfs.cpio.gz"
 touch "$OUT/.done"
-echo "guest built in $(( $(date +%s) - t0 )) s: kernel $KVER, initramfs $(du -h "$OUT/initramfs.cpio.gz" | cut -f1), rootfs $(du -sh "$OUT/rootfs" | cut -f1)" >&2
+echo "guest built in $(( $(date +%s) - t0 )) s: kernel $KVER, initramfs $(du -h "$OUT/initramfs.cpio.gz" | cut -f1), rootfs $(du -sh "$ROOTFS" | cut -f1)" >&2
 echo "$OUT"

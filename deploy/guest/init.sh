@@ -1,6 +1,7 @@
 #!/bin/busybox sh
 # /init of ResCoin's test guest (busybox initramfs; Python from a 9p root filesystem).
-# Kernel command line: rescoin.mode=burn,disk,agent (any of them), rescoin.name=NAME
+# Kernel command line: rescoin.mode=burn,disk,agent (any of them), rescoin.name=NAME,
+#   rescoin.burn_after=SECONDS (start burning only then: the VM saves coins before it bursts)
 /bin/busybox mkdir -p /bin /sbin /proc /sys /dev /tmp /mnt/root
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -19,7 +20,11 @@ if [ -e /sys/class/net/eth0 ]; then   # QEMU user networking: the host is 10.0.2
 fi
 UUID=$(cat /sys/class/dmi/id/product_uuid 2>/dev/null | tr A-F a-f)
 echo "RESCOIN-BOOTED name=$NAME uuid=$UUID mode=$MODE uptime=$(cut -d' ' -f1 /proc/uptime)"
-case ",$MODE," in *,burn,*) i=0; while [ $i -lt $(nproc) ]; do (while :; do :; done) & i=$((i+1)); done ;; esac
+DELAY=$(arg rescoin.burn_after)
+case ",$MODE," in *,burn,*)
+    (sleep "${DELAY:-0}"; echo "RESCOIN-BURN start at $(cut -d' ' -f1 /proc/uptime)"
+     i=0; while [ $i -lt $(nproc) ]; do (while :; do :; done) & i=$((i+1)); done) & ;;
+esac
 case ",$MODE," in *,disk,*)
     (while :; do dd if=/dev/vda of=/dev/null bs=1M 2>/dev/null; echo 3 >/proc/sys/vm/drop_caches; done) & ;;
 esac

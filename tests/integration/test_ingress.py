@@ -136,3 +136,11 @@ def test_agent_installs_alone_without_numpy_or_libvirt(tmp_path):
     check = subprocess.run([str(venv / "bin" / "python"), "-c", "import importlib.util as u, rescoin.guest_agent.agent; print(u.find_spec('numpy'), u.find_spec('libvirt'))"], capture_output=True, text=True)
     assert check.stdout.strip() == "None None", check.stderr
     assert (venv / "bin" / "rescoin-guest-agent").exists()
+
+
+def test_agent_host_names_are_always_valid():
+    from rescoin.guest_agent.agent import guest_name
+    from rescoin.proto.envelope import check_name
+
+    for raw in ("(none)", "", "web-1.example.com", "ünïcode", "---"):
+        check_name(guest_name(raw), "host")

@@ -15,7 +15,9 @@ class GuestSpec:
     mode: str  # burn, disk, agent (comma-separated)
     mem_mib: int  # ≥ 96: Debian's kernel does not boot in 64 MiB
     template_cpu: float
+    template_mem_mib: int
     template_disk_bps: float
+    burn_after_s: int  # the guest idles (and saves coins) this long before burning
     agent_port: int  # host 127.0.0.1 port forwarded to the agent's guest port 5556
     disk_image: Path
     keys_dir: Path  # shared read-only: agent.key_secret, server.key
@@ -30,6 +32,7 @@ def domain_xml(spec: GuestSpec, guest_dir: Path) -> str:
   <metadata>
     <rescoin:template xmlns:rescoin="{TEMPLATE_NS}">
       <rescoin:cpu cores="{spec.template_cpu}"/>
+      <rescoin:mem bytes="{spec.template_mem_mib * 2**20}"/>
       <rescoin:disk bps="{spec.template_disk_bps:.0f}"/>
       <rescoin:net bps="125000"/>
     </rescoin:template>
@@ -41,7 +44,7 @@ def domain_xml(spec: GuestSpec, guest_dir: Path) -> str:
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{guest_dir}/vmlinuz</kernel>
     <initrd>{guest_dir}/initramfs.cpio.gz</initrd>
-    <cmdline>console=ttyS0 quiet rescoin.name={spec.name} rescoin.mode={spec.mode}</cmdline>
+    <cmdline>console=ttyS0 quiet rescoin.name={spec.name} rescoin.mode={spec.mode} rescoin.burn_after={spec.burn_after_s}</cmdline>
   </os>
   <features><acpi/><apic/></features>
   <on_poweroff>destroy</on_poweroff>
@@ -55,7 +58,7 @@ def domain_xml(spec: GuestSpec, guest_dir: Path) -> str:
       <target dev='vda' bus='virtio'/>
     </disk>
     <filesystem type='mount' accessmode='passthrough'>
-      <source dir='{guest_dir}/rootfs'/>
+      <source dir='{(guest_dir / "rootfs").resolve()}'/>
       <target dir='rootfs'/>
       <readonly/>
     </filesystem>

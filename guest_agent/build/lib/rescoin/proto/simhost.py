@@ -21,7 +21,7 @@ Ops (args -> result; the result types are the dataclasses below):
   (n,4) (the tunables the VMs booted with: what a restore puts back) and
   ``traces`` (the trace file each VM replays).
 * ``stats`` ({} -> HostStats): ``now_ns`` (the sim host's clock), ``period``,
-  ``vms``, ``counters`` (n,5) cumulative since start: cpu time ns, disk read
+  ``vms``, ``counters`` (n,5) cumulative since the sim host started: cpu time ns, disk read
   bytes, disk write bytes, net rx bytes, net tx bytes (linear in time within
   a period, so two reads at any moments give the exact rate between them);
   ``mem_used`` (n,) bytes in use now; ``mem_target`` (n,) balloon target

@@ -1,0 +1,153 @@
+"""ResCoin managing real QEMU/TCG guests: every assertion is on measured values.
+
+The module's VMs: "rc-saver" idles for SAVER_IDLE_S (earning coins) and then
+burns one vCPU; "rc-hog" burns from boot and reads its disk in a loop. The
+host is made small by configuration (1 core, 160 MiB for guests, 3 MiB/s of
+disk), so they contend. Tests run in order on one pipeline; the last one stops it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from tests.e2e.vm.conftest import MEM_RESERVE, PERIOD_S, SAVER_IDLE_S, TIMINGS
+from tests.support.bus import wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.vm]
+CPU, MEM, DISK = 0, 1, 2
+MIB = 2**20
+
+
+def samples(pipe, since=0.0):
+    return pipe.watcher.since(since, "sample")
+
+
+def rows(env, vm):
+    return env.body.vms.index(vm) if vm in env.body.vms else None
+
+
+def test_every_vm_appears_with_its_template_and_the_agent_reports_its_memory(lab, host_pipeline):
+    t0 = time.monotonic()
+    vms = {s.uuid: s for s in lab.specs}
+
+    def agent_reports_in_sample():
+        got = samples(host_pipeline)
+        return got and set(vms) <= set(got[-1].body.vms) and all(src == "guest" for src in got[-1].body.mem_source)
+
+    assert wait_for(agent_reports_in_sample, 120, 0.5), host_pipeline.logs()
+    TIMINGS.append(("pipeline up until guest-agent memory in samples", time.monotonic() - t0))
+    last = samples(host_pipeline)[-1].body
+    for vm, spec in vms.items():
+        i = last.vms.index(vm)
+        assert last.template[i].tolist() == [spec.template_cpu, spec.template_mem_mib * MIB, spec.template_disk_bps, 125000.0]
+        assert 0 < last.usage[i, MEM] < spec.mem_mib * MIB  # the guest's own MemTotal − MemAvailable
+
+
+def test_cpu_the_vm_with_coins_gets_more_and_measured_use_follows_the_quota(lab, host_pipeline):
+    saver, hog = (s.uuid for s in lab.specs)
+    # wait until the saver has burned for a while: both now want a full core of the 1-core host
+    deadline = SAVER_IDLE_S + 60
+
+    def saver_burning_long_enough():
+        burning = [e for e in samples(host_pipeline) if rows(e, saver) is not None and e.body.usage[rows(e, saver), CPU] > 0.2]
+        return len(burning) >= 12
+
+    assert wait_for(saver_burning_long_enough, deadline, 1.0), host_pipeline.logs()
+    window = [e for e in samples(host_pipeline) if rows(e, saver) is not None and rows(e, hog) is not None][-8:]
+    use = np.array([[e.body.usage[rows(e, saver), CPU], e.body.usage[rows(e, hog), CPU]] for e in window])
+    allocs = [e for e in host_pipeline.watcher.since(0, "alloc")][-8:]
+    coins = allocs[-1].body.coins
+    saver_row, hog_row = allocs[-1].body.vms.index(saver), allocs[-1].body.vms.index(hog)
+    assert np.linalg.norm(np.maximum(coins[saver_row], 0)) > np.linalg.norm(np.maximum(coins[hog_row], 0))
+    applied = host_pipeline.watcher.since(0, "applied")[-1].body
+    quota = {vm: applied.set[applied.vms.index(vm), CPU] for vm in (saver, hog)}
+    mean = use.mean(axis=0)
+    print(f"cpu: saver {mean[0]:.3f} (quota {quota[saver]:.3f}), hog {mean[1]:.3f} (quota {quota[hog]:.3f})")
+    assert mean[0] > mean[1] + 0.05  # coins bought the saver more of the contended core
+    assert (mean >= 0.3 - 0.05).all()  # nobody below its template (0.3 core)
+    assert abs(mean[0] - quota[saver]) < 0.12 and abs(mean[1] - quota[hog]) < 0.12  # TCG follows the quota
+    for spec in lab.specs:  # and libvirt holds what the actuator reported
+        params = lab.dom(spec.name).schedulerParameters()
+        assert params["global_quota"] == pytest.approx(quota[spec.uuid] * params["global_period"], rel=0.02)
+
+
+def test_memory_balloon_target_is_set_visible_in_the_guest_and_above_use_plus_reserve(lab, host_pipeline):
+    def ballooned():
+        applied = host_pipeline.watcher.since(0, "applied")
+        if not applied:
+            return False
+        body = applied[-1].body
+        return all(0 < body.set[body.vms.index(s.uuid), MEM] < s.mem_mib * MIB for s in lab.specs)
+
+    assert wait_for(ballooned, 60, 1.0), host_pipeline.logs()
+    time.sleep(3 * PERIOD_S)  # the balloon driver needs a moment; the agent reports every period
+    body = host_pipeline.watcher.since(0, "applied")[-1].body
+    last = samples(host_pipeline)[-1].body
+    for spec in lab.specs:
+        target = body.set[body.vms.index(spec.uuid), MEM]
+        current = lab.dom(spec.name).info()[2] * 1024
+        assert current == pytest.approx(target, abs=2 * MIB)  # virsh dominfo: the balloon is there
+        assert target >= spec.template_mem_mib * MIB - 1  # never below the template
+        i = last.vms.index(spec.uuid)
+        # nor below use + reserve (within the actuator's 8 MiB memory hysteresis: use moves a little)
+        assert target >= last.usage[i, MEM] + MEM_RESERVE - 8 * MIB
+    reports = [e.body for e in host_pipeline.watcher.since(0, "guest.mem")]
+    latest = {r.vm: r.mem_total for r in reports}  # later reports overwrite earlier ones
+    for spec in lab.specs:  # the guest itself sees what the balloon left it (less its kernel's own)
+        target = body.set[body.vms.index(spec.uuid), MEM]
+        assert target - 64 * MIB < latest[spec.uuid] <= target, (latest[spec.uuid], target)
+
+
+def test_disk_reads_are_held_to_the_throttle_the_actuator_set(lab, host_pipeline):
+    hog = lab.specs[1]
+    dom = lab.dom(hog.name)
+
+    def throttled():
+        return dom.blockIoTune("vda", 0).get("total_bytes_sec", 0) > 0
+
+    assert wait_for(throttled, 60, 1.0), host_pipeline.logs()
+    time.sleep(6 * PERIOD_S)
+    limit = dom.blockIoTune("vda", 0)["total_bytes_sec"]
+    applied = host_pipeline.watcher.since(0, "applied")[-1].body
+    assert applied.set[applied.vms.index(hog.uuid), DISK] == pytest.approx(limit, rel=0.05)
+    window = [e for e in samples(host_pipeline) if rows(e, hog.uuid) is not None][-5:]
+    measured = np.mean([e.body.usage[rows(e, hog.uuid), DISK] for e in window])
+    print(f"disk: throttle {limit / MIB:.2f} MiB/s, measured {measured / MIB:.2f} MiB/s")
+    assert 0.3 * limit < measured <= 1.3 * limit
+
+
+def test_killed_actuator_and_scheduler_leave_caps_in_place_and_come_back(lab, host_pipeline):
+    def quotas():
+        return {s.name: lab.dom(s.name).schedulerParameters()["global_quota"] for s in lab.specs}
+
+    before = quotas()
+    old = host_pipeline.pid("actuator")
+    os.kill(old, signal.SIGKILL)
+    assert quotas() == before  # nobody touches the caps while the actuator is dead
+    assert wait_for(lambda: host_pipeline.pid("actuator") not in (0, old), 20, 0.2)
+    old = host_pipeline.pid("scheduler")
+    os.kill(old, signal.SIGKILL)
+    t_kill = time.monotonic()
+    while time.monotonic() - t_kill < 3 * PERIOD_S:  # the scheduler is down: caps never below template
+        for spec in lab.specs:
+            q = lab.dom(spec.name).schedulerParameters()
+            assert q["global_quota"] == -1 or q["global_quota"] >= spec.template_cpu * q["global_period"] * 0.99
+        time.sleep(0.2)
+    assert wait_for(lambda: host_pipeline.pid("scheduler") not in (0, old), 20, 0.2)
+    t = time.monotonic()
+    assert wait_for(lambda: host_pipeline.watcher.since(t, "applied"), 30, 0.5), host_pipeline.logs()
+
+
+def test_stopping_everything_restores_the_original_settings(lab, host_pipeline):
+    host_pipeline.ctl("stop", "all")
+    for spec in lab.specs:
+        dom = lab.dom(spec.name)
+        params = dom.schedulerParameters()
+        assert params["global_quota"] in (-1, 0) or params["global_quota"] >= 2**63 - 1 or params["global_quota"] > 10**15
+        assert dom.blockIoTune("vda", 0)["total_bytes_sec"] == 0
+        assert dom.info()[2] == spec.mem_mib * 1024
