@@ -24,9 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(
-        prog="rescoin", description="ResCoin: fair sharing of a virtualization host."
-    )
+    parser = argparse.ArgumentParser(prog="rescoin", description="ResCoin: fair sharing of a virtualization host.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
         subparsers.add_parser(name, help=help_text, add_help=False)

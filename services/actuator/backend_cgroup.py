@@ -177,7 +177,10 @@ class CgroupBackend:
             self._write(vm, "disk", "io.max", f"{device} rbps={bps} wbps={bps}")
 
     def capabilities(self) -> dict[str, str]:
-        caps = {res: f"cgroup {layout}" if layout != "none" else "unsupported: no controller" for res, layout in self.layout.items()}
+        caps = {
+            res: f"cgroup {layout}" if layout != "none" else "unsupported: no controller"
+            for res, layout in self.layout.items()
+        }
         if not self.settings.cgroup_block_device:
             caps["disk"] = "unsupported: actuator.cgroup_block_device not set"
         caps["net"] = NET_UNSUPPORTED

@@ -80,7 +80,12 @@ class LibvirtActuatorBackend:
     def read(self, vm: str) -> list[Setting]:
         dom = self._domain(vm)
         try:
-            return [self._read_cpu(vm, dom), Setting(float(dom.info()[2]) * KIB, 0.0), self._read_disk(vm, dom), self._read_net(vm, dom)]
+            return [
+                self._read_cpu(vm, dom),
+                Setting(float(dom.info()[2]) * KIB, 0.0),
+                self._read_disk(vm, dom),
+                self._read_net(vm, dom),
+            ]
         except libvirt.libvirtError as exc:
             raise BackendError(f"reading {vm}: {exc}") from exc
 
@@ -141,7 +146,9 @@ class LibvirtActuatorBackend:
         else:
             vcpus = max(self._facts(vm, dom).vcpus, 1)
             params["vcpu_period"] = period
-            params["vcpu_quota"] = -1 if setting.ceiling == NO_LIMIT else max(int(setting.ceiling * period / vcpus), 1000)
+            params["vcpu_quota"] = (
+                -1 if setting.ceiling == NO_LIMIT else max(int(setting.ceiling * period / vcpus), 1000)
+            )
         dom.setSchedulerParametersFlags(params, LIVE)
 
     def _write_mem(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
@@ -155,7 +162,14 @@ class LibvirtActuatorBackend:
 
     def _write_disk(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
         bps = 0 if setting.ceiling == NO_LIMIT else max(int(setting.ceiling), 1)
-        params = {"total_bytes_sec": bps, "read_bytes_sec": 0, "write_bytes_sec": 0, "total_iops_sec": 0, "read_iops_sec": 0, "write_iops_sec": 0}
+        params = {
+            "total_bytes_sec": bps,
+            "read_bytes_sec": 0,
+            "write_bytes_sec": 0,
+            "total_iops_sec": 0,
+            "read_iops_sec": 0,
+            "write_iops_sec": 0,
+        }
         for disk in self._facts(vm, dom).disks:
             try:
                 dom.setBlockIoTune(disk, params, LIVE)
@@ -174,7 +188,9 @@ class LibvirtActuatorBackend:
         else:
             try:
                 current = dom.interfaceParameters(nic, LIVE)
-                dom.setInterfaceParameters(nic, {"inbound.average": max(int(current.get("inbound.average", 0)), 0) or 0}, LIVE)
+                dom.setInterfaceParameters(
+                    nic, {"inbound.average": max(int(current.get("inbound.average", 0)), 0) or 0}, LIVE
+                )
                 self.net_mode = "libvirt" if NetShaper.kernel_has_libvirt_shaping() else "tc"
             except libvirt.libvirtError:
                 self.net_mode = "tc"
@@ -198,7 +214,12 @@ class LibvirtActuatorBackend:
                 self.shaper.shape(nic, rate_bps=max(setting.shares, 1.0), ceil_bps=setting.ceiling)
 
     def capabilities(self) -> dict[str, str]:
-        return {"cpu": "cpu_shares + quota", "mem": "balloon", "disk": "setBlockIoTune", "net": self.net_mode or "probe on first write"}
+        return {
+            "cpu": "cpu_shares + quota",
+            "mem": "balloon",
+            "disk": "setBlockIoTune",
+            "net": self.net_mode or "probe on first write",
+        }
 
     def close(self) -> None:
         try:

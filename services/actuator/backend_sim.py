@@ -30,10 +30,7 @@ class SimActuatorBackend:
             info = self.client.describe()
         except SimhostError as exc:
             raise BackendError(str(exc)) from exc
-        return {
-            vm: DomainLimits(info.names[i], float(info.provisioned[i, MEM]))
-            for i, vm in enumerate(info.vms)
-        }
+        return {vm: DomainLimits(info.names[i], float(info.provisioned[i, MEM])) for i, vm in enumerate(info.vms)}
 
     def read(self, vm: str) -> list[Setting]:
         try:
@@ -43,10 +40,7 @@ class SimActuatorBackend:
         if vm not in tunables.vms:
             raise BackendError(f"no VM {vm} on the sim host")
         i = tunables.vms.index(vm)
-        return [
-            Setting(float(tunables.ceiling[i, r]), float(tunables.shares[i, r]))
-            for r in range(len(RESOURCES))
-        ]
+        return [Setting(float(tunables.ceiling[i, r]), float(tunables.shares[i, r])) for r in range(len(RESOURCES))]
 
     def write(self, changes: list[Change]) -> list[ChangeError]:
         writes = []

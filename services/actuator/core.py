@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
 from rescoin.proto import KIND_ALLOC, KIND_APPLIED, Envelope, topic_prefix
 from rescoin.proto.messages import Alloc, Applied
 
@@ -46,7 +45,15 @@ CAPACITY_SLACK = 1e-6  # relative: float sums of a valid alloc may exceed C by r
 class ActuatorCore:
     name = "actuator"
 
-    def __init__(self, host: str, settings: ActuatorSettings, backend: ActuatorBackend, counters: Counters, state_dir: Path | None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        host: str,
+        settings: ActuatorSettings,
+        backend: ActuatorBackend,
+        counters: Counters,
+        state_dir: Path | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.host = host
         self.settings = settings
         self.backend = backend
@@ -125,7 +132,9 @@ class ActuatorCore:
         targets = self.targets(alloc.alloc, alloc.template, alloc.usage, alloc.mode)
         return self._apply(alloc.vms, targets, started, "normal")
 
-    def targets(self, alloc: np.ndarray, template: np.ndarray, usage: np.ndarray, mode: list[str] | None = None) -> list[list[Setting]]:
+    def targets(
+        self, alloc: np.ndarray, template: np.ndarray, usage: np.ndarray, mode: list[str] | None = None
+    ) -> list[list[Setting]]:
         """Per VM the four settings DESIGN §7 asks for (services/model/enforcement.ceilings):
         ceilings max(alloc, template), none where the alloc's mode is "fit"; memory floor re-checked."""
         fits = np.array([m == "fit" for m in mode]) if mode is not None and self.settings.release_when_fit else None
@@ -165,7 +174,9 @@ class ActuatorCore:
         for i, vm in enumerate(vms):
             if vm not in limits:
                 if limits:
-                    self.counters.reject("unknown_vm", f"alloc names VM {vm}, which the {self.backend.name} backend does not have", log)
+                    self.counters.reject(
+                        "unknown_vm", f"alloc names VM {vm}, which the {self.backend.name} backend does not have", log
+                    )
                     errors.append(ChangeError(vm, "all", "unknown VM"))
                 continue
             try:
@@ -185,7 +196,13 @@ class ActuatorCore:
         writes = len(changes)
         if self.settings.dry_run:
             for change in changes:
-                log.info("dry-run: would set %s %s to ceiling %.6g, shares %.6g", change.vm, RESOURCES[change.resource], change.setting.ceiling, change.setting.shares)
+                log.info(
+                    "dry-run: would set %s %s to ceiling %.6g, shares %.6g",
+                    change.vm,
+                    RESOURCES[change.resource],
+                    change.setting.ceiling,
+                    change.setting.shares,
+                )
             mode = "dry-run" if mode == "normal" else mode
         elif changes:
             failed = self.backend.write(changes)
@@ -215,7 +232,11 @@ class ActuatorCore:
     def on_period(self, ended_period: int) -> list[Outgoing]:
         """Count silent periods; past ``stale_periods`` move every VM to the safe state."""
         self.periods_without_alloc += 1
-        if self.mode == "failsafe" or self.periods_without_alloc <= self.settings.stale_periods or self.last_valid is None:
+        if (
+            self.mode == "failsafe"
+            or self.periods_without_alloc <= self.settings.stale_periods
+            or self.last_valid is None
+        ):
             return []
         self.mode = "failsafe"
         self.counters.inc("failsafe_entries")
@@ -239,10 +260,24 @@ class ActuatorCore:
             self.originals = {}
         self.current = {}
         log.info("restored the original settings of %d VMs (%d errors)", len(vms), len(errors))
-        return Applied(vms, np.maximum(restored, NO_LIMIT), np.maximum(restored, NO_LIMIT), [{"vm": e.vm, "resource": e.resource, "error": e.error[:2000]} for e in errors], max(self.clock() - started, 0.0), "restore", self.backend.name, len(vms) * 4 - len(errors))
+        return Applied(
+            vms,
+            np.maximum(restored, NO_LIMIT),
+            np.maximum(restored, NO_LIMIT),
+            [{"vm": e.vm, "resource": e.resource, "error": e.error[:2000]} for e in errors],
+            max(self.clock() - started, 0.0),
+            "restore",
+            self.backend.name,
+            len(vms) * 4 - len(errors),
+        )
 
     def health(self) -> Health:
-        info = {"backend": self.backend.name, "mode": self.mode, "dry_run": self.settings.dry_run, "vms_touched": len(self.originals)}
+        info = {
+            "backend": self.backend.name,
+            "mode": self.mode,
+            "dry_run": self.settings.dry_run,
+            "vms_touched": len(self.originals),
+        }
         info.update({f"enforce.{k}": v for k, v in self.backend.capabilities().items()})
         return Health("failsafe" if self.mode == "failsafe" else "ok", info)
 

@@ -1,7 +1,7 @@
 """rescoin-actuator: enforces each `alloc` and publishes `applied`.
 
-    rescoin-actuator --dry-run      # log and publish what would be set, touch nothing
-    rescoin-actuator --restore      # put back the settings ResCoin found, then exit
+rescoin-actuator --dry-run      # log and publish what would be set, touch nothing
+rescoin-actuator --restore      # put back the settings ResCoin found, then exit
 """
 
 from __future__ import annotations

@@ -57,8 +57,38 @@ class NetShaper:
         if "qdisc htb 1:" not in self._run("tc", "qdisc", "show", "dev", dev).stdout:
             self._run("tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10")
         # a class borrows up to its ceil only from a parent: 1:1 holds the link at the ceiling
-        self._run("tc", "class", "replace", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", f"{ceil_bit}bit", "ceil", f"{ceil_bit}bit")
-        self._run("tc", "class", "replace", "dev", dev, "parent", "1:1", "classid", "1:10", "htb", "rate", f"{rate_bit}bit", "ceil", f"{ceil_bit}bit")
+        self._run(
+            "tc",
+            "class",
+            "replace",
+            "dev",
+            dev,
+            "parent",
+            "1:",
+            "classid",
+            "1:1",
+            "htb",
+            "rate",
+            f"{ceil_bit}bit",
+            "ceil",
+            f"{ceil_bit}bit",
+        )
+        self._run(
+            "tc",
+            "class",
+            "replace",
+            "dev",
+            dev,
+            "parent",
+            "1:1",
+            "classid",
+            "1:10",
+            "htb",
+            "rate",
+            f"{rate_bit}bit",
+            "ceil",
+            f"{ceil_bit}bit",
+        )
 
     def shape(self, dev: str, rate_bps: float, ceil_bps: float) -> None:
         """Hold both directions of ``dev`` to ``ceil_bps``, guaranteeing ``rate_bps``."""
@@ -69,7 +99,30 @@ class NetShaper:
         self._run("ip", "link", "set", ifb, "up")
         if "qdisc ingress ffff:" not in self._run("tc", "qdisc", "show", "dev", dev).stdout:
             self._run("tc", "qdisc", "add", "dev", dev, "handle", "ffff:", "ingress")
-        self._run("tc", "filter", "replace", "dev", dev, "parent", "ffff:", "protocol", "all", "prio", "1", "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", ifb)
+        self._run(
+            "tc",
+            "filter",
+            "replace",
+            "dev",
+            dev,
+            "parent",
+            "ffff:",
+            "protocol",
+            "all",
+            "prio",
+            "1",
+            "u32",
+            "match",
+            "u32",
+            "0",
+            "0",
+            "action",
+            "mirred",
+            "egress",
+            "redirect",
+            "dev",
+            ifb,
+        )
         self._htb(ifb, rate_bps, ceil_bps)
 
     def clear(self, dev: str) -> None:

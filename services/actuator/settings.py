@@ -15,20 +15,46 @@ def _four_non_negative(value: list[float]) -> str | None:
 class ActuatorSettings:
     """Enforces allocations: template as guarantee, allocation as ceiling (rescoin-actuator)."""
 
-    backend: str = setting("libvirt", "libvirt (any URI), cgroup (plain cgroups, no libvirt) or sim (the demo's sim host)", one_of("libvirt", "cgroup", "sim"))
+    backend: str = setting(
+        "libvirt",
+        "libvirt (any URI), cgroup (plain cgroups, no libvirt) or sim (the demo's sim host)",
+        one_of("libvirt", "cgroup", "sim"),
+    )
     uri: str = setting("qemu:///system", "libvirt URI")
-    stale_periods: int = setting(3, "periods without a valid alloc before the fail-safe state (ceilings at template)", positive)
-    hysteresis_relative: float = setting(0.05, "write a setting only if it moved more than this fraction ...", between(0.0, 1.0))
-    hysteresis_absolute: list[float] = setting([0.02, 8 * 2**20, 256 * 1024, 128 * 1024], "... and more than this much (cores, bytes, bytes/s, bytes/s)", _four_non_negative)
+    stale_periods: int = setting(
+        3, "periods without a valid alloc before the fail-safe state (ceilings at template)", positive
+    )
+    hysteresis_relative: float = setting(
+        0.05, "write a setting only if it moved more than this fraction ...", between(0.0, 1.0)
+    )
+    hysteresis_absolute: list[float] = setting(
+        [0.02, 8 * 2**20, 256 * 1024, 128 * 1024],
+        "... and more than this much (cores, bytes, bytes/s, bytes/s)",
+        _four_non_negative,
+    )
     mem_reserve_bytes: float = setting(64 * 2**20, "never balloon a VM below its use + this", non_negative)
     cpu_floor_cores: float = setting(0.05, "no cpu ceiling below this", non_negative)
     cpu_period_us: int = setting(100_000, "CFS period for quotas, microseconds", between(1000, 1_000_000))
-    net_shaping: str = setting("auto", "net ceilings: auto (libvirt if the kernel can, else tc), libvirt, tc, off", one_of("auto", "libvirt", "tc", "off"))
-    cgroups: dict[str, str] = setting({}, "cgroup backend: name = path relative to the cgroup root, e.g. { web = 'rescoin/web' }")
-    cgroup_root: str = setting("/sys/fs/cgroup", "cgroup backend: where cgroupfs is mounted (v1 controllers below it, or v2)")
-    cgroup_v2_root: str = setting("/sys/fs/cgroup/unified", "cgroup backend: a cgroup v2 mount to use when v1 lacks a controller")
-    cgroup_block_device: str = setting("", "cgroup backend: MAJ:MIN of the disk to throttle (blkio/io.max); empty = no disk control")
-    release_when_fit: bool = setting(True, "no ceilings on a resource whose predicted demand fits the host (alloc mode 'fit')")
+    net_shaping: str = setting(
+        "auto",
+        "net ceilings: auto (libvirt if the kernel can, else tc), libvirt, tc, off",
+        one_of("auto", "libvirt", "tc", "off"),
+    )
+    cgroups: dict[str, str] = setting(
+        {}, "cgroup backend: name = path relative to the cgroup root, e.g. { web = 'rescoin/web' }"
+    )
+    cgroup_root: str = setting(
+        "/sys/fs/cgroup", "cgroup backend: where cgroupfs is mounted (v1 controllers below it, or v2)"
+    )
+    cgroup_v2_root: str = setting(
+        "/sys/fs/cgroup/unified", "cgroup backend: a cgroup v2 mount to use when v1 lacks a controller"
+    )
+    cgroup_block_device: str = setting(
+        "", "cgroup backend: MAJ:MIN of the disk to throttle (blkio/io.max); empty = no disk control"
+    )
+    release_when_fit: bool = setting(
+        True, "no ceilings on a resource whose predicted demand fits the host (alloc mode 'fit')"
+    )
     dry_run: bool = setting(False, "compute, log and publish what would be set; touch nothing")
     restore_on_stop: bool = setting(True, "on SIGTERM put back every setting as it was found")
     originals_file: str = setting("actuator-originals.json", "original settings state file, relative to host.state_dir")

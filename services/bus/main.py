@@ -61,9 +61,7 @@ class Bus:
         self.control.bind(control_addr)
         proxy_control = ctx.socket(zmq.PAIR)
         proxy_control.connect(control_addr)
-        self.thread = threading.Thread(
-            target=self._run_proxy, args=(proxy_control,), name="bus-proxy", daemon=True
-        )
+        self.thread = threading.Thread(target=self._run_proxy, args=(proxy_control,), name="bus-proxy", daemon=True)
 
     def _run_proxy(self, proxy_control: zmq.Socket) -> None:
         try:
@@ -79,10 +77,7 @@ class Bus:
     def statistics(self) -> dict[str, int]:
         self.control.send(b"STATISTICS")
         reply = self.control.recv_multipart()
-        return {
-            name: struct.unpack("<Q", value)[0]
-            for name, value in zip(STAT_NAMES, reply, strict=True)
-        }
+        return {name: struct.unpack("<Q", value)[0] for name, value in zip(STAT_NAMES, reply, strict=True)}
 
     def stop(self) -> None:
         self.control.send(b"TERMINATE")

@@ -7,7 +7,8 @@ Prometheus conventions:
 
 | metric | labels | meaning |
 | --- | --- | --- |
-| rescoin_vm_{usage,estimate,allocation,template}_{cpu_cores,memory_bytes,disk_bytes_per_second,network_bytes_per_second} | host, vm, name | per VM and resource |
+| rescoin_vm_{usage,estimate,allocation,template}_<unit> | host, vm, name | per VM and resource; <unit> = |
+|   cpu_cores, memory_bytes, disk_bytes_per_second, network_bytes_per_second | | |
 | rescoin_vm_coins | host, vm, resource | coin balance (unitless, capacity-normalized) |
 | rescoin_host_capacity_{cpu_cores,…} | host | C |
 | rescoin_service_up | host, service | 1 while heartbeats arrive |
@@ -23,13 +24,16 @@ import time
 from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
-from rescoin.proto import RESOURCES, Envelope, SERVICE_STATES
+from rescoin.proto import RESOURCES, SERVICE_STATES, Envelope
 
 from ..runtime.service import Health, Outgoing
 
 UNIT_SUFFIX = ("cpu_cores", "memory_bytes", "disk_bytes_per_second", "network_bytes_per_second")
-VM_MATRICES = {"sample": (("usage", "usage"), ("template", "template")), "estimate": (("estimate", "estimate"),), "alloc": (("allocation", "alloc"),)}
+VM_MATRICES = {
+    "sample": (("usage", "usage"), ("template", "template")),
+    "estimate": (("estimate", "estimate"),),
+    "alloc": (("allocation", "alloc"),),
+}
 
 
 class ExporterCore:
@@ -71,23 +75,35 @@ class ExporterCore:
             for label, attr in VM_MATRICES.get(kind, ()):
                 matrix = getattr(body, attr)
                 for r, suffix in enumerate(UNIT_SUFFIX):
-                    fam = gauge(f"rescoin_vm_{label}_{suffix}", f"per-VM {label} of {RESOURCES[r]}", ["host", "vm", "name"])
+                    fam = gauge(
+                        f"rescoin_vm_{label}_{suffix}", f"per-VM {label} of {RESOURCES[r]}", ["host", "vm", "name"]
+                    )
                     for i, vm in enumerate(body.vms):
                         if vm in keep:
                             fam.add_metric([host, vm, names[i] if names else ""], float(matrix[i, r]))
             if kind == "alloc":
-                fam = gauge("rescoin_vm_coins", "coin balance per VM and resource (capacity-normalized, unitless)", ["host", "vm", "resource"])
+                fam = gauge(
+                    "rescoin_vm_coins",
+                    "coin balance per VM and resource (capacity-normalized, unitless)",
+                    ["host", "vm", "resource"],
+                )
                 for i, vm in enumerate(body.vms):
                     if vm in keep:
                         for r, res in enumerate(RESOURCES):
                             fam.add_metric([host, vm, res], float(body.coins[i, r]))
             if kind == "sample":
                 for r, suffix in enumerate(UNIT_SUFFIX):
-                    gauge(f"rescoin_host_capacity_{suffix}", f"host capacity of {RESOURCES[r]} after the reserve", ["host"]).add_metric([host], float(body.capacity[r]))
+                    gauge(
+                        f"rescoin_host_capacity_{suffix}",
+                        f"host capacity of {RESOURCES[r]} after the reserve",
+                        ["host"],
+                    ).add_metric([host], float(body.capacity[r]))
         up = gauge("rescoin_service_up", "1 while the service's heartbeats arrive", ["host", "service"])
         state = gauge("rescoin_service_state", "1 for the state the service reports", ["host", "service", "state"])
         last = gauge("rescoin_service_last_period", "last period the service reported", ["host", "service"])
-        events = CounterMetricFamily("rescoin_service_events", "the service's heartbeat counters", labels=["host", "service", "counter"])
+        events = CounterMetricFamily(
+            "rescoin_service_events", "the service's heartbeat counters", labels=["host", "service", "counter"]
+        )
         for (host, service), (seen, env) in sorted(beats.items()):
             hb = env.body
             up.add_metric([host, service], 1.0 if now - seen <= self.down_after * hb.period_s else 0.0)

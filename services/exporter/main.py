@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     core = ExporterCore(cfg.exporter.down_after_misses)
     REGISTRY.register(_Collector(core))
     start_http_server(cfg.exporter.listen_port, addr=cfg.exporter.listen_host)
-    return run_stage(core, cfg, Counters(max_warnings=cfg.log.max_warnings_per_period), extra_sub_endpoints=cfg.exporter.buses)
+    return run_stage(
+        core, cfg, Counters(max_warnings=cfg.log.max_warnings_per_period), extra_sub_endpoints=cfg.exporter.buses
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The CURVE key store of a host (``ingress.keys_dir``), shared by `rescoin keys` and the ingress.
 
-    <keys_dir>/server.key, server.key_secret      the ingress's key pair (secret: 0600)
-    <keys_dir>/guests/<vm-uuid>.key               a guest's public key (what the ingress trusts)
-    <keys_dir>/guests/<vm-uuid>.key_secret        the guest's key pair, to copy into that VM
+<keys_dir>/server.key, server.key_secret      the ingress's key pair (secret: 0600)
+<keys_dir>/guests/<vm-uuid>.key               a guest's public key (what the ingress trusts)
+<keys_dir>/guests/<vm-uuid>.key_secret        the guest's key pair, to copy into that VM
 """
 
 from __future__ import annotations

@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
-
 from rescoin.proto import KIND_HB, Heartbeat
+from zmq.auth.thread import ThreadAuthenticator
 
 from ..runtime.service import Publisher, common_arguments, config_from_args, current_period
 from ..runtime.support import Counters, StopFlag, load_curve_keypair
@@ -76,13 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     counters = Counters(max_warnings=cfg.log.max_warnings_per_period)
     period_s = cfg.host.period_s
     next_tick = (math.floor(time.time() / period_s) + 1) * period_s
-    log.info("ingress up: %d guest keys, bind %s, %d agents to dial", len(guests), cfg.ingress.bind_endpoint or "-", len(cfg.ingress.agents))
+    log.info(
+        "ingress up: %d guest keys, bind %s, %d agents to dial",
+        len(guests),
+        cfg.ingress.bind_endpoint or "-",
+        len(cfg.ingress.agents),
+    )
     try:
         while not stop.stopping:
             if guest_sock.poll(max(0, int((next_tick - time.time()) * 1000))):
                 frames = guest_sock.recv_multipart(copy=False)
                 counters.inc("received")
-                ok, cause, detail = check_guest_frames([f.bytes for f in frames], frames[0].get("User-Id") if frames else None)
+                ok, cause, detail = check_guest_frames(
+                    [f.bytes for f in frames], frames[0].get("User-Id") if frames else None
+                )
                 if ok:
                     bus.send_multipart([f.bytes for f in frames])
                     counters.inc("forwarded")
@@ -90,7 +96,14 @@ def main(argv: list[str] | None = None) -> int:
                     counters.reject(cause, detail, log)
             if time.time() >= next_tick:
                 counters.values["rejected.zap_denied"] = auth.denied
-                hb = Heartbeat("ingress", "ok", period_s, counters.snapshot(), {"pid": os.getpid(), "guest_keys": len(guests)}, list(counters.recent_errors))
+                hb = Heartbeat(
+                    "ingress",
+                    "ok",
+                    period_s,
+                    counters.snapshot(),
+                    {"pid": os.getpid(), "guest_keys": len(guests)},
+                    list(counters.recent_errors),
+                )
                 publisher.send(KIND_HB, current_period(time.time(), period_s) - 1, hb)
                 counters.end_period(log)
                 next_tick += period_s

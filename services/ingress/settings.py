@@ -11,6 +11,10 @@ from ..runtime.config import setting
 class IngressSettings:
     """The guest ingress: CURVE-authenticated guest.mem reports onto the bus (rescoin-ingress)."""
 
-    keys_dir: str = setting("/etc/rescoin/keys", "CURVE keys from `rescoin keys`: server.key(_secret), guests/<uuid>.key")
+    keys_dir: str = setting(
+        "/etc/rescoin/keys", "CURVE keys from `rescoin keys`: server.key(_secret), guests/<uuid>.key"
+    )
     bind_endpoint: str = setting("tcp://127.0.0.1:7730", "endpoint guests connect to (connect mode); empty = none")
-    agents: dict[str, str] = setting({}, "bind mode: VM UUID = agent endpoint the ingress connects to, e.g. a per-VM hostfwd port")
+    agents: dict[str, str] = setting(
+        {}, "bind mode: VM UUID = agent endpoint the ingress connects to, e.g. a per-VM hostfwd port"
+    )

@@ -24,7 +24,9 @@ from .waterfill import waterfill
 MEM = 1
 
 
-def ceilings(alloc: np.ndarray, template: np.ndarray, usage: np.ndarray, mem_reserve: float, fits: np.ndarray | None = None) -> np.ndarray:
+def ceilings(
+    alloc: np.ndarray, template: np.ndarray, usage: np.ndarray, mem_reserve: float, fits: np.ndarray | None = None
+) -> np.ndarray:
     """The ceilings the actuator enforces for an allocation, (n, 4), inf = none.
 
     Never below the template (the guarantee); memory never below use + reserve

@@ -59,7 +59,9 @@ def read_bitbrains_file(path: Path) -> np.ndarray:
     return rows[np.argsort(rows[:, TS], kind="stable")]
 
 
-def load_bitbrains(traces_dir: str | os.PathLike[str] | None = None, vm_ids: list[str] | None = None, n_vms: int | None = None) -> list[Trace]:
+def load_bitbrains(
+    traces_dir: str | os.PathLike[str] | None = None, vm_ids: list[str] | None = None, n_vms: int | None = None
+) -> list[Trace]:
     """Load Bitbrains traces onto one 300 s grid spanning all of them.
 
     ``vm_ids`` picks files by VM id (``"7"`` → ``7.csv.gz``); otherwise the
@@ -89,7 +91,17 @@ def _on_grid(path: Path, rows: np.ndarray, grid: np.ndarray) -> Trace:
     mhz_per_core = np.where(r[:, CORES] > 0, r[:, CAP_MHZ] / np.maximum(r[:, CORES], 1), 1.0)
     reads, writes = r[:, RD_KBPS] * KIB, r[:, WR_KBPS] * KIB
     rx, tx = r[:, RX_KBPS] * KIB, r[:, TX_KBPS] * KIB
-    demand = np.stack([r[:, USE_MHZ] / np.where(mhz_per_core > 0, mhz_per_core, 1.0), r[:, MEM_USE_KB] * KIB, reads + writes, rx + tx], axis=1)
+    demand = np.stack(
+        [
+            r[:, USE_MHZ] / np.where(mhz_per_core > 0, mhz_per_core, 1.0),
+            r[:, MEM_USE_KB] * KIB,
+            reads + writes,
+            rx + tx,
+        ],
+        axis=1,
+    )
     demand = np.maximum(demand, 0.0)
-    provisioned = np.array([rows[:, CORES].max(), rows[:, MEM_CAP_KB].max() * KIB, demand[:, 2].max(), demand[:, 3].max()])
+    provisioned = np.array(
+        [rows[:, CORES].max(), rows[:, MEM_CAP_KB].max() * KIB, demand[:, 2].max(), demand[:, 3].max()]
+    )
     return Trace(path.name.split(".")[0], str(path), demand, provisioned, _share(reads, writes), _share(rx, tx))

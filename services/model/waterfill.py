@@ -20,10 +20,16 @@ def waterfill(amount: np.ndarray, caps: np.ndarray, weights: np.ndarray) -> np.n
     n = caps.shape[0]
     if n == 0:
         return caps.copy()
+    short = caps.sum(axis=0) > amount  # only these columns need λ: in the others every cap fits
+    if not short.all():
+        result = caps.copy()
+        if short.any():
+            result[:, short] = waterfill(amount[short], caps[:, short], weights[:, short])
+        return result
     safe_w = np.where(weights > 0, weights, 1.0)
     with np.errstate(over="ignore"):  # a tiny weight's level overflows to inf: saturated last
         level = np.where(weights > 0, caps / safe_w, 0.0)  # the λ at which i is saturated
-    order = np.argsort(level, axis=0, kind="stable")
+    order = np.argsort(level, axis=0)  # ties share a level, so any order of them is right
     level_s = np.take_along_axis(level, order, axis=0)
     caps_s = np.take_along_axis(caps, order, axis=0)
     weights_s = np.take_along_axis(weights, order, axis=0)

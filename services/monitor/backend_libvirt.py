@@ -131,11 +131,17 @@ class LibvirtMonitorBackend:
         if "block" in empty:
             disk = sum(float(s[1] + s[3]) for s in (dom.blockStats(d) for d in facts.disks))
         else:
-            disk = sum(_get(st, f"block.{i}.rd.bytes", 0.0) + _get(st, f"block.{i}.wr.bytes", 0.0) for i in range(int(st.get("block.count", 0))))
+            disk = sum(
+                _get(st, f"block.{i}.rd.bytes", 0.0) + _get(st, f"block.{i}.wr.bytes", 0.0)
+                for i in range(int(st.get("block.count", 0)))
+            )
         if "interface" in empty:
             net = sum(float(s[0] + s[4]) for s in (dom.interfaceStats(d) for d in facts.interfaces))
         else:
-            net = sum(_get(st, f"net.{i}.rx.bytes", 0.0) + _get(st, f"net.{i}.tx.bytes", 0.0) for i in range(int(st.get("net.count", 0))))
+            net = sum(
+                _get(st, f"net.{i}.rx.bytes", 0.0) + _get(st, f"net.{i}.tx.bytes", 0.0)
+                for i in range(int(st.get("net.count", 0)))
+            )
         balloon = {k.split(".", 1)[1]: v for k, v in st.items() if k.startswith("balloon.")}
         if "balloon" in empty:
             balloon = dom.memoryStats()
@@ -157,7 +163,12 @@ class LibvirtMonitorBackend:
         return HostCapacity(float(os.cpu_count() or 1), host_memory_bytes())
 
     def info(self) -> dict[str, str | int | float | bool]:
-        return {"backend": "libvirt", "uri": self.uri, "fallback_groups": ",".join(sorted(self.fallbacks)) or "none", "connects": self.reconnects}
+        return {
+            "backend": "libvirt",
+            "uri": self.uri,
+            "fallback_groups": ",".join(sorted(self.fallbacks)) or "none",
+            "connects": self.reconnects,
+        }
 
     def close(self) -> None:
         self._drop()

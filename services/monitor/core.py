@@ -26,7 +26,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
 from rescoin.proto import Envelope, GuestMem
 from rescoin.proto.messages import Sample
 
@@ -74,7 +73,11 @@ class MonitorCore:
             self.counters.reject("guest_unknown_vm", f"guest.mem for unknown VM {report.vm}", log)
             return
         if report.mem_total > ABSURD_GUEST_FACTOR * mem_max:
-            self.counters.reject("guest_absurd", f"VM {report.vm} claims MemTotal {report.mem_total} B, its maximum is {mem_max:.0f} B", log)
+            self.counters.reject(
+                "guest_absurd",
+                f"VM {report.vm} claims MemTotal {report.mem_total} B, its maximum is {mem_max:.0f} B",
+                log,
+            )
             return
         self.guest[report.vm] = (period, report)
         self.counters.inc("guest_reports")
@@ -82,7 +85,12 @@ class MonitorCore:
     def template_of(self, dom: DomainReading) -> list[float]:
         """tc: the backend's (metadata) values, else the config table, else the defaults."""
         table = self.settings.templates.get(dom.uuid) or self.settings.templates.get(dom.name) or {}
-        derived = [float(dom.vcpus), float(dom.mem_max_bytes), self.settings.default_disk_bps, self.settings.default_net_bps]
+        derived = [
+            float(dom.vcpus),
+            float(dom.mem_max_bytes),
+            self.settings.default_disk_bps,
+            self.settings.default_net_bps,
+        ]
         out = []
         for r, key in enumerate(("cpu_cores", "mem_bytes", "disk_bps", "net_bps")):
             value = dom.template[r]

@@ -1,6 +1,6 @@
 """rescoin-monitor: reads every VM once per period and publishes `sample/<host>/`.
 
-    rescoin-monitor --once --json --uri qemu:///system   # one sample as JSON: does it see my VMs?
+rescoin-monitor --once --json --uri qemu:///system   # one sample as JSON: does it see my VMs?
 """
 
 from __future__ import annotations
@@ -87,7 +87,20 @@ def print_once(stage: MonitorStage, period_s: float) -> int:
         print(f"rescoin-monitor: {stage.last_error}", file=sys.stderr)
         return 1
     body = out.body
-    print(json.dumps({"C": body.capacity.tolist(), "vms": body.vms, "names": body.names, "tc": body.template.tolist(), "au": body.usage.tolist(), "mem_src": body.mem_source, "period_s": body.period_s}, indent=2))
+    print(
+        json.dumps(
+            {
+                "C": body.capacity.tolist(),
+                "vms": body.vms,
+                "names": body.names,
+                "tc": body.template.tolist(),
+                "au": body.usage.tolist(),
+                "mem_src": body.mem_source,
+                "period_s": body.period_s,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -95,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rescoin-monitor", description=__doc__.split("\n")[0])
     common_arguments(parser)
     parser.add_argument("--uri", help="libvirt URI (monitor.uri)")
-    parser.add_argument("--once", action="store_true", help="take one sample (two readings a period apart), print it and exit")
+    parser.add_argument(
+        "--once", action="store_true", help="take one sample (two readings a period apart), print it and exit"
+    )
     parser.add_argument("--json", action="store_true", help="with --once: print JSON (the only format)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args, [f"monitor.uri='{args.uri}'", "monitor.backend='libvirt'"] if args.uri else [])

@@ -11,13 +11,26 @@ from ..runtime.config import non_negative, one_of, positive, setting
 class MonitorSettings:
     """Measures every VM once per period and publishes `sample` (rescoin-monitor)."""
 
-    backend: str = setting("libvirt", "where VMs are read from: libvirt (any URI) or sim (the demo's sim host)", one_of("libvirt", "sim"))
+    backend: str = setting(
+        "libvirt", "where VMs are read from: libvirt (any URI) or sim (the demo's sim host)", one_of("libvirt", "sim")
+    )
     uri: str = setting("qemu:///system", "libvirt URI (qemu:///system, test:///abs/path.xml, test+unix:///default)")
-    reserve_cores: float = setting(0.5, "cores kept back for the host itself (capacity = host cores - this)", non_negative)
+    reserve_cores: float = setting(
+        0.5, "cores kept back for the host itself (capacity = host cores - this)", non_negative
+    )
     reserve_mem_bytes: float = setting(1 * 2**30, "memory kept back for the host itself, bytes", non_negative)
     disk_bps: float = setting(200e6, "host disk capacity, bytes/s read+write (the sim host reports its own)", positive)
     net_bps: float = setting(125e6, "host network capacity, bytes/s rx+tx (the sim host reports its own)", positive)
-    default_disk_bps: float = setting(10e6, "template disk bytes/s for a VM with no <rescoin:template> and no table entry", non_negative)
-    default_net_bps: float = setting(10e6, "template net bytes/s for a VM with no <rescoin:template> and no table entry", non_negative)
-    templates: dict[str, dict[str, float]] = setting({}, "templates by domain name or UUID: { vm1 = { disk_bps = 1e7, net_bps = 1e6, cpu_cores = 1, mem_bytes = 1e9 } }")
-    xml_refresh_periods: int = setting(60, "re-read each domain's XML (size, devices, metadata) every this many periods", positive)
+    default_disk_bps: float = setting(
+        10e6, "template disk bytes/s for a VM with no <rescoin:template> and no table entry", non_negative
+    )
+    default_net_bps: float = setting(
+        10e6, "template net bytes/s for a VM with no <rescoin:template> and no table entry", non_negative
+    )
+    templates: dict[str, dict[str, float]] = setting(
+        {},
+        "templates by domain name or UUID: { vm1 = { disk_bps = 1e7, net_bps = 1e6, cpu_cores = 1, mem_bytes = 1e9 } }",
+    )
+    xml_refresh_periods: int = setting(
+        60, "re-read each domain's XML (size, devices, metadata) every this many periods", positive
+    )

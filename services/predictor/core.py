@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from rescoin.proto import KIND_ESTIMATE, KIND_SAMPLE, RESOURCES, Envelope, topic_prefix
 from rescoin.proto.messages import Estimate, Sample
 
@@ -21,7 +20,13 @@ from .settings import PredictorSettings
 
 def predictor_params(settings: PredictorSettings, resource: int) -> dict[str, Any]:
     alpha = settings.alpha_cpu if resource == 0 else settings.alpha_other
-    return {"alpha": alpha, "beta": settings.beta, "gamma": settings.gamma, "fast": settings.fast, "slow": settings.slow}
+    return {
+        "alpha": alpha,
+        "beta": settings.beta,
+        "gamma": settings.gamma,
+        "fast": settings.fast,
+        "slow": settings.slow,
+    }
 
 
 class UsageHistory:
@@ -75,10 +80,20 @@ class PredictorCore:
         self._align(sample.vms)
         usage = np.asarray(sample.usage, dtype=float)
         self.history.push(usage)
-        estimate = np.column_stack([model.update(usage[:, r]) for r, model in enumerate(self.models)]) if len(self.vms) else np.zeros((0, 4))
+        estimate = (
+            np.column_stack([model.update(usage[:, r]) for r, model in enumerate(self.models)])
+            if len(self.vms)
+            else np.zeros((0, 4))
+        )
         self.last_period = env.period
         params = {f"{RESOURCES[r]}.{k}": v for r, m in enumerate(self.models) for k, v in m.params.items()}
-        return [Outgoing(KIND_ESTIMATE, env.period + 1, Estimate(list(sample.vms), estimate, [m.name for m in self.models], params))]
+        return [
+            Outgoing(
+                KIND_ESTIMATE,
+                env.period + 1,
+                Estimate(list(sample.vms), estimate, [m.name for m in self.models], params),
+            )
+        ]
 
     def _align(self, vms: list[str]) -> None:
         if vms == self.vms:
@@ -94,7 +109,14 @@ class PredictorCore:
         return []
 
     def health(self) -> Health:
-        return Health("ok", {"vms": len(self.vms), "predictors": ",".join(m.name for m in self.models), "last_period": self.last_period})
+        return Health(
+            "ok",
+            {
+                "vms": len(self.vms),
+                "predictors": ",".join(m.name for m in self.models),
+                "last_period": self.last_period,
+            },
+        )
 
     def close(self) -> list[Outgoing]:
         return []

@@ -78,9 +78,7 @@ class Config:
 def _type_ok(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if hint is float:
-        return (
-            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        )
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint in (str, bool):
@@ -90,9 +88,7 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, list) and all(_type_ok(v, item) for v in value)
     if origin is dict:
         key_t, val_t = typing.get_args(hint)
-        return isinstance(value, dict) and all(
-            _type_ok(k, key_t) and _type_ok(v, val_t) for k, v in value.items()
-        )
+        return isinstance(value, dict) and all(_type_ok(k, key_t) and _type_ok(v, val_t) for k, v in value.items())
     return False
 
 
@@ -106,9 +102,7 @@ def build_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{name}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(fields))})"
-        )
+        raise ConfigError(f"{name}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(fields))})")
     kwargs = {}
     for key, value in values.items():
         hint = hints[key]
@@ -196,13 +190,9 @@ def example_toml(sections: Mapping[str, type] | None = None) -> str:
     for name, cls in sections.items():
         lines += ["", f"[{name}]"]
         if cls.__doc__:
-            lines += [
-                f"# {line.strip()}" for line in cls.__doc__.strip().splitlines() if line.strip()
-            ]
+            lines += [f"# {line.strip()}" for line in cls.__doc__.strip().splitlines() if line.strip()]
         for fld in dataclasses.fields(cls):
-            default = (
-                fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
-            )  # type: ignore[misc]
+            default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()  # type: ignore[misc]
             lines.append(f"# {fld.metadata.get('doc', '')}")
             lines.append(f"{fld.name} = {_toml_value(default)}")
     return "\n".join(lines) + "\n"

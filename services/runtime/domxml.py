@@ -24,7 +24,19 @@ from dataclasses import dataclass, field
 
 TEMPLATE_NS = "https://rescoin.dev/xmlns/template/1"
 TEMPLATE_FIELDS = (("cpu", "cores"), ("mem", "bytes"), ("disk", "bps"), ("net", "bps"))
-_UNIT_BYTES = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 2**20, "mib": 2**20, "mb": 10**6, "g": 2**30, "gib": 2**30, "gb": 10**9}
+_UNIT_BYTES = {
+    "b": 1,
+    "bytes": 1,
+    "k": 1024,
+    "kib": 1024,
+    "kb": 1000,
+    "m": 2**20,
+    "mib": 2**20,
+    "mb": 10**6,
+    "g": 2**30,
+    "gib": 2**30,
+    "gb": 10**9,
+}
 
 
 class DomainXMLError(ValueError):

@@ -76,9 +76,7 @@ def current_period(now: float, period_s: float) -> int:
 class Publisher:
     """Stamps bodies into envelopes (host, src, epoch, seq, ts) and sends them."""
 
-    def __init__(
-        self, sock: zmq.Socket, host: str, src: str, clock_ns: Callable[[], int] = time.time_ns
-    ) -> None:
+    def __init__(self, sock: zmq.Socket, host: str, src: str, clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.sock = sock
         self.host = host
         self.src = src

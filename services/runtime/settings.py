@@ -36,9 +36,7 @@ class HostSettings:
         "control period in seconds; every stage agrees on p = floor(unix_time / period_s)",
         between(0.1, 3600),
     )
-    state_dir: str = setting(
-        "/var/lib/rescoin", "directory for state files (coin ledger, original tunables, logs)"
-    )
+    state_dir: str = setting("/var/lib/rescoin", "directory for state files (coin ledger, original tunables, logs)")
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -49,12 +47,8 @@ class HostSettings:
 class BusSettings:
     """The per-host bus: publishers connect to pub_endpoint, subscribers to sub_endpoint."""
 
-    pub_endpoint: str = setting(
-        "tcp://127.0.0.1:7710", "bus XSUB side: where publishers connect (the bus binds it)"
-    )
-    sub_endpoint: str = setting(
-        "tcp://127.0.0.1:7711", "bus XPUB side: where subscribers connect (the bus binds it)"
-    )
+    pub_endpoint: str = setting("tcp://127.0.0.1:7710", "bus XSUB side: where publishers connect (the bus binds it)")
+    sub_endpoint: str = setting("tcp://127.0.0.1:7711", "bus XPUB side: where subscribers connect (the bus binds it)")
     hwm: int = setting(
         10000,
         "messages queued per peer; past it a slow peer loses messages, publishers never block",

@@ -35,9 +35,7 @@ class SimhostError(RuntimeError):
 class SimhostClient:
     """Blocking calls to one sim host. Opens its socket on first use, not in the constructor."""
 
-    def __init__(
-        self, endpoint: str, timeout_s: float = 2.0, ctx: zmq.Context | None = None
-    ) -> None:
+    def __init__(self, endpoint: str, timeout_s: float = 2.0, ctx: zmq.Context | None = None) -> None:
         self.endpoint = endpoint
         self.timeout_ms = max(1, int(timeout_s * 1000))
         self.ctx = ctx
@@ -57,9 +55,7 @@ class SimhostClient:
         try:
             sock.send(encode_request(op, args))
             if not sock.poll(self.timeout_ms):
-                raise SimhostError(
-                    f"no reply from the sim host at {self.endpoint} within {self.timeout_ms} ms"
-                )
+                raise SimhostError(f"no reply from the sim host at {self.endpoint} within {self.timeout_ms} ms")
             return decode_reply(op, sock.recv())
         except ProtocolError as exc:
             raise SimhostError(f"sim host {op}: {exc}") from exc

@@ -22,9 +22,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 def setup_logging(level: str = "INFO") -> None:
     """One format, to stderr (supervisord writes it to the service's log file)."""
-    logging.basicConfig(
-        level=getattr(logging, level), format=LOG_FORMAT, stream=sys.stderr, force=True
-    )
+    logging.basicConfig(level=getattr(logging, level), format=LOG_FORMAT, stream=sys.stderr, force=True)
 
 
 class StopFlag:

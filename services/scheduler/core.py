@@ -12,21 +12,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from rescoin.proto import KIND_ALLOC, KIND_ESTIMATE, KIND_SAMPLE, Envelope, topic_prefix
 from rescoin.proto.messages import Alloc, Estimate, Sample
 
 from ..runtime.service import Health, Outgoing
 from ..runtime.support import Counters
 from .ledger import CoinLedger, LedgerStateError
-from .policy import POLICIES
+from .policy import POLICIES, fits_host
 from .settings import SchedulerSettings
 
 log = logging.getLogger("rescoin.scheduler")
 CPU, MEM = 0, 1
 
 
-def apply_floors(alloc: np.ndarray, usage: np.ndarray, capacity: np.ndarray, cpu_floor: float, mem_reserve: float) -> tuple[np.ndarray, bool]:
+def apply_floors(
+    alloc: np.ndarray, usage: np.ndarray, capacity: np.ndarray, cpu_floor: float, mem_reserve: float
+) -> tuple[np.ndarray, bool]:
     """Raise allocations to the floors (cpu minimum; memory ≥ use + reserve), then fit Σ ≤ C
     by shrinking only what lies above the floors. Returns (alloc, floors_exceed_capacity)."""
     floor = np.zeros_like(alloc)
@@ -76,7 +77,9 @@ class SchedulerCore:
             return CoinLedger(self.settings.coin_window)
         try:
             ledger = CoinLedger.load(self.ledger_path, self.settings.coin_window)
-            log.info("coin ledger restored from %s: %d VMs, period %d", self.ledger_path, len(ledger.vms), ledger.period)
+            log.info(
+                "coin ledger restored from %s: %d VMs, period %d", self.ledger_path, len(ledger.vms), ledger.period
+            )
             return ledger
         except LedgerStateError as exc:
             self.counters.reject("ledger", f"corrupt state file, starting with an empty ledger: {exc}", log)
@@ -130,14 +133,21 @@ class SchedulerCore:
         if estimate is not None:
             demand, source = self._demand_from(sample, estimate), "estimate"
         coins = self.ledger.balances(sample.vms)
-        alloc = self.policy(demand, sample.template, sample.capacity, coins, share_leftover=self.settings.share_leftover)
-        alloc, self.floors_over_capacity = apply_floors(alloc, sample.usage, sample.capacity, self.settings.cpu_floor_cores, self.settings.mem_reserve_bytes)
+        alloc = self.policy(
+            demand, sample.template, sample.capacity, coins, share_leftover=self.settings.share_leftover
+        )
+        alloc, self.floors_over_capacity = apply_floors(
+            alloc, sample.usage, sample.capacity, self.settings.cpu_floor_cores, self.settings.mem_reserve_bytes
+        )
         if self.floors_over_capacity:
             self.counters.inc("floors_over_capacity")
-        mode = ["contended" if d > c else "fit" for d, c in zip(demand.sum(axis=0), sample.capacity, strict=True)]
+        fits = fits_host(demand, sample.capacity, self.settings.fit_headroom)
+        mode = ["fit" if f else "contended" for f in fits]
         self.last_source = source
         self.counters.inc(f"alloc.{source}")
-        body = Alloc(sample.vms, alloc, coins, sample.template, sample.usage, sample.capacity, mode, self.settings.policy, source)
+        body = Alloc(
+            sample.vms, alloc, coins, sample.template, sample.usage, sample.capacity, mode, self.settings.policy, source
+        )
         return Outgoing(KIND_ALLOC, sample_env.period + 1, body)
 
     def _demand_from(self, sample: Sample, estimate: Estimate) -> np.ndarray:
@@ -163,9 +173,16 @@ class SchedulerCore:
 
     def health(self) -> Health:
         state = "degraded" if self.last_source == "last_use" or self.floors_over_capacity else "ok"
-        return Health(state, {"policy": self.settings.policy, "coin_window": self.settings.coin_window, "vms": len(self.ledger.vms), "estimate_source": self.last_source or "none"})
+        return Health(
+            state,
+            {
+                "policy": self.settings.policy,
+                "coin_window": self.settings.coin_window,
+                "vms": len(self.ledger.vms),
+                "estimate_source": self.last_source or "none",
+            },
+        )
 
     def close(self) -> list[Outgoing]:
         self._save()
         return []
-

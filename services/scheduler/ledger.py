@@ -32,12 +32,15 @@ class CoinLedger:
         self.window = window
         self.vms: list[str] = []
         self.ring = np.zeros((window, 0, 4))  # (k, n, 4): savings of the last k periods
+        self.total = np.zeros((0, 4))  # (n, 4): the ring's sum, kept as the seed did: += new − oldest
         self.slot = 0  # where the next period's savings go
         self.period = -1  # last period credited
 
     def balances(self, vms: list[str]) -> np.ndarray:
         """Coin balance (n, 4) of ``vms``, in their order; a VM never seen has none."""
-        total = self.ring.sum(axis=0)
+        if vms == self.vms:
+            return self.total.copy()
+        total = self.total
         index = {vm: i for i, vm in enumerate(self.vms)}
         rows = np.array([index.get(vm, -1) for vm in vms], dtype=int)
         out = np.zeros((len(vms), 4))
@@ -45,7 +48,9 @@ class CoinLedger:
         out[known] = total[rows[known]]
         return out
 
-    def credit(self, period: int, vms: list[str], template: np.ndarray, usage: np.ndarray, capacity: np.ndarray) -> None:
+    def credit(
+        self, period: int, vms: list[str], template: np.ndarray, usage: np.ndarray, capacity: np.ndarray
+    ) -> None:
         """Add period ``period``'s savings; VMs absent from ``vms`` leave the ledger."""
         if period <= self.period:
             return  # already credited (a repeated or old sample)
@@ -53,8 +58,10 @@ class CoinLedger:
         savings = (template - usage) / np.where(capacity > 0, capacity, 1.0)
         skipped = min(period - self.period - 1, self.window) if self.period >= 0 else 0
         for _ in range(skipped):  # periods nobody reported save nothing
+            self.total -= self.ring[self.slot]
             self.ring[self.slot] = 0.0
             self.slot = (self.slot + 1) % self.window
+        self.total += savings - self.ring[self.slot]
         self.ring[self.slot] = savings
         self.slot = (self.slot + 1) % self.window
         self.period = period
@@ -70,6 +77,7 @@ class CoinLedger:
                 ring[:, new_row] = self.ring[:, old_row]
         self.vms = list(vms)
         self.ring = ring
+        self.total = ring.sum(axis=0)
 
     def save(self, path: Path) -> None:
         buf = io.BytesIO()
@@ -93,9 +101,11 @@ class CoinLedger:
         ledger.vms, ledger.period = list(vms), period
         if saved_window == window:
             ledger.ring, ledger.slot = ring, slot
+            ledger.total = ring.sum(axis=0)
         else:  # the window changed in config: keep the most recent periods that fit
             ordered = np.roll(ring, -slot, axis=0)[-window:]
             ledger.ring = np.zeros((window, len(vms), 4))
-            ledger.ring[window - len(ordered):] = ordered
+            ledger.ring[window - len(ordered) :] = ordered
+            ledger.total = ledger.ring.sum(axis=0)
             ledger.slot = 0
         return ledger

@@ -22,12 +22,16 @@ class PolicyInputError(ValueError):
     """Inputs of the wrong shape, non-finite, or negative."""
 
 
-def check_inputs(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray) -> tuple[np.ndarray, ...]:
+def check_inputs(
+    demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray
+) -> tuple[np.ndarray, ...]:
     arrays = [np.asarray(a, dtype=float) for a in (demand, template, capacity, coins)]
     demand, template, capacity, coins = arrays
     n = demand.shape[0] if demand.ndim == 2 else -1
     if demand.shape != (n, N_RESOURCES) or template.shape != demand.shape or coins.shape != demand.shape:
-        raise PolicyInputError(f"demand, template and coins must be (n, 4); got {demand.shape}, {template.shape}, {coins.shape}")
+        raise PolicyInputError(
+            f"demand, template and coins must be (n, 4); got {demand.shape}, {template.shape}, {coins.shape}"
+        )
     if capacity.shape != (N_RESOURCES,):
         raise PolicyInputError(f"capacity must be (4,), got {capacity.shape}")
     for name, arr in zip(("demand", "template", "capacity", "coins"), arrays, strict=True):
@@ -37,6 +41,16 @@ def check_inputs(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray,
         if arr.size and arr.min() < 0:
             raise PolicyInputError(f"{name} contains negative values")
     return demand, template, capacity, coins
+
+
+def fits_host(demand: np.ndarray, capacity: np.ndarray, headroom: float) -> np.ndarray:
+    """Per resource: does the predicted demand fit the host with ``headroom`` to spare? (4,) bool.
+
+    The margin matters because a capped VM's measured use — and so its next
+    estimate — sits at its cap: without it, a resource held exactly at capacity
+    would look "fit", lose its ceilings, burst, and flip back every period.
+    """
+    return demand.sum(axis=0) <= (1.0 - headroom) * capacity
 
 
 def coin_weight(coins: np.ndarray) -> np.ndarray:
@@ -56,7 +70,9 @@ def _share_leftover(alloc: np.ndarray, template: np.ndarray, capacity: np.ndarra
     return alloc + left * weights / weights.sum(axis=0)
 
 
-def rescoin(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False) -> np.ndarray:
+def rescoin(
+    demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False
+) -> np.ndarray:
     """Entitlement first, then excess by coins, then the rest by template (DESIGN §6)."""
     demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
     if demand.shape[0] == 0:
@@ -75,7 +91,9 @@ def rescoin(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coin
     return _share_leftover(alloc, template, capacity) if share_leftover else alloc
 
 
-def rescoin_loop(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False) -> np.ndarray:
+def rescoin_loop(
+    demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False
+) -> np.ndarray:
     """The same policy step by step with the loop water-filling: the reference for tests and benchmarks."""
     demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
     n = demand.shape[0]
@@ -98,7 +116,9 @@ def rescoin_loop(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray,
     return _share_leftover(alloc, template, capacity) if share_leftover else alloc
 
 
-def static(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False) -> np.ndarray:
+def static(
+    demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False
+) -> np.ndarray:
     """Caps at template: each VM gets min(demand, template), never more (no bursting)."""
     demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
     base = np.minimum(demand, template)
@@ -106,21 +126,27 @@ def static(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins
     return np.where(oversold, waterfill(capacity, base, template), base)
 
 
-def shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False) -> np.ndarray:
+def shares(
+    demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False
+) -> np.ndarray:
     """CFS-like: water-fill the capacity over the demands with the templates as weights."""
     demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
     alloc = waterfill(capacity, demand, _tiebreak_weights(template))
     return _share_leftover(alloc, template, capacity) if share_leftover else alloc
 
 
-def maxmin(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False) -> np.ndarray:
+def maxmin(
+    demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False
+) -> np.ndarray:
     """Max-min fair on demand, blind to templates: equal weights for everyone."""
     demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
     alloc = waterfill(capacity, demand, np.ones_like(demand))
     return _share_leftover(alloc, template, capacity) if share_leftover else alloc
 
 
-def credits(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False) -> np.ndarray:
+def credits(
+    demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False
+) -> np.ndarray:
     """AWS T-instance style: a VM may burst above its template only while it holds credits
     of that resource (``coins`` here are per-resource credit balances, earned below template,
     spent above, capped by the ledger's horizon); bursts are served by template share."""
@@ -132,7 +158,9 @@ def credits(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coin
     return _share_leftover(alloc, template, capacity) if share_leftover else alloc
 
 
-def karma(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False) -> np.ndarray:
+def karma(
+    demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False
+) -> np.ndarray:
     """After Karma (Vuppalapati et al., OSDI 2023): everyone gets its guaranteed fair share
     (here its template, scaled to capacity), unused shares are donated, and borrowers are
     served in order of credit balance — the borrower with the most credits first, so what a

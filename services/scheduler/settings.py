@@ -12,10 +12,25 @@ from .policy import POLICIES
 class SchedulerSettings:
     """Turns samples and estimates into allocations (rescoin-scheduler)."""
 
-    policy: str = setting("rescoin", "allocation policy: rescoin, static, shares, maxmin, credits, karma", one_of(*POLICIES))
-    coin_window: int = setting(288, "k: periods of unused template that count as coins (the seed used 10)", between(1, 100_000))
-    share_leftover: bool = setting(True, "hand capacity nobody asked for out by template, so ceilings never idle a host")
+    policy: str = setting(
+        "rescoin", "allocation policy: rescoin, static, shares, maxmin, credits, karma", one_of(*POLICIES)
+    )
+    coin_window: int = setting(
+        288, "k: periods of unused template that count as coins (the seed used 10)", between(1, 100_000)
+    )
+    share_leftover: bool = setting(
+        True, "hand capacity nobody asked for out by template, so ceilings never idle a host"
+    )
     cpu_floor_cores: float = setting(0.05, "no VM's cpu allocation goes below this", non_negative)
-    mem_reserve_bytes: float = setting(64 * 2**20, "memory allocation >= the VM's current use + this (never balloon into swap/OOM)", non_negative)
-    estimate_wait_periods: int = setting(1, "periods to wait for the predictor's estimate before using last use instead", positive)
+    mem_reserve_bytes: float = setting(
+        64 * 2**20, "memory allocation >= the VM's current use + this (never balloon into swap/OOM)", non_negative
+    )
+    fit_headroom: float = setting(
+        0.1,
+        "a resource counts as 'fit' (no ceilings) only if predicted demand leaves this fraction free",
+        between(0.0, 0.9),
+    )
+    estimate_wait_periods: int = setting(
+        1, "periods to wait for the predictor's estimate before using last use instead", positive
+    )
     ledger_file: str = setting("scheduler-ledger.npz", "coin ledger state file, relative to host.state_dir")

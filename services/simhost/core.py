@@ -139,9 +139,7 @@ class SimHost:
         return ceiling
 
     def _recompute(self) -> None:
-        self.achieved = enforce(
-            self.demand, self.shares, self._effective_ceiling(), self.work.capacity
-        )
+        self.achieved = enforce(self.demand, self.shares, self._effective_ceiling(), self.work.capacity)
         cpu, disk, net = self.achieved[:, CPU], self.achieved[:, DISK], self.achieved[:, NET]
         # counter growth per second: cpu ns, disk rd/wr bytes, net rx/tx bytes
         self.rates = np.stack(

@@ -62,9 +62,7 @@ def handle_request(sim: SimHost, frame: bytes, now_ns: int, counters: Counters) 
 class Server:
     """The REP socket, the period clock, the state file and the `hb`."""
 
-    def __init__(
-        self, sim: SimHost, rep: zmq.Socket, publisher: Publisher, state: Path, counters: Counters
-    ) -> None:
+    def __init__(self, sim: SimHost, rep: zmq.Socket, publisher: Publisher, state: Path, counters: Counters) -> None:
         self.sim = sim
         self.rep = rep
         self.publisher = publisher

@@ -35,9 +35,7 @@ class SimhostSettings:
     traces_dir: str = setting(
         "", "directory of Bitbrains .csv.gz traces; empty = the shared traces next to the checkout"
     )
-    traces: list[str] = setting(
-        [], "trace files (VM ids, e.g. '7') to replay, one VM each; empty = the first n_vms"
-    )
+    traces: list[str] = setting([], "trace files (VM ids, e.g. '7') to replay, one VM each; empty = the first n_vms")
     n_vms: int = setting(8, "how many VMs when `traces` is empty", between(1, 1000))
     samples_per_period: int = setting(
         1, "trace samples (5 min each) advanced per control period: the time compression", positive
@@ -60,10 +58,7 @@ class SimhostSettings:
     )
     stop_grace_s: float = setting(
         10.0,
-        "on SIGTERM keep serving (the actuator restores through us) until quiet for 2 periods, "
-        "at most this long",
+        "on SIGTERM keep serving (the actuator restores through us) until quiet for 2 periods, at most this long",
         non_negative,
     )
-    rpc_timeout_s: float = setting(
-        2.0, "sim backends: how long to wait for a reply before reconnecting", positive
-    )
+    rpc_timeout_s: float = setting(2.0, "sim backends: how long to wait for a reply before reconnecting", positive)

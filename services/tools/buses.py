@@ -24,7 +24,6 @@ from typing import BinaryIO
 
 import msgpack
 import zmq
-
 from rescoin.proto import Envelope, ProtocolError
 from rescoin.proto.messages import decode
 
@@ -38,7 +37,13 @@ class RecordFormatError(ValueError):
 
 
 def add_bus_arguments(parser, what: str = "subscribe to") -> None:
-    parser.add_argument("--bus", action="append", default=[], metavar="ENDPOINT", help=f"bus XPUB endpoint to {what} (repeatable; default: the config's bus.sub_endpoint)")
+    parser.add_argument(
+        "--bus",
+        action="append",
+        default=[],
+        metavar="ENDPOINT",
+        help=f"bus XPUB endpoint to {what} (repeatable; default: the config's bus.sub_endpoint)",
+    )
     parser.add_argument("--config", help="TOML config file (for the default bus endpoint)")
 
 
@@ -60,7 +65,9 @@ def curve_keys(args) -> tuple[str, str] | None:
     return (bus.curve_client_key, bus.curve_server_public) if bus.curve_client_key else None
 
 
-def subscribe(ctx: zmq.Context, endpoints: Sequence[str], prefixes: Sequence[str], curve: tuple[str, str] | None = None) -> zmq.Socket:
+def subscribe(
+    ctx: zmq.Context, endpoints: Sequence[str], prefixes: Sequence[str], curve: tuple[str, str] | None = None
+) -> zmq.Socket:
     """One SUB socket connected to every endpoint (ZeroMQ fair-queues them); CURVE if given keys."""
     sub = ctx.socket(zmq.SUB)
     sub.rcvhwm = 100_000

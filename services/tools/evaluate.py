@@ -34,7 +34,7 @@ from ..model.traces import default_traces_dir, load_bitbrains
 from ..predictor.models import DEFAULT_PARAMS, PREDICTORS, make_predictor
 from ..scheduler.core import apply_floors
 from ..scheduler.ledger import CoinLedger
-from ..scheduler.policy import POLICIES
+from ..scheduler.policy import POLICIES, fits_host
 
 RES = ("cpu", "mem", "disk", "net")
 EPS = 1e-9
@@ -57,9 +57,12 @@ class Options:
     mem_reserve_bytes: float = 64 * 2**20
     cpu_floor_cores: float = 0.05
     release_when_fit: bool = True
+    fit_headroom: float = 0.1
 
 
-def build_scenario(trace_dir: str | None, n_vms: int | None, periods: int | None, template_fraction: float, contention: float) -> Scenario:
+def build_scenario(
+    trace_dir: str | None, n_vms: int | None, periods: int | None, template_fraction: float, contention: float
+) -> Scenario:
     traces = load_bitbrains(trace_dir, None, n_vms)
     demand = np.stack([t.demand for t in traces], axis=1)
     if periods:
@@ -88,11 +91,13 @@ def simulate(sc: Scenario, policy: str, opts: Options) -> dict[str, np.ndarray]:
         coins = ledger.balances(vms)
         alloc = allocate(estimate, sc.template, sc.capacity, coins, share_leftover=opts.share_leftover)
         alloc, _ = apply_floors(alloc, last_use, sc.capacity, opts.cpu_floor_cores, opts.mem_reserve_bytes)
-        fits = estimate.sum(axis=0) <= sc.capacity
+        fits = fits_host(estimate, sc.capacity, opts.fit_headroom)
         if policy == "shares":
             ceiling = np.full((n, 4), np.inf)  # pure CFS: weights, no caps
         else:
-            ceiling = ceilings(alloc, sc.template, last_use, opts.mem_reserve_bytes, fits if opts.release_when_fit else None)
+            ceiling = ceilings(
+                alloc, sc.template, last_use, opts.mem_reserve_bytes, fits if opts.release_when_fit else None
+            )
         achieved = enforce(sc.demand[t], sc.template, ceiling, sc.capacity)
         ledger.credit(t, vms, sc.template, achieved, sc.capacity)
         estimate = np.column_stack([m.update(achieved[:, r]) for r, m in enumerate(models)])
@@ -115,7 +120,7 @@ def metrics(sc: Scenario, run: dict[str, np.ndarray]) -> dict[str, float]:
     d, a, tc, cap = sc.demand, run["achieved"], sc.template, sc.capacity
     served = np.minimum(a, d)
     entitled = np.minimum(d, tc[None])
-    not_oversold = (entitled.sum(axis=1) <= cap[None] * (1 + 1e-9))  # (T, 4)
+    not_oversold = entitled.sum(axis=1) <= cap[None] * (1 + 1e-9)  # (T, 4)
     short = (served < entitled * (1 - 1e-6) - 1e-9) & not_oversold[:, None, :]
     violations = short.any(axis=2)  # VM-periods with any resource short of its entitlement
     demand_norm = d / cap  # resources made comparable
@@ -168,12 +173,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--periods", type=int, help="use the first N 5-minute periods (default: all)")
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     parser.add_argument("--predictors", action="store_true", help="also report every predictor's accuracy")
-    parser.add_argument("--template-fraction", type=float, default=0.3, help="template = this fraction of the provisioned size")
+    parser.add_argument(
+        "--template-fraction", type=float, default=0.3, help="template = this fraction of the provisioned size"
+    )
     parser.add_argument("--contention", type=float, default=0.25, help="capacity: 0 = Σ templates, 1 = peak Σ demand")
     parser.add_argument("--coin-window", type=int, default=288, help="k, periods of coins")
     parser.add_argument("--beta", type=float, default=1.0, help="ewma_dev headroom in deviations")
     parser.add_argument("--no-leftover", action="store_true", help="do not hand unrequested capacity out by template")
-    parser.add_argument("--keep-ceilings", action="store_true", help="enforce ceilings even when the estimate fits the host")
+    parser.add_argument(
+        "--keep-ceilings", action="store_true", help="enforce ceilings even when the estimate fits the host"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--plot", metavar="DIR", help="write PNG plots to DIR (matplotlib)")
 
@@ -181,10 +190,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     sc = build_scenario(args.trace, args.vms, args.periods, args.template_fraction, args.contention)
-    opts = Options(coin_window=args.coin_window, beta=args.beta, share_leftover=not args.no_leftover, release_when_fit=not args.keep_ceilings)
+    opts = Options(
+        coin_window=args.coin_window,
+        beta=args.beta,
+        share_leftover=not args.no_leftover,
+        release_when_fit=not args.keep_ceilings,
+    )
     runs = {p: simulate(sc, p, opts) for p in args.policies}
     report: dict[str, object] = {
-        "scenario": {"vms": sc.demand.shape[1], "periods": sc.demand.shape[0], "capacity": sc.capacity.tolist(), "template_sum": sc.template.sum(axis=0).tolist(), "template_fraction": args.template_fraction, "contention": args.contention, "coin_window": args.coin_window, "beta": args.beta},
+        "scenario": {
+            "vms": sc.demand.shape[1],
+            "periods": sc.demand.shape[0],
+            "capacity": sc.capacity.tolist(),
+            "template_sum": sc.template.sum(axis=0).tolist(),
+            "template_fraction": args.template_fraction,
+            "contention": args.contention,
+            "coin_window": args.coin_window,
+            "beta": args.beta,
+        },
         "policies": {p: metrics(sc, r) for p, r in runs.items()},
     }
     if args.predictors:
@@ -203,11 +226,28 @@ def run(args: argparse.Namespace) -> int:
 
 def print_table(report: dict) -> None:
     s = report["scenario"]
-    print(f"{s['vms']} VMs × {s['periods']} periods, templates {s['template_fraction']:.0%} of size, contention {s['contention']}, k={s['coin_window']}")
-    cols = ("entitlement_violations", "jain", "utilization", "min_satisfaction", "saver_burst_service", "hog_burst_service", "unmet_p95")
+    print(
+        f"{s['vms']} VMs × {s['periods']} periods, templates {s['template_fraction']:.0%} of size, "
+        f"contention {s['contention']}, k={s['coin_window']}"
+    )
+    cols = (
+        "entitlement_violations",
+        "jain",
+        "utilization",
+        "min_satisfaction",
+        "saver_burst_service",
+        "hog_burst_service",
+        "unmet_p95",
+    )
     print(f"{'policy':<9}" + "".join(f"{c[:18]:>20}" for c in cols))
     for name, m in report["policies"].items():
         print(f"{name:<9}" + "".join(f"{m[c]:>20.4f}" if isinstance(m[c], float) else f"{m[c]:>20}" for c in cols))
     for name, per_res in report.get("predictors", {}).items():
-        print(f"{name:<9}" + "  ".join(f"{res}: mape {v['mape']:.3f} under {v['under_rate']:.3f} slack {v['slack']:.3f}" for res, v in per_res.items()))
+        print(
+            f"{name:<9}"
+            + "  ".join(
+                f"{res}: mape {v['mape']:.3f} under {v['under_rate']:.3f} slack {v['slack']:.3f}"
+                for res, v in per_res.items()
+            )
+        )
     print(f"({report['wall_s']} s)", file=sys.stderr)

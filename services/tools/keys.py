@@ -1,9 +1,9 @@
 """`rescoin keys`: CURVE keys for the guest ingress (and the bus).
 
-    rescoin keys init               the host's key pair (secret readable only by root)
-    rescoin keys add VM_UUID        a key pair for one guest: copy its .key_secret and server.key into the VM
-    rescoin keys list               who is trusted
-    rescoin keys remove VM_UUID     stop trusting a guest (restart the ingress)
+rescoin keys init               the host's key pair (secret readable only by root)
+rescoin keys add VM_UUID        a key pair for one guest: copy its .key_secret and server.key into the VM
+rescoin keys list               who is trusted
+rescoin keys remove VM_UUID     stop trusting a guest (restart the ingress)
 """
 
 from __future__ import annotations

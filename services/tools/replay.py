@@ -14,12 +14,21 @@ from .buses import read_records
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="a file written by `rescoin record`")
-    parser.add_argument("--bus-pub", metavar="ENDPOINT", help="bus XSUB endpoint to publish to (default: the config's bus.pub_endpoint)")
+    parser.add_argument(
+        "--bus-pub", metavar="ENDPOINT", help="bus XSUB endpoint to publish to (default: the config's bus.pub_endpoint)"
+    )
     parser.add_argument("--config", help="TOML config file (for the default endpoint)")
     speed = parser.add_mutually_exclusive_group()
-    speed.add_argument("--speed", type=float, default=1.0, help="time scale: 2 = twice as fast (default 1: as recorded)")
+    speed.add_argument(
+        "--speed", type=float, default=1.0, help="time scale: 2 = twice as fast (default 1: as recorded)"
+    )
     speed.add_argument("--max", action="store_true", help="as fast as possible")
-    parser.add_argument("--join-s", type=float, default=0.5, help="wait this long after connecting, so subscribers see the first message")
+    parser.add_argument(
+        "--join-s",
+        type=float,
+        default=0.5,
+        help="wait this long after connecting, so subscribers see the first message",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

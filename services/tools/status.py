@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 
 import zmq
-
 from rescoin.proto import Heartbeat
 
 from .buses import add_bus_arguments, bus_endpoints, curve_keys, receive, subscribe
@@ -29,13 +28,19 @@ class Beat:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_bus_arguments(parser, "listen to")
-    parser.add_argument("--expect", action="append", default=[], help=f"services every host must run (default: {', '.join(EXPECTED)})")
-    parser.add_argument("--host", action="append", default=[], help="hosts that must be seen (default: whatever answers)")
+    parser.add_argument(
+        "--expect", action="append", default=[], help=f"services every host must run (default: {', '.join(EXPECTED)})"
+    )
+    parser.add_argument(
+        "--host", action="append", default=[], help="hosts that must be seen (default: whatever answers)"
+    )
     parser.add_argument("--misses", type=int, default=3, help="missed beats before a service counts as down")
     parser.add_argument("--wait", type=float, default=3.5, help="seconds to listen")
 
 
-def judge(beats: dict[tuple[str, str], Beat], hosts: list[str], expected: list[str], misses: int, now: float) -> list[tuple[str, str, str, Beat | None]]:
+def judge(
+    beats: dict[tuple[str, str], Beat], hosts: list[str], expected: list[str], misses: int, now: float
+) -> list[tuple[str, str, str, Beat | None]]:
     """(host, service, verdict, beat) for every expected or seen service."""
     rows = []
     for host in sorted(set(hosts) | {h for h, _ in beats}):
@@ -63,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
         while (left := deadline - time.monotonic()) > 0:
             for msg in receive(sub, left):
                 if msg.env is not None:
-                    beats[(msg.env.host, msg.env.body.service)] = Beat(msg.env.host, msg.env.body.service, msg.env.period, time.monotonic(), msg.env.body)
+                    beats[(msg.env.host, msg.env.body.service)] = Beat(
+                        msg.env.host, msg.env.body.service, msg.env.period, time.monotonic(), msg.env.body
+                    )
                 break
     finally:
         ctx.destroy(linger=0)
@@ -73,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
         detail = ""
         if beat is not None:
             c = beat.hb.counters
-            detail = " ".join(f"{k}={c[k]}" for k in ("received", "sent", "rejected", "dropped_stale", "gaps") if k in c)
+            detail = " ".join(
+                f"{k}={c[k]}" for k in ("received", "sent", "rejected", "dropped_stale", "gaps") if k in c
+            )
             if beat.hb.errors:
                 detail += f"  | {beat.hb.errors[-1][:80]}"
         print(f"{host:<12} {service:<10} {verdict:<26} {beat.period if beat else '-':>12}  {detail}")

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import zmq
-
 from rescoin.proto import Envelope
 
 from .buses import add_bus_arguments, bus_endpoints, curve_keys, receive, subscribe
@@ -43,7 +42,19 @@ def to_jsonable(value: Any) -> Any:
 
 
 def as_json(env: Envelope) -> str:
-    return json.dumps({"topic": env.topic.decode(), "kind": env.kind, "host": env.host, "src": env.src, "epoch": env.epoch, "seq": env.seq, "ts": env.ts, "period": env.period, "body": to_jsonable(env.body.to_wire())})
+    return json.dumps(
+        {
+            "topic": env.topic.decode(),
+            "kind": env.kind,
+            "host": env.host,
+            "src": env.src,
+            "epoch": env.epoch,
+            "seq": env.seq,
+            "ts": env.ts,
+            "period": env.period,
+            "body": to_jsonable(env.body.to_wire()),
+        }
+    )
 
 
 def table(env: Envelope) -> str:
@@ -57,10 +68,18 @@ def table(env: Envelope) -> str:
         return f"{head}  used {body.mem_used / 2**20:.0f} MiB of {body.mem_total / 2**20:.0f} MiB"
     wire = body.to_wire()
     names = wire.get("names") or [vm[:8] for vm in wire["vms"]]
-    extra = {"sample": f"capacity {fmt_row(wire['C'])}", "alloc": f"policy {wire.get('policy')}  mode {'/'.join(wire.get('mode', []))}  estimate from {wire.get('est_src')}", "applied": f"{wire.get('mode')}  writes {wire.get('writes')}  latency {wire.get('latency_s', 0) * 1e3:.1f} ms  errors {len(wire.get('errors', []))}"}
+    extra = {
+        "sample": f"capacity {fmt_row(wire['C'])}",
+        "alloc": f"policy {wire.get('policy')}  mode {'/'.join(wire.get('mode', []))}  "
+        f"estimate from {wire.get('est_src')}",
+        "applied": f"{wire.get('mode')}  writes {wire.get('writes')}  latency {wire.get('latency_s', 0) * 1e3:.1f} ms  "
+        f"errors {len(wire.get('errors', []))}",
+    }
     lines = [head + ("  " + extra[env.kind] if env.kind in extra else "")]
     cols = MATRICES[env.kind]
-    header = f"   {'vm':<14}" + "".join(f"{label:>12} {name}/{unit}"[:28].rjust(28) for _key, label in cols for name, unit, _s in UNITS)
+    header = f"   {'vm':<14}" + "".join(
+        f"{label:>12} {name}/{unit}"[:28].rjust(28) for _key, label in cols for name, unit, _s in UNITS
+    )
     lines.append(header)
     for i, name in enumerate(names):
         cells = "".join(f"{fmt(wire[key][i, r], r, key):>28}" for key, _label in cols for r in range(4))

@@ -41,9 +41,9 @@ def record(stem: Path, periods: int) -> int:
         pipeline = start_pipeline(Path(tmp))
         try:
             start = time.monotonic()
-            assert wait_for(
-                lambda: len(pipeline.watcher.since(start, "alloc")) >= periods, 60 + periods
-            ), pipeline.logs()
+            assert wait_for(lambda: len(pipeline.watcher.since(start, "alloc")) >= periods, 60 + periods), (
+                pipeline.logs()
+            )
             heard = [h for h in pipeline.watcher.heard_since(start) if h.env.kind in KINDS]
             stem.with_suffix(".rec").unlink(missing_ok=True)
             writer = RecordWriter(stem.with_suffix(".rec"))

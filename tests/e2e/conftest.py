@@ -149,9 +149,7 @@ class Pipeline:
 
     def all_running(self) -> bool:
         status = self.status()
-        return set(status) == set(self.programs) and all(
-            state == "RUNNING" for state, _ in status.values()
-        )
+        return set(status) == set(self.programs) and all(state == "RUNNING" for state, _ in status.values())
 
     def pid(self, program: str) -> int:
         return self.status().get(program, ("", 0))[1]

@@ -38,9 +38,7 @@ def parsed(name: str, tmp_path: Path) -> ServerOptions:
         ("supervisord-host.conf", "host.toml", "ingress"),
     ],
 )
-def test_every_program_restarts_stops_as_a_group_and_logs_to_the_state_dir(
-    name, toml, extra, tmp_path
-):
+def test_every_program_restarts_stops_as_a_group_and_logs_to_the_state_dir(name, toml, extra, tmp_path):
     options = parsed(name, tmp_path)
     (group,) = options.process_group_configs
     assert group.name == "rescoin"

@@ -55,16 +55,42 @@ def three_hosts(tmp_path):
             ns, root_if = f"rcmh{tag}{i}", f"rcmh{tag}{i}"
             subprocess.run(["ip", "netns", "add", ns], check=True)
             namespaces.append((ns, root_if))
-            subprocess.run(["ip", "link", "add", root_if, "type", "veth", "peer", "name", "eth0", "netns", ns], check=True)
+            subprocess.run(
+                ["ip", "link", "add", root_if, "type", "veth", "peer", "name", "eth0", "netns", ns], check=True
+            )
             subprocess.run(["ip", "addr", "add", f"10.251.{i}.1/24", "dev", root_if], check=True)
             subprocess.run(["ip", "link", "set", root_if, "up"], check=True)
-            for cmd in (["ip", "addr", "add", f"10.251.{i}.2/24", "dev", "eth0"], ["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "lo", "up"]):
+            for cmd in (
+                ["ip", "addr", "add", f"10.251.{i}.2/24", "dev", "eth0"],
+                ["ip", "link", "set", "eth0", "up"],
+                ["ip", "link", "set", "lo", "up"],
+            ):
                 subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True)
             config = tmp_path / f"h{i}.toml"
             config.write_text(CONFIG.format(name=f"h{i}", state=tmp_path / f"state{i}", addr=f"10.251.{i}.2"))
             for service in SERVICES:
                 log = open(tmp_path / f"h{i}-{service}.log", "w")  # noqa: SIM115 - closed with the process
-                procs.append((subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", f"rescoin.services.{service}.main", "--config", str(config)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log))
+                procs.append(
+                    (
+                        subprocess.Popen(
+                            [
+                                "ip",
+                                "netns",
+                                "exec",
+                                ns,
+                                sys.executable,
+                                "-m",
+                                f"rescoin.services.{service}.main",
+                                "--config",
+                                str(config),
+                            ],
+                            cwd=ROOT,
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                        ),
+                        log,
+                    )
+                )
         yield [f"tcp://10.251.{i}.2:7711" for i in range(1, HOSTS + 1)]
     finally:
         for proc, _log in procs:
@@ -82,7 +108,9 @@ def three_hosts(tmp_path):
 
 
 def rescoin(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "rescoin.services.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "rescoin.services.cli", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
 
 
 def test_status_and_tap_from_the_root_namespace_see_all_three_hosts(three_hosts):

@@ -30,9 +30,7 @@ def current_period() -> int:
 def assert_guarantees_kept(pipeline: Pipeline) -> None:
     """The template is a guarantee: the sim host never saw a ceiling below it, on any resource."""
     below = pipeline.sim.stats().below_template
-    assert not below.any(), (
-        f"periods with a ceiling below the template (cpu, mem, disk, net):\n{below}"
-    )
+    assert not below.any(), f"periods with a ceiling below the template (cpu, mem, disk, net):\n{below}"
 
 
 def applied_matches_sim(pipeline: Pipeline) -> bool:
@@ -93,9 +91,9 @@ def test_the_scheduler_restarts_with_the_coin_ledger_it_saved(pipeline, tmp_path
     before = CoinLedger.load(tmp_path / "before.npz", settings.coin_window)
     assert np.abs(before.ring).sum() > 0, "the ledger had no coins to lose"
     assert wait_for(lambda: pipeline.pid("scheduler") not in (0, old_pid), 30, 0.05)
-    assert wait_for(
-        lambda: CoinLedger.load(path, settings.coin_window).period > before.period, 10, 0.05
-    ), pipeline.logs()
+    assert wait_for(lambda: CoinLedger.load(path, settings.coin_window).period > before.period, 10, 0.05), (
+        pipeline.logs()
+    )
     after = CoinLedger.load(path, settings.coin_window)
     assert after.vms == before.vms
     shift = after.period - before.period
@@ -114,8 +112,7 @@ def test_stop_all_leaves_no_process_and_the_actuator_restored_the_tunables(fresh
     def changed() -> bool:  # shares from the start, ceilings once the host is contended
         now = pipeline.sim.tunables()
         return not (
-            np.array_equal(now.shares, info.initial_shares)
-            or np.array_equal(now.ceiling, info.initial_ceiling)
+            np.array_equal(now.shares, info.initial_shares) or np.array_equal(now.ceiling, info.initial_ceiling)
         )
 
     assert wait_for(changed, 30, 0.05), pipeline.logs()

@@ -53,18 +53,14 @@ def test_replaying_samples_gives_the_recorded_estimates_and_allocations(recorded
         (estimate,) = predictor.on_sample(sample)
         recorded_estimate = estimates.get(sample.period + 1)
         if recorded_estimate is not None:
-            np.testing.assert_allclose(
-                estimate.body.estimate, recorded_estimate.body.estimate, rtol=1e-12
-            )
+            np.testing.assert_allclose(estimate.body.estimate, recorded_estimate.body.estimate, rtol=1e-12)
         out = scheduler.on_message(sample)
         recorded_alloc = allocs.get(sample.period + 1)
         if recorded_alloc is None:
             continue  # the recording ended (or began) between sample and alloc
         if recorded_alloc.body.estimate_source == "estimate":
             out += scheduler.on_message(
-                Envelope(
-                    "estimate", sample.host, "predictor", 0, 0, 0, estimate.period, estimate.body
-                )
+                Envelope("estimate", sample.host, "predictor", 0, 0, 0, estimate.period, estimate.body)
             )
         else:
             out += scheduler.on_period(sample.period + 1)

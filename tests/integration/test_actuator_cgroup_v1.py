@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from rescoin.services.actuator.backend import NO_LIMIT, Change, Setting
 from rescoin.services.actuator.backend_cgroup import CgroupBackend, group_uuid
 from rescoin.services.runtime.config import load_config
@@ -44,7 +43,9 @@ def v1_group():
 
 
 def backend_for(rel: str) -> CgroupBackend:
-    cfg = load_config(None, ["actuator.backend='cgroup'", f"actuator.cgroups={{t='{rel}'}}", "actuator.cgroup_block_device='7:0'"])
+    cfg = load_config(
+        None, ["actuator.backend='cgroup'", f"actuator.cgroups={{t='{rel}'}}", "actuator.cgroup_block_device='7:0'"]
+    )
     return CgroupBackend(cfg.actuator)
 
 
@@ -54,7 +55,12 @@ def test_files_hold_the_settings_and_the_originals_come_back(v1_group):
     vm = group_uuid("t")
     assert backend.layout["cpu"] == "v1" and backend.layout["mem"] == "v1"
     original = backend.read(vm)
-    assert backend.write([Change(vm, 0, Setting(0.3, 0.5)), Change(vm, 1, Setting(256 * 2**20)), Change(vm, 2, Setting(2 * 2**20))]) == []
+    assert (
+        backend.write(
+            [Change(vm, 0, Setting(0.3, 0.5)), Change(vm, 1, Setting(256 * 2**20)), Change(vm, 2, Setting(2 * 2**20))]
+        )
+        == []
+    )
     assert (ROOT / "cpu" / rel / "cpu.cfs_quota_us").read_text().strip() == "30000"
     assert (ROOT / "cpu" / rel / "cpu.shares").read_text().strip() == "512"
     assert (ROOT / "memory" / rel / "memory.soft_limit_in_bytes").read_text().strip() == str(256 * 2**20)

@@ -7,7 +7,6 @@ from pathlib import Path
 import libvirt
 import numpy as np
 import pytest
-
 from rescoin.services.actuator.backend import NO_LIMIT, Change, Setting
 from rescoin.services.actuator.backend_libvirt import LibvirtActuatorBackend
 from rescoin.services.runtime.config import load_config
@@ -32,12 +31,14 @@ def test_domains_are_the_running_ones_with_their_memory_size(backend):
 
 
 def test_shares_memory_disk_and_net_are_set_and_read_back(backend):
-    errors = backend.write([
-        Change(VM1, 0, Setting(NO_LIMIT, 0.5)),  # the test driver: shares only, as 'weight'
-        Change(VM1, 1, Setting(512 * 2**20, 0.0)),
-        Change(VM2, 2, Setting(4 * 2**20, 0.0)),
-        Change(VM1, 3, Setting(2 * 2**20, 1.0)),
-    ])
+    errors = backend.write(
+        [
+            Change(VM1, 0, Setting(NO_LIMIT, 0.5)),  # the test driver: shares only, as 'weight'
+            Change(VM1, 1, Setting(512 * 2**20, 0.0)),
+            Change(VM2, 2, Setting(4 * 2**20, 0.0)),
+            Change(VM1, 3, Setting(2 * 2**20, 1.0)),
+        ]
+    )
     assert errors == []
     dom1, dom2 = backend.conn.lookupByUUIDString(VM1), backend.conn.lookupByUUIDString(VM2)
     # libvirt 9.0's test driver accepts a weight but keeps reporting 50: no read-back possible

@@ -9,7 +9,6 @@ import sys
 import uuid
 
 import pytest
-
 from rescoin.services.actuator.netshape import NetShaper
 
 RECEIVER = """
@@ -44,7 +43,9 @@ def veth_pair():
     subprocess.run(["ip", "netns", "add", b], check=True)
     try:
         run = lambda ns, *cmd: subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True)  # noqa: E731
-        subprocess.run(["ip", "-n", a, "link", "add", "vtap", "type", "veth", "peer", "name", "vsink", "netns", b], check=True)
+        subprocess.run(
+            ["ip", "-n", a, "link", "add", "vtap", "type", "veth", "peer", "name", "vsink", "netns", b], check=True
+        )
         run(a, "ip", "addr", "add", "10.250.0.1/24", "dev", "vtap")
         run(b, "ip", "addr", "add", "10.250.0.2/24", "dev", "vsink")
         for ns, dev in ((a, "vtap"), (b, "vsink")):
@@ -57,7 +58,9 @@ def veth_pair():
 
 
 def transfer_rate(a: str, b: str) -> float:
-    receiver = subprocess.Popen(["ip", "netns", "exec", b, sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True)
+    receiver = subprocess.Popen(
+        ["ip", "netns", "exec", b, sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert receiver.stdout.readline().strip() == "ready"
         subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", SENDER], timeout=20)

@@ -9,10 +9,10 @@ from contextlib import contextmanager
 
 import numpy as np
 import zmq
-
 from rescoin.proto.messages import Alloc, decode
 from rescoin.services.actuator.backend_cgroup import group_uuid
 from rescoin.services.runtime.service import Publisher
+
 from tests.support.bus import running_bus, wait_for
 from tests.support.cgroupfs import fake_v2_root, v2_files
 
@@ -31,8 +31,24 @@ ALLOC = Alloc(
 
 
 def actuator_args(tmp_path, root, bus, *extra):
-    args = [sys.executable, "-m", "rescoin.services.actuator.main", "--host", "h1", "--period", "0.2", "--state-dir", str(tmp_path / "state")]
-    for item in [*bus.overrides(), "actuator.backend='cgroup'", f"actuator.cgroup_root='{tmp_path / 'none'}'", f"actuator.cgroup_v2_root='{root}'", "actuator.cgroups={web='web', batch='batch'}"]:
+    args = [
+        sys.executable,
+        "-m",
+        "rescoin.services.actuator.main",
+        "--host",
+        "h1",
+        "--period",
+        "0.2",
+        "--state-dir",
+        str(tmp_path / "state"),
+    ]
+    for item in [
+        *bus.overrides(),
+        "actuator.backend='cgroup'",
+        f"actuator.cgroup_root='{tmp_path / 'none'}'",
+        f"actuator.cgroup_v2_root='{root}'",
+        "actuator.cgroups={web='web', batch='batch'}",
+    ]:
         args += ["--set", item]
     return args + list(extra)
 
@@ -75,10 +91,14 @@ def test_originals_survive_kill_9_and_restore_puts_them_back(tmp_path):
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
         assert (tmp_path / "state" / "actuator-originals.json").exists()
-        restore = subprocess.run(actuator_args(tmp_path, root, bus, "--restore"), capture_output=True, text=True, timeout=30)
+        restore = subprocess.run(
+            actuator_args(tmp_path, root, bus, "--restore"), capture_output=True, text=True, timeout=30
+        )
     assert restore.returncode == 0, restore.stderr
     after = {g: v2_files(root, g) for g in GROUPS}
-    assert {g: (f["cpu.max"], f["memory.high"]) for g, f in after.items()} == {g: (f["cpu.max"], f["memory.high"]) for g, f in before.items()}
+    assert {g: (f["cpu.max"], f["memory.high"]) for g, f in after.items()} == {
+        g: (f["cpu.max"], f["memory.high"]) for g, f in before.items()
+    }
     assert not (tmp_path / "state" / "actuator-originals.json").exists()
 
 

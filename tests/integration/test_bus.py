@@ -49,9 +49,7 @@ def drain(sub: zmq.Socket, timeout_ms: int = 300) -> list[list[bytes]]:
     return got
 
 
-def publish_until_seen(
-    pub: Publisher, sub: zmq.Socket, kind: str = "estimate", timeout_s: float = 10.0
-) -> bool:
+def publish_until_seen(pub: Publisher, sub: zmq.Socket, kind: str = "estimate", timeout_s: float = 10.0) -> bool:
     """PUB/SUB joins are asynchronous: publish until the subscriber sees one."""
     return wait_for(lambda: bool(pub.send(kind, 1, estimate())) and sub.poll(50) != 0, timeout_s)
 
@@ -127,15 +125,21 @@ def test_a_curve_bus_serves_key_holders_and_nobody_else(ctx, tmp_path):
     import sys
 
     import zmq.auth
-
     from rescoin.services.runtime.support import secure_client
+
     from tests.support.net import free_port
 
     zmq.auth.create_certificates(str(tmp_path), "bus")
     pub_ep, sub_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     secret, public = str(tmp_path / "bus.key_secret"), str(tmp_path / "bus.key")
     args = [sys.executable, "-m", "rescoin.services.bus.main", "--host", "h1", "--period", "0.2"]
-    for item in (f"bus.pub_endpoint='{pub_ep}'", f"bus.sub_endpoint='{sub_ep}'", f"bus.curve_server_key='{secret}'", f"bus.curve_client_key='{secret}'", f"bus.curve_server_public='{public}'"):
+    for item in (
+        f"bus.pub_endpoint='{pub_ep}'",
+        f"bus.sub_endpoint='{sub_ep}'",
+        f"bus.curve_server_key='{secret}'",
+        f"bus.curve_client_key='{secret}'",
+        f"bus.curve_server_public='{public}'",
+    ):
         args += ["--set", item]
     bus = subprocess.Popen(args, stderr=subprocess.DEVNULL)
     try:

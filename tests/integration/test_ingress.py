@@ -10,17 +10,20 @@ from pathlib import Path
 import pytest
 import zmq
 import zmq.auth
-
 from rescoin.guest_agent.agent import wait_connected
 from rescoin.proto import Envelope, GuestMem, encode_guest_mem
 from rescoin.proto.messages import decode
 from rescoin.services.ingress.keys import add_guest, init_server
+
 from tests.support.bus import running_bus, wait_for
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VM_A, VM_B = str(uuid.UUID(int=0xA)), str(uuid.UUID(int=0xB))
-MEMINFO = "MemTotal:        2048000 kB\nMemFree:          100000 kB\nMemAvailable:    1024000 kB\nSwapTotal:             0 kB\nSwapFree:              0 kB\n"
+MEMINFO = (
+    "MemTotal:        2048000 kB\nMemFree:          100000 kB\nMemAvailable:    1024000 kB\n"
+    "SwapTotal:             0 kB\nSwapFree:              0 kB\n"
+)
 
 
 @pytest.fixture
@@ -31,7 +34,19 @@ def ingress(tmp_path):
     add_guest(keys, VM_B)
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     with running_bus(period_s=0.2) as bus:
-        args = [sys.executable, "-m", "rescoin.services.ingress.main", "--host", "h1", "--period", "0.2", "--set", f"ingress.keys_dir='{keys}'", "--set", f"ingress.bind_endpoint='{endpoint}'"]
+        args = [
+            sys.executable,
+            "-m",
+            "rescoin.services.ingress.main",
+            "--host",
+            "h1",
+            "--period",
+            "0.2",
+            "--set",
+            f"ingress.keys_dir='{keys}'",
+            "--set",
+            f"ingress.bind_endpoint='{endpoint}'",
+        ]
         for item in bus.overrides():
             args += ["--set", item]
         proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
@@ -49,14 +64,18 @@ def ingress(tmp_path):
 
 def agent(ctx, keys: Path, endpoint: str, key_name: str, server_key: Path | None = None) -> zmq.Socket:
     sock = ctx.socket(zmq.PUB)
-    sock.curve_publickey, sock.curve_secretkey = zmq.auth.load_certificate(str(keys / "guests" / f"{key_name}.key_secret"))
+    sock.curve_publickey, sock.curve_secretkey = zmq.auth.load_certificate(
+        str(keys / "guests" / f"{key_name}.key_secret")
+    )
     sock.curve_serverkey, _ = zmq.auth.load_certificate(str(server_key or keys / "server.key"))
     sock.connect(endpoint)
     return sock
 
 
 def guest_frames(vm: str, topic_kind: str = "guest.mem") -> list[bytes]:
-    frames = encode_guest_mem(Envelope("guest.mem", "guest", "agent", 1, 0, 0, 0, GuestMem(vm, 2**30, 2**29, 2**29, 0, 0, "t")))
+    frames = encode_guest_mem(
+        Envelope("guest.mem", "guest", "agent", 1, 0, 0, 0, GuestMem(vm, 2**30, 2**29, 2**29, 0, 0, "t"))
+    )
     if topic_kind != "guest.mem":
         frames[0] = f"{topic_kind}/h1/".encode()
     return frames
@@ -86,7 +105,9 @@ def test_own_uuid_is_forwarded_everything_else_is_dropped_and_counted(ingress):
     (keys / "stranger").mkdir()
     zmq.auth.create_certificates(str(keys / "stranger"), "x")
     stranger = ctx.socket(zmq.PUB)
-    stranger.curve_publickey, stranger.curve_secretkey = zmq.auth.load_certificate(str(keys / "stranger" / "x.key_secret"))
+    stranger.curve_publickey, stranger.curve_secretkey = zmq.auth.load_certificate(
+        str(keys / "stranger" / "x.key_secret")
+    )
     stranger.curve_serverkey, _ = zmq.auth.load_certificate(str(keys / "server.key"))
     stranger.connect(ingress["endpoint"])
 
@@ -97,11 +118,25 @@ def test_own_uuid_is_forwarded_everything_else_is_dropped_and_counted(ingress):
         liar.send_multipart([b"guest.mem/" + VM_B.encode() + b"/", b"\xc1junk"])
         stranger.send_multipart(guest_frames(VM_A))
         c = ingress_counters(seen)
-        return all(c.get(k, 0) > 0 for k in ("forwarded", "rejected.wrong_vm", "rejected.forbidden_topic", "rejected.malformed", "rejected.zap_denied"))
+        return all(
+            c.get(k, 0) > 0
+            for k in (
+                "forwarded",
+                "rejected.wrong_vm",
+                "rejected.forbidden_topic",
+                "rejected.malformed",
+                "rejected.zap_denied",
+            )
+        )
 
     seen = collect(sub, everyone_sends, 20)
     c = ingress_counters(seen)
-    assert c.get("rejected.wrong_vm") and c.get("rejected.forbidden_topic") and c.get("rejected.malformed") and c.get("rejected.zap_denied"), c
+    assert (
+        c.get("rejected.wrong_vm")
+        and c.get("rejected.forbidden_topic")
+        and c.get("rejected.malformed")
+        and c.get("rejected.zap_denied")
+    ), c
     forwarded = [e for e in seen if e.kind == "guest.mem"]
     assert forwarded and all(e.body.vm == VM_A for e in forwarded)
     assert not any(e.kind == "alloc" for e in seen)
@@ -112,8 +147,25 @@ def test_agent_process_once_reaches_the_bus(ingress, tmp_path):
     meminfo.write_text(MEMINFO)
     keys = ingress["keys"]
     out = subprocess.run(
-        [sys.executable, "-m", "rescoin.guest_agent.agent", "--connect", ingress["endpoint"], "--key", str(keys / "guests" / f"{VM_A}.key_secret"), "--server-key", str(keys / "server.key"), "--uuid", VM_A, "--meminfo", str(meminfo), "--once"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "rescoin.guest_agent.agent",
+            "--connect",
+            ingress["endpoint"],
+            "--key",
+            str(keys / "guests" / f"{VM_A}.key_secret"),
+            "--server-key",
+            str(keys / "server.key"),
+            "--uuid",
+            VM_A,
+            "--meminfo",
+            str(meminfo),
+            "--once",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     seen = collect(ingress["sub"], lambda s: any(e.kind == "guest.mem" for e in s))
@@ -131,9 +183,23 @@ def test_agent_with_a_wrong_server_key_never_gets_through(ingress, tmp_path):
 def test_agent_installs_alone_without_numpy_or_libvirt(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(ROOT / "guest_agent")], capture_output=True, text=True, timeout=300)
+    pip = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", str(ROOT / "guest_agent")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert pip.returncode == 0, pip.stderr[-2000:]
-    check = subprocess.run([str(venv / "bin" / "python"), "-c", "import importlib.util as u, rescoin.guest_agent.agent; print(u.find_spec('numpy'), u.find_spec('libvirt'))"], capture_output=True, text=True)
+    check = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import importlib.util as u, rescoin.guest_agent.agent; "
+            "print(u.find_spec('numpy'), u.find_spec('libvirt'))",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert check.stdout.strip() == "None None", check.stderr
     assert (venv / "bin" / "rescoin-guest-agent").exists()
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from rescoin.services.monitor.backend import BackendError
 from rescoin.services.monitor.backend_libvirt import LibvirtMonitorBackend
 from rescoin.services.monitor.core import MonitorCore, capacity_vector
@@ -76,7 +75,9 @@ def test_unreachable_libvirt_is_a_backend_error_not_a_crash():
 def test_once_json_prints_one_sample():
     out = subprocess.run(
         [sys.executable, "-m", "rescoin.services.monitor.main", "--once", "--json", "--uri", URI, "--period", "0.2"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     sample = json.loads(out.stdout)

@@ -22,9 +22,7 @@ VMS = [str(uuid.UUID(int=i + 1)) for i in range(2)]
 
 
 def sample() -> Sample:
-    return Sample(
-        np.ones(4), VMS, ["a", "b"], np.ones((2, 4)), np.full((2, 4), 0.5), ["none", "none"], 0.2
-    )
+    return Sample(np.ones(4), VMS, ["a", "b"], np.ones((2, 4)), np.full((2, 4), 0.5), ["none", "none"], 0.2)
 
 
 @pytest.fixture
@@ -71,15 +69,9 @@ def echo_beats(seen):
 def test_stage_answers_messages_and_beats_every_period(echo_stage):
     _proc, pub, sub = echo_stage
     seen = collect(sub, lambda s: len(echo_beats(s)) >= 1)  # the stage is up and subscribed
-    seen = collect(
-        sub, lambda s: any(e.kind == "estimate" for e in s) or not pub.send("sample", 10, sample())
-    )
+    seen = collect(sub, lambda s: any(e.kind == "estimate" for e in s) or not pub.send("sample", 10, sample()))
     est = next(e for e in seen if e.kind == "estimate")
-    assert (
-        est.period == 11
-        and est.src == "echo"
-        and np.array_equal(est.body.estimate, np.full((2, 4), 0.5))
-    )
+    assert est.period == 11 and est.src == "echo" and np.array_equal(est.body.estimate, np.full((2, 4), 0.5))
     beats = echo_beats(collect(sub, lambda s: len(echo_beats(s)) >= 2))
     assert beats[-1].counters["received"] >= 1 and beats[-1].counters["sent"] >= 1
     assert beats[-1].info["periods"] >= 1
@@ -88,18 +80,13 @@ def test_stage_answers_messages_and_beats_every_period(echo_stage):
 def test_bad_frames_and_stale_periods_are_counted_not_fatal(echo_stage):
     proc, pub, sub = echo_stage
     collect(sub, lambda s: len(echo_beats(s)) >= 1)
-    collect(
-        sub, lambda s: any(e.kind == "estimate" for e in s) or not pub.send("sample", 50, sample())
-    )
+    collect(sub, lambda s: any(e.kind == "estimate" for e in s) or not pub.send("sample", 50, sample()))
     pub.sock.send_multipart([b"sample/h1/", b"\xc1 not msgpack"])
     pub.send("sample", 40, sample())  # older than period 50: stale
     beats = echo_beats(
         collect(
             sub,
-            lambda s: any(
-                b.counters.get("dropped_stale") and b.counters.get("rejected")
-                for b in echo_beats(s)
-            ),
+            lambda s: any(b.counters.get("dropped_stale") and b.counters.get("rejected") for b in echo_beats(s)),
         )
     )
     last = beats[-1]

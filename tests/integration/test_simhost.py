@@ -101,9 +101,7 @@ def test_it_beats_on_the_bus_counting_rejections(sim):
     sub.connect(bus.sub_endpoint)
     sub.subscribe(b"hb/h1/")
     try:
-        bad = client.set_tunables(
-            [{"vm": "00000000-0000-0000-0000-000000000009", "resource": "cpu", "ceiling": 1.0}]
-        )
+        bad = client.set_tunables([{"vm": "00000000-0000-0000-0000-000000000009", "resource": "cpu", "ceiling": 1.0}])
         assert bad.errors
         beats = []
 
@@ -148,9 +146,7 @@ def test_the_monitor_backend_reads_counters_sizes_and_templates(sim):
         assert wait_for(lambda: backend.read().ts_ns > first.ts_ns + 0.1e9, 5)
         second = backend.read()
         assert [d.uuid for d in second.domains] == info.vms
-        for before, after, template in zip(
-            first.domains, second.domains, info.template, strict=True
-        ):
+        for before, after, template in zip(first.domains, second.domains, info.template, strict=True):
             assert after.cpu_time_ns >= before.cpu_time_ns
             assert after.template == tuple(template)
             assert after.balloon_used_bytes <= after.mem_max_bytes

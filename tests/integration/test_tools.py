@@ -14,21 +14,35 @@ import uuid
 import numpy as np
 import pytest
 import zmq
-
 from rescoin.proto import Heartbeat
 from rescoin.proto.messages import Alloc, Sample
 from rescoin.services.runtime.service import Publisher
 from rescoin.services.tools.buses import MAGIC, read_records
+
 from tests.support.bus import running_bus, wait_for
 from tests.support.net import free_port
 
 VMS = [str(uuid.UUID(int=i + 1)) for i in range(2)]
-SAMPLE = Sample(np.array([2.0, 8e9, 1e8, 1e8]), VMS, ["web", "db"], np.ones((2, 4)), np.full((2, 4), 0.5), ["guest", "none"], 0.2)
-ALLOC = Alloc(VMS, np.ones((2, 4)), np.full((2, 4), 0.1), np.ones((2, 4)), np.full((2, 4), 0.5), np.array([2.0, 8e9, 1e8, 1e8]), ["fit"] * 4, "rescoin", "estimate")
+SAMPLE = Sample(
+    np.array([2.0, 8e9, 1e8, 1e8]), VMS, ["web", "db"], np.ones((2, 4)), np.full((2, 4), 0.5), ["guest", "none"], 0.2
+)
+ALLOC = Alloc(
+    VMS,
+    np.ones((2, 4)),
+    np.full((2, 4), 0.1),
+    np.ones((2, 4)),
+    np.full((2, 4), 0.5),
+    np.array([2.0, 8e9, 1e8, 1e8]),
+    ["fit"] * 4,
+    "rescoin",
+    "estimate",
+)
 
 
 def rescoin(*args, timeout=30):
-    return subprocess.run([sys.executable, "-m", "rescoin.services.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "rescoin.services.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 class Chatter:
@@ -48,7 +62,7 @@ class Chatter:
         while self.running:
             period += 1
             for service, pub in self.pubs.items():
-                pub.send("hb", period, Heartbeat(service, "ok", 0.1, {"received": period}, {}, []))
+                pub.send("hb", period, Heartbeat(service, "ok", 1.0, {"received": period}, {}, []))
             self.pubs["monitor"].send("sample", period, SAMPLE)
             if "scheduler" in self.pubs:
                 self.pubs["scheduler"].send("alloc", period + 1, ALLOC)
@@ -99,7 +113,13 @@ def test_record_then_replay_gives_back_the_same_bytes(bus_with_chatter, tmp_path
         rep = rescoin("replay", str(path), "--bus-pub", other.pub_endpoint, "--max")
         assert rep.returncode == 0 and "ignoring 11 bytes" in rep.stderr
         got = []
-        wait_for(lambda: (got.append(sub.recv_multipart()) if sub.poll(50) else None) or len([g for g in got if g[0].startswith(b"sample/")]) >= 5, 10)
+        wait_for(
+            lambda: (
+                (got.append(sub.recv_multipart()) if sub.poll(50) else None)
+                or len([g for g in got if g[0].startswith(b"sample/")]) >= 5
+            ),
+            10,
+        )
         ctx.destroy(linger=0)
     assert [g for g in got if g[0].startswith(b"sample/")][:5] == [[r.topic, r.payload] for r in records]
 
@@ -116,7 +136,17 @@ def test_status_says_up_for_beating_services_and_fails_for_missing_ones(bus_with
 def test_exporter_serves_metrics_that_promtool_accepts(bus_with_chatter, tmp_path):
     bus = bus_with_chatter
     port = free_port()
-    args = [sys.executable, "-m", "rescoin.services.exporter.main", "--host", "h1", "--period", "0.2", "--port", str(port)]
+    args = [
+        sys.executable,
+        "-m",
+        "rescoin.services.exporter.main",
+        "--host",
+        "h1",
+        "--period",
+        "0.2",
+        "--port",
+        str(port),
+    ]
     for item in bus.overrides():
         args += ["--set", item]
     log = tmp_path / "exporter.log"

@@ -42,9 +42,7 @@ class BusProcess:
         ]
         for item in self.overrides():
             args += ["--set", item]
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
@@ -65,9 +63,7 @@ def running_bus(host: str = "h1", period_s: float = 0.2) -> Iterator[BusProcess]
         bus.stop()
 
 
-def wait_for(
-    predicate: Callable[[], bool], timeout_s: float = 10.0, interval_s: float = 0.02
-) -> bool:
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0, interval_s: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():

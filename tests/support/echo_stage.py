@@ -29,9 +29,7 @@ class EchoStage:
 
     def on_message(self, env: Envelope) -> list[Outgoing]:
         body = env.body
-        return [
-            Outgoing("estimate", env.period + 1, Estimate(body.vms, body.usage, ["echo"] * 4, {}))
-        ]
+        return [Outgoing("estimate", env.period + 1, Estimate(body.vms, body.usage, ["echo"] * 4, {}))]
 
     def on_period(self, ended_period: int) -> list[Outgoing]:
         self.periods += 1
@@ -41,11 +39,7 @@ class EchoStage:
         return Health("ok", {"periods": self.periods})
 
     def close(self) -> list[Outgoing]:
-        return [
-            Outgoing(
-                "estimate", 0, Estimate([], __import__("numpy").zeros((0, 4)), ["bye"] * 4, {})
-            )
-        ]
+        return [Outgoing("estimate", 0, Estimate([], __import__("numpy").zeros((0, 4)), ["bye"] * 4, {}))]
 
 
 def main() -> int:

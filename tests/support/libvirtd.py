@@ -86,9 +86,7 @@ class Daemons:
     netns: str | None = None
 
 
-def start(
-    log_dir: str = "/tmp/rescoin-libvirtd", netns: str | None = None, timeout_s: float = 60.0
-) -> Daemons:
+def start(log_dir: str = "/tmp/rescoin-libvirtd", netns: str | None = None, timeout_s: float = 60.0) -> Daemons:
     """Start virtlogd and libvirtd unless they already run; wait until qemu:///system answers.
 
     ``netns``: start libvirtd inside that network namespace (nsenter --net, not
@@ -111,14 +109,9 @@ def start(
         subprocess.run(cmd, check=True, env=env)
         started.append("libvirtd")
     deadline = time.monotonic() + timeout_s
-    while (
-        subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True).returncode
-        != 0
-    ):
+    while subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True).returncode != 0:
         if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"libvirtd did not answer within {timeout_s} s; see {log_dir}/libvirtd.log"
-            )
+            raise RuntimeError(f"libvirtd did not answer within {timeout_s} s; see {log_dir}/libvirtd.log")
         time.sleep(0.2)
     return Daemons(started, netns)
 

@@ -6,13 +6,13 @@ import uuid
 
 import numpy as np
 import pytest
-
 from rescoin.proto import Envelope
 from rescoin.proto.messages import Alloc
 from rescoin.services.actuator.backend_cgroup import CgroupBackend, group_uuid
 from rescoin.services.actuator.core import ActuatorCore
 from rescoin.services.runtime.config import load_config
 from rescoin.services.runtime.support import Counters
+
 from tests.support.cgroupfs import fake_v2_root, v2_files
 
 GROUPS = ["web", "batch"]
@@ -34,8 +34,14 @@ def actuator(tmp_path):
     def make(*overrides):
         cfg = load_config(
             None,
-            ["actuator.backend='cgroup'", f"actuator.cgroup_root='{tmp_path / 'none'}'", f"actuator.cgroup_v2_root='{root}'",
-             "actuator.cgroups={web='web', batch='batch'}", "actuator.cgroup_block_device='8:0'", *overrides],
+            [
+                "actuator.backend='cgroup'",
+                f"actuator.cgroup_root='{tmp_path / 'none'}'",
+                f"actuator.cgroup_v2_root='{root}'",
+                "actuator.cgroups={web='web', batch='batch'}",
+                "actuator.cgroup_block_device='8:0'",
+                *overrides,
+            ],
         )
         return ActuatorCore("h1", cfg.actuator, CgroupBackend(cfg.actuator), Counters(), tmp_path / "state")
 
@@ -67,7 +73,26 @@ def test_a_resource_that_fits_the_host_gets_no_ceiling(actuator):
     make, root = actuator
     core = make()
     body = alloc_env(5, np.array([[0.2, 3e8, 5e6, 1e6], [1.5, 6e8, 4e7, 1e6]]))
-    body = Envelope("alloc", "h1", "scheduler", 1, 5, 0, 5, Alloc(body.body.vms, body.body.alloc, body.body.coins, TC, AU, C, ["fit", "contended", "contended", "contended"], "rescoin", "estimate"))
+    body = Envelope(
+        "alloc",
+        "h1",
+        "scheduler",
+        1,
+        5,
+        0,
+        5,
+        Alloc(
+            body.body.vms,
+            body.body.alloc,
+            body.body.coins,
+            TC,
+            AU,
+            C,
+            ["fit", "contended", "contended", "contended"],
+            "rescoin",
+            "estimate",
+        ),
+    )
     core.on_alloc(body)
     assert v2_files(root, "batch")["cpu.max"] == "max 100000" and v2_files(root, "batch")["cpu.weight"] == "50"
 
@@ -125,5 +150,7 @@ def test_restore_puts_back_the_originals_even_from_a_new_process(actuator):
     applied = fresh.restore()
     assert applied.mode == "restore"
     restored = {g: v2_files(root, g) for g in GROUPS}
-    assert {g: {k: v for k, v in f.items() if k != "io.max"} for g, f in restored.items()} == {g: {k: v for k, v in f.items() if k != "io.max"} for g, f in before.items()}
+    assert {g: {k: v for k, v in f.items() if k != "io.max"} for g, f in restored.items()} == {
+        g: {k: v for k, v in f.items() if k != "io.max"} for g, f in before.items()
+    }
     assert all(f["io.max"] in ("", "8:0 rbps=max wbps=max") for f in restored.values())

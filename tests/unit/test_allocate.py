@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
 from rescoin.services.model.waterfill import waterfill, waterfill_loop
 from rescoin.services.scheduler import POLICIES, PolicyInputError, allocate, allocate_loop
 
@@ -103,7 +102,12 @@ def test_coins_decide_who_bursts_under_contention():
 
 
 def test_oversold_host_shares_entitlements_by_template():
-    alloc = allocate(np.array([[4.0, 0, 0, 0], [4.0, 0, 0, 0]]), np.array([[3.0, 1, 1, 1], [1.0, 1, 1, 1]]), np.array([2.0, 4, 4, 4]), np.zeros((2, 4)))
+    alloc = allocate(
+        np.array([[4.0, 0, 0, 0], [4.0, 0, 0, 0]]),
+        np.array([[3.0, 1, 1, 1], [1.0, 1, 1, 1]]),
+        np.array([2.0, 4, 4, 4]),
+        np.zeros((2, 4)),
+    )
     assert alloc[:, 0] == pytest.approx([1.5, 0.5])
 
 

@@ -46,9 +46,7 @@ def test_bad_config_is_refused_naming_the_key(tmp_path, text, key):
 
 def test_the_committed_example_is_the_schema_with_its_defaults():
     committed = (ROOT / "deploy" / "rescoin.example.toml").read_text()
-    assert committed == example_toml(), (
-        "regenerate: rescoin config example > deploy/rescoin.example.toml"
-    )
+    assert committed == example_toml(), "regenerate: rescoin config example > deploy/rescoin.example.toml"
 
 
 def test_the_example_itself_loads(tmp_path):

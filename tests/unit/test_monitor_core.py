@@ -7,7 +7,6 @@ import uuid
 
 import numpy as np
 import pytest
-
 from rescoin.proto import Envelope, GuestMem
 from rescoin.services.monitor.backend import DomainReading, HostReading
 from rescoin.services.monitor.core import MonitorCore
@@ -20,8 +19,17 @@ CAP = np.array([4.0, 16 * GIB, 1e8, 1e8])
 
 
 def dom(vm, cpu_s, disk, net, **kw):
-    base = {"uuid": vm, "name": vm[-4:], "vcpus": 2, "mem_max_bytes": 2 * GIB, "mem_current_bytes": 2 * GIB,
-            "cpu_time_ns": cpu_s * 1e9, "disk_bytes": disk, "net_bytes": net, "balloon_used_bytes": None}
+    base = {
+        "uuid": vm,
+        "name": vm[-4:],
+        "vcpus": 2,
+        "mem_max_bytes": 2 * GIB,
+        "mem_current_bytes": 2 * GIB,
+        "cpu_time_ns": cpu_s * 1e9,
+        "disk_bytes": disk,
+        "net_bytes": net,
+        "balloon_used_bytes": None,
+    }
     base.update(kw)
     return DomainReading(**base)
 

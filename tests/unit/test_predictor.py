@@ -6,7 +6,6 @@ import uuid
 
 import numpy as np
 import pytest
-
 from rescoin.proto import Envelope
 from rescoin.proto.messages import Sample
 from rescoin.services.predictor.core import PredictorCore
@@ -18,7 +17,16 @@ VMS = [str(uuid.UUID(int=i + 1)) for i in range(3)]
 
 def sample(period, usage, vms=VMS):
     n = len(vms)
-    return Envelope("sample", "h1", "m", 1, period, 0, period, Sample(np.ones(4), vms, ["x"] * n, np.ones((n, 4)), usage, ["none"] * n, 1.0))
+    return Envelope(
+        "sample",
+        "h1",
+        "m",
+        1,
+        period,
+        0,
+        period,
+        Sample(np.ones(4), vms, ["x"] * n, np.ones((n, 4)), usage, ["none"] * n, 1.0),
+    )
 
 
 @pytest.mark.parametrize("name", sorted(PREDICTORS))

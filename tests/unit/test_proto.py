@@ -62,9 +62,7 @@ def sample_body(n: int = 3) -> Sample:
 BODIES = {
     "guest.mem": GuestMem(VMS[0], 2_000_000, 500_000, 1_500_000, 100, 50, "0.1.0"),
     "sample": sample_body(),
-    "estimate": Estimate(
-        VMS, mat(), ["ewma_dev", "ewma_dev", "ewma", "last"], {"alpha": 0.7, "beta": 1.0}
-    ),
+    "estimate": Estimate(VMS, mat(), ["ewma_dev", "ewma_dev", "ewma", "last"], {"alpha": 0.7, "beta": 1.0}),
     "alloc": Alloc(
         VMS,
         mat(),
@@ -145,9 +143,7 @@ def repack(frames, mutate):
 
 
 def arr_ext(a: np.ndarray) -> msgpack.ExtType:
-    return msgpack.ExtType(
-        EXT_NDARRAY, msgpack.packb(["<f8", list(a.shape), a.astype("<f8").tobytes()])
-    )
+    return msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<f8", list(a.shape), a.astype("<f8").tobytes()]))
 
 
 BAD_MUTATIONS = {
@@ -175,9 +171,7 @@ BAD_MUTATIONS = {
     "short array bytes": lambda p: p["body"].update(
         tc=msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<f8", [3, 4], b"\0" * 95]))
     ),
-    "huge shape": lambda p: p["body"].update(
-        tc=msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<f8", [2**40, 4], b""]))
-    ),
+    "huge shape": lambda p: p["body"].update(tc=msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<f8", [2**40, 4], b""]))),
     "unknown extension": lambda p: p["body"].update(tc=msgpack.ExtType(9, b"x")),
 }
 
@@ -266,9 +260,7 @@ msgpack_values = st.recursive(
     | st.floats()
     | st.text(max_size=20)
     | st.binary(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
-    ),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
     max_leaves=20,
 )
 
@@ -291,14 +283,10 @@ def test_wrongly_typed_envelope_fields_raise_only_protocol_error(kind, field, va
 @given(kind=st.sampled_from(KINDS), value=msgpack_values, data=st.data())
 def test_wrongly_typed_body_fields_raise_only_protocol_error(kind, value, data):
     body_keys = sorted(
-        msgpack.unpackb(
-            encode(envelope(kind, BODIES[kind]))[1], raw=False, ext_hook=msgpack.ExtType
-        )["body"]
+        msgpack.unpackb(encode(envelope(kind, BODIES[kind]))[1], raw=False, ext_hook=msgpack.ExtType)["body"]
     )
     field = data.draw(st.sampled_from(body_keys))
-    frames = repack(
-        encode(envelope(kind, BODIES[kind])), lambda p: p["body"].update({field: value})
-    )
+    frames = repack(encode(envelope(kind, BODIES[kind])), lambda p: p["body"].update({field: value}))
     try:
         decode(frames)
     except ProtocolError:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 import numpy as np
-
 from rescoin.proto import Envelope
 from rescoin.proto.messages import Estimate, Sample
 from rescoin.services.runtime.config import load_config

@@ -61,9 +61,7 @@ def test_a_cpu_ceiling_caps_achieved_use_and_the_counters():
     assert result.writes == 1 and not result.errors
     stats = sim.stats(at(1.0))
     assert stats.achieved[0, 0] == pytest.approx(0.5)
-    assert stats.counters[0, 0] == pytest.approx(
-        1.5e9 * 0.5 + 0.5e9 * 0.5
-    )  # half before, half after
+    assert stats.counters[0, 0] == pytest.approx(1.5e9 * 0.5 + 0.5e9 * 0.5)  # half before, half after
 
 
 def test_under_contention_cpu_is_shared_by_the_shares():

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import libvirt
 import pytest
-
 from rescoin.services.ingress.keys import add_guest, init_server
+
 from tests.e2e.conftest import BusWatcher, leftover_pids
 from tests.e2e.vm.domains import GuestSpec, domain_xml
 from tests.support.bus import wait_for
@@ -37,7 +37,9 @@ TIMINGS: list[tuple[str, float]] = []
 def kvm_usable() -> bool:
     """KVM only with real VT-x/AMD-V; the kvm_pvm module here cannot boot stock guests."""
     flags = Path("/proc/cpuinfo").read_text()
-    return Path("/dev/kvm").exists() and not Path("/sys/module/kvm_pvm").exists() and (" vmx" in flags or " svm" in flags)
+    return (
+        Path("/dev/kvm").exists() and not Path("/sys/module/kvm_pvm").exists() and (" vmx" in flags or " svm" in flags)
+    )
 
 
 def _missing() -> str | None:
@@ -99,14 +101,24 @@ def lab(libvirtd, guest_image, tmp_path_factory):
         image = tmp / f"{name}.img"
         with image.open("wb") as f:
             f.write(os.urandom(64 * 2**20))  # random, so reads are real reads
-        specs.append(GuestSpec(name, vm, mode, mem, cpu, tmem, disk, delay, free_port(), image, guest_keys, tmp / f"{name}.console.log"))
+        specs.append(
+            GuestSpec(
+                name, vm, mode, mem, cpu, tmem, disk, delay, free_port(), image, guest_keys, tmp / f"{name}.console.log"
+            )
+        )
     lab = Lab(conn, specs, keys, tmp)
     t0 = time.monotonic()
     try:
         for spec in specs:
             lab.domains[spec.name] = conn.createXML(domain_xml(spec, guest_image), 0)
-        booted = lambda: all(s.console_log.exists() and "RESCOIN-BOOTED" in s.console_log.read_text(errors="replace") for s in specs)  # noqa: E731
-        assert wait_for(booted, 120, 0.5), "\n".join(s.console_log.read_text(errors="replace")[-1500:] for s in specs if s.console_log.exists())
+
+        def booted() -> bool:
+            logs = [s.console_log.read_text(errors="replace") if s.console_log.exists() else "" for s in specs]
+            return all("RESCOIN-BOOTED" in log for log in logs)
+
+        assert wait_for(booted, 120, 0.5), "\n".join(
+            s.console_log.read_text(errors="replace")[-1500:] for s in specs if s.console_log.exists()
+        )
         TIMINGS.append((f"{len(specs)} TCG guests booted", time.monotonic() - t0))
         yield lab
     finally:
@@ -163,7 +175,9 @@ class HostPipeline:
     proc: subprocess.Popen
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(VENV_BIN / "supervisorctl"), "-c", str(self.conf), *args], capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [str(VENV_BIN / "supervisorctl"), "-c", str(self.conf), *args], capture_output=True, text=True, timeout=60
+        )
 
     def pid(self, program: str) -> int:
         for line in self.ctl("status").stdout.splitlines():
@@ -173,7 +187,10 @@ class HostPipeline:
         return 0
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-12:]) for p in sorted((self.state / "logs").glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-12:])
+            for p in sorted((self.state / "logs").glob("*.log"))
+        )
 
 
 @pytest.fixture(scope="module")
@@ -184,14 +201,20 @@ def host_pipeline(lab):
     config.write_text(host_config(lab, state))
     text = (DEPLOY / "supervisord-host.conf").read_text()
     text = text.replace("/var/lib/rescoin", str(state)).replace("/run/rescoin", str(state))
-    text = text.replace("%(here)s/host.toml", str(config)).replace("files = supervisor.d/", f"files = {DEPLOY}/supervisor.d/")
+    text = text.replace("%(here)s/host.toml", str(config)).replace(
+        "files = supervisor.d/", f"files = {DEPLOY}/supervisor.d/"
+    )
     text = text.replace(" supervisor.d/host/", f" {DEPLOY}/supervisor.d/host/").replace("%(here)s", str(DEPLOY))
     conf = lab.tmp / "supervisord.conf"
     conf.write_text(text)
     sub = [ln for ln in config.read_text().splitlines() if ln.startswith("sub_endpoint")][0].split('"')[1]
     watcher = BusWatcher(sub)
     watcher.start()
-    proc = subprocess.Popen([str(VENV_BIN / "supervisord"), "--nodaemon", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "supervisord"), "--nodaemon", "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     pipeline = HostPipeline(state, conf, watcher, proc)
     try:
         yield pipeline

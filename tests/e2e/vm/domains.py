@@ -44,7 +44,8 @@ def domain_xml(spec: GuestSpec, guest_dir: Path) -> str:
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{guest_dir}/vmlinuz</kernel>
     <initrd>{guest_dir}/initramfs.cpio.gz</initrd>
-    <cmdline>console=ttyS0 quiet rescoin.name={spec.name} rescoin.mode={spec.mode} rescoin.burn_after={spec.burn_after_s}</cmdline>
+    <cmdline>console=ttyS0 quiet rescoin.name={spec.name} rescoin.mode={spec.mode} \
+rescoin.burn_after={spec.burn_after_s}</cmdline>
   </os>
   <features><acpi/><apic/></features>
   <on_poweroff>destroy</on_poweroff>
