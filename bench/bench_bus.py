@@ -75,6 +75,13 @@ def measure(pub_ep: str, sub_ep: str, publishers: int, count: int, curve=None) -
     return got / (last - first) if got > 1 else 0.0
 
 
+def start_bus(pub_ep: str, sub_ep: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "rescoin.services.bus.main", "--host", "b"]
+    for item in (f"bus.pub_endpoint='{pub_ep}'", f"bus.sub_endpoint='{sub_ep}'", "bus.hwm=1000000"):
+        args += ["--set", item]
+    return subprocess.Popen(args, stderr=subprocess.DEVNULL)
+
+
 def raw_proxy(pub_ep: str, sub_ep: str) -> threading.Thread:
     ctx = zmq.Context.instance()
     xs, xp = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB)
@@ -96,22 +103,7 @@ def main() -> None:
         raw[pubs] = measure(a, b, pubs, count)
         rows.append(f"| raw zmq.proxy (XSUB→XPUB) | {pubs} | {raw[pubs]:,.0f} | 100 % |")
         a, b = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-        bus = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "rescoin.services.bus.main",
-                "--host",
-                "b",
-                "--set",
-                f"bus.pub_endpoint='{a}'",
-                "--set",
-                f"bus.sub_endpoint='{b}'",
-                "--set",
-                "bus.hwm=1000000",
-            ],
-            stderr=subprocess.DEVNULL,
-        )
+        bus = start_bus(a, b)
         time.sleep(1.0)
         rate = measure(a, b, pubs, count)
         bus.terminate()
@@ -124,22 +116,7 @@ def main() -> None:
         init_server(keys)
         add_guest(keys, VM)
         a, b, g = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
-        bus = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "rescoin.services.bus.main",
-                "--host",
-                "b",
-                "--set",
-                f"bus.pub_endpoint='{a}'",
-                "--set",
-                f"bus.sub_endpoint='{b}'",
-                "--set",
-                "bus.hwm=1000000",
-            ],
-            stderr=subprocess.DEVNULL,
-        )
+        bus = start_bus(a, b)
         ingress = subprocess.Popen(
             [
                 sys.executable,

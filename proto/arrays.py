@@ -23,9 +23,7 @@ def pack_default(obj: Any) -> Any:
     """msgpack ``default=`` hook: float arrays become extension 1."""
     if isinstance(obj, np.ndarray):
         arr = np.ascontiguousarray(obj, dtype=WIRE_DTYPE)
-        return msgpack.ExtType(
-            EXT_NDARRAY, msgpack.packb([WIRE_DTYPE, list(arr.shape), arr.tobytes()])
-        )
+        return msgpack.ExtType(EXT_NDARRAY, msgpack.packb([WIRE_DTYPE, list(arr.shape), arr.tobytes()]))
     if isinstance(obj, np.generic):
         return obj.item()
     raise TypeError(f"cannot encode {type(obj).__name__} in a ResCoin message")
@@ -38,36 +36,26 @@ def ext_hook(code: int, data: bytes) -> Any:
     try:
         dtype, shape, raw = msgpack.unpackb(data, raw=False)
     except Exception as exc:
-        raise ProtocolError(
-            f"array extension is not [dtype, shape, raw] ({type(exc).__name__})", "payload"
-        ) from exc
+        raise ProtocolError(f"array extension is not [dtype, shape, raw] ({type(exc).__name__})", "payload") from exc
     if dtype != WIRE_DTYPE:
         raise ProtocolError(f"array dtype must be {WIRE_DTYPE!r}, got {dtype!r:.20}", "payload")
     if (
         not isinstance(shape, list)
         or not 1 <= len(shape) <= 2
-        or not all(
-            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_ROWS for d in shape
-        )
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_ROWS for d in shape)
     ):
-        raise ProtocolError(
-            f"array shape must be 1 or 2 dims of at most {MAX_ROWS}, got {shape!r:.60}", "payload"
-        )
+        raise ProtocolError(f"array shape must be 1 or 2 dims of at most {MAX_ROWS}, got {shape!r:.60}", "payload")
     if not isinstance(raw, bytes):
         raise ProtocolError("array data must be bytes", "payload")
     count = 1
     for dim in shape:
         count *= dim
     if len(raw) != count * 8:
-        raise ProtocolError(
-            f"array of shape {shape} needs {count * 8} bytes, got {len(raw)}", "payload"
-        )
+        raise ProtocolError(f"array of shape {shape} needs {count * 8} bytes, got {len(raw)}", "payload")
     return np.frombuffer(raw, dtype=WIRE_DTYPE).reshape(shape)
 
 
-def check_matrix(
-    value: Any, field: str, rows: int, cols: int | None = 4, lo: float | None = 0.0
-) -> np.ndarray:
+def check_matrix(value: Any, field: str, rows: int, cols: int | None = 4, lo: float | None = 0.0) -> np.ndarray:
     """A float64 array of shape (rows, cols) (or (rows,) if cols is None), finite, >= lo."""
     if not isinstance(value, np.ndarray):
         raise ProtocolError(f"must be a float64 array (msgpack ext {EXT_NDARRAY})", field)

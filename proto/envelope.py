@@ -48,9 +48,7 @@ ENVELOPE_FIELDS = ("v", "kind", "host", "src", "epoch", "seq", "ts", "period", "
 def check_name(value: object, field: str) -> str:
     """A host name or publisher id: 1-128 chars of [A-Za-z0-9_.:-], no '/'."""
     if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise ProtocolError(
-            f"must be a name of [A-Za-z0-9_.:-] (1-128 chars), got {value!r:.80}", field
-        )
+        raise ProtocolError(f"must be a name of [A-Za-z0-9_.:-] (1-128 chars), got {value!r:.80}", field)
     return value
 
 
@@ -69,9 +67,7 @@ def check_int(value: object, field: str, lo: int = 0, hi: int = _INT64_MAX) -> i
 
 def check_str(value: object, field: str, max_len: int = 1024) -> str:
     if not isinstance(value, str) or len(value) > max_len:
-        raise ProtocolError(
-            f"must be a string of at most {max_len} chars, got {type(value).__name__}", field
-        )
+        raise ProtocolError(f"must be a string of at most {max_len} chars, got {type(value).__name__}", field)
     return value
 
 
@@ -81,9 +77,7 @@ def check_map(value: object, field: str) -> Mapping[str, Any]:
     return value
 
 
-def require_keys(
-    body: Mapping[str, Any], required: Sequence[str], optional: Sequence[str], where: str
-) -> None:
+def require_keys(body: Mapping[str, Any], required: Sequence[str], optional: Sequence[str], where: str) -> None:
     """Exactly the documented keys: missing ones are errors, unknown ones too."""
     missing = [k for k in required if k not in body]
     if missing:
@@ -145,20 +139,13 @@ class Envelope:
         return make_topic(self.kind, self.topic_key)
 
 
-def pack_frames(
-    env: Envelope, body_map: Mapping[str, Any], default: Callable[[Any], Any] | None = None
-) -> list[bytes]:
-    payload = {
-        "v": env.v,
-        "kind": env.kind,
-        "host": env.host,
-        "src": env.src,
-        "epoch": env.epoch,
-        "seq": env.seq,
-        "ts": env.ts,
-        "period": env.period,
-        "body": body_map,
-    }
+def header_map(env: Envelope) -> dict[str, Any]:
+    """The envelope's fields other than the body, as on the wire."""
+    return {name: getattr(env, name) for name in ENVELOPE_FIELDS if name != "body"}
+
+
+def pack_frames(env: Envelope, body_map: Mapping[str, Any], default: Callable[[Any], Any] | None = None) -> list[bytes]:
+    payload = {**header_map(env), "body": body_map}
     return [env.topic, msgpack.packb(payload, default=default, use_bin_type=True)]
 
 
@@ -189,9 +176,7 @@ def unpack_frames(
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises many types for bad bytes
-        raise ProtocolError(
-            f"payload is not valid msgpack ({type(exc).__name__}: {exc})"[:300], "payload"
-        ) from exc
+        raise ProtocolError(f"payload is not valid msgpack ({type(exc).__name__}: {exc})"[:300], "payload") from exc
     payload = dict(check_map(payload, "payload"))
     require_keys(payload, ENVELOPE_FIELDS, (), "envelope")
     version = payload["v"]
@@ -204,9 +189,7 @@ def unpack_frames(
     if kind not in KINDS:
         raise ProtocolError(f"unknown kind {kind!r:.40}", "kind")
     if kind != topic_kind:
-        raise ProtocolError(
-            f"topic kind {topic_kind!r} does not match payload kind {kind!r}", "topic"
-        )
+        raise ProtocolError(f"topic kind {topic_kind!r} does not match payload kind {kind!r}", "topic")
     check_name(payload["host"], "host")
     check_name(payload["src"], "src")
     check_int(payload["epoch"], "epoch")
@@ -214,9 +197,7 @@ def unpack_frames(
     check_int(payload["ts"], "ts")
     check_int(payload["period"], "period")
     if kind != KIND_GUEST_MEM and topic_key != payload["host"]:
-        raise ProtocolError(
-            f"topic host {topic_key!r} does not match payload host {payload['host']!r}", "topic"
-        )
+        raise ProtocolError(f"topic host {topic_key!r} does not match payload host {payload['host']!r}", "topic")
     check_map(payload["body"], "body")
     return kind, topic_key, payload
 

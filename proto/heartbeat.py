@@ -21,9 +21,7 @@ class Heartbeat:
     state: str  # one of SERVICE_STATES
     period_s: float  # the service's configured period: status uses it to judge staleness
     counters: dict[str, int] = field(default_factory=dict)  # monotone since `epoch`
-    info: dict[str, Any] = field(
-        default_factory=dict
-    )  # str/int/float/bool facts ("backend": "libvirt")
+    info: dict[str, Any] = field(default_factory=dict)  # str/int/float/bool facts ("backend": "libvirt")
     errors: list[str] = field(default_factory=list)  # the most recent rejections, newest last
 
     REQUIRED = ("service", "state", "period_s", "counters", "info", "errors")
@@ -43,9 +41,7 @@ class Heartbeat:
         require_keys(body, cls.REQUIRED, (), "body")
         state = body["state"]
         if state not in SERVICE_STATES:
-            raise ProtocolError(
-                f"state must be one of {SERVICE_STATES}, got {state!r:.40}", "body.state"
-            )
+            raise ProtocolError(f"state must be one of {SERVICE_STATES}, got {state!r:.40}", "body.state")
         period_s = body["period_s"]
         if (
             isinstance(period_s, bool)
@@ -69,9 +65,7 @@ class Heartbeat:
                     f"body.info.{name:.40}",
                 )
         if not isinstance(errors, list) or len(errors) > MAX_HB_ERRORS:
-            raise ProtocolError(
-                f"errors must be a list of at most {MAX_HB_ERRORS} strings", "body.errors"
-            )
+            raise ProtocolError(f"errors must be a list of at most {MAX_HB_ERRORS} strings", "body.errors")
         for i, text in enumerate(errors):
             check_str(text, f"body.errors[{i}]", 1000)
         return cls(

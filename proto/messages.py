@@ -58,9 +58,7 @@ def _check_vms(value: Any, field_name: str = "body.vms") -> list[str]:
     return value
 
 
-def _check_str_list(
-    value: Any, field_name: str, n: int, allowed: Sequence[str] | None = None
-) -> list[str]:
+def _check_str_list(value: Any, field_name: str, n: int, allowed: Sequence[str] | None = None) -> list[str]:
     if not isinstance(value, list) or len(value) != n:
         raise ProtocolError(f"must be a list of {n} strings", field_name)
     for i, item in enumerate(value):
@@ -274,9 +272,7 @@ class Applied:
             require_keys(err, ("vm", "resource", "error"), (), f"body.errors[{i}]")
             check_str(err["vm"], f"body.errors[{i}].vm", 64)
             if err["resource"] not in RESOURCES + ("all",):
-                raise ProtocolError(
-                    "resource must be cpu, mem, disk, net or all", f"body.errors[{i}].resource"
-                )
+                raise ProtocolError("resource must be cpu, mem, disk, net or all", f"body.errors[{i}].resource")
             check_str(err["error"], f"body.errors[{i}].error", 2000)
         if body["mode"] not in APPLY_MODES:
             raise ProtocolError(f"must be one of {APPLY_MODES}", "body.mode")
@@ -306,9 +302,7 @@ def encode(env: Envelope) -> list[bytes]:
     """Envelope -> ``[topic, payload]`` frames."""
     body_type = BODY_TYPES.get(env.kind)
     if body_type is None or not isinstance(env.body, body_type):
-        raise ProtocolError(
-            f"body of a {env.kind!r} message must be {getattr(body_type, '__name__', '?')}", "body"
-        )
+        raise ProtocolError(f"body of a {env.kind!r} message must be {getattr(body_type, '__name__', '?')}", "body")
     return pack_frames(env, env.body.to_wire(), default=pack_default)
 
 

@@ -218,9 +218,7 @@ class HostInfo:
             template=check_matrix(result["template"], "result.template", n),
             provisioned=check_matrix(result["provisioned"], "result.provisioned", n),
             initial_shares=check_matrix(result["initial_shares"], "result.initial_shares", n),
-            initial_ceiling=check_matrix(
-                result["initial_ceiling"], "result.initial_ceiling", n, lo=NO_CEILING
-            ),
+            initial_ceiling=check_matrix(result["initial_ceiling"], "result.initial_ceiling", n, lo=NO_CEILING),
             traces=_check_str_list(result["traces"], "result.traces", n),
         )
 

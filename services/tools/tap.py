@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import zmq
 from rescoin.proto import Envelope
+from rescoin.proto.envelope import header_map
 
 from .buses import add_bus_arguments, bus_endpoints, curve_keys, receive, subscribe
 
@@ -42,19 +43,7 @@ def to_jsonable(value: Any) -> Any:
 
 
 def as_json(env: Envelope) -> str:
-    return json.dumps(
-        {
-            "topic": env.topic.decode(),
-            "kind": env.kind,
-            "host": env.host,
-            "src": env.src,
-            "epoch": env.epoch,
-            "seq": env.seq,
-            "ts": env.ts,
-            "period": env.period,
-            "body": to_jsonable(env.body.to_wire()),
-        }
-    )
+    return json.dumps({"topic": env.topic.decode(), **header_map(env), "body": to_jsonable(env.body.to_wire())})
 
 
 def table(env: Envelope) -> str:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from rescoin.services.model.traces import default_traces_dir
 
 KEYS = {
