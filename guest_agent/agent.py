@@ -22,9 +22,8 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
-from zmq.utils.monitor import recv_monitor_message
-
 from rescoin.proto import Envelope, GuestMem, encode_guest_mem
+from zmq.utils.monitor import recv_monitor_message
 
 AGENT_VERSION = "0.1.0"
 DMI_UUID = "/sys/class/dmi/id/product_uuid"
@@ -45,7 +44,15 @@ def read_meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
 def report(vm: str, meminfo: dict[str, int]) -> GuestMem:
     total = meminfo["MemTotal"]
     available = meminfo.get("MemAvailable", meminfo.get("MemFree", 0))
-    return GuestMem(vm, total, available, max(total - available, 0), meminfo.get("SwapTotal", 0), meminfo.get("SwapFree", 0), AGENT_VERSION)
+    return GuestMem(
+        vm,
+        total,
+        available,
+        max(total - available, 0),
+        meminfo.get("SwapTotal", 0),
+        meminfo.get("SwapFree", 0),
+        AGENT_VERSION,
+    )
 
 
 def vm_uuid(override: str | None) -> str:
@@ -99,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--connect", metavar="ENDPOINT", help="dial the host's ingress, e.g. tcp://10.0.2.2:7730")
     where.add_argument("--bind", metavar="ENDPOINT", help="listen for the ingress, e.g. tcp://0.0.0.0:5556")
-    parser.add_argument("--key", required=True, help="this VM's secret cert (<uuid>.key_secret from `rescoin keys add`)")
+    parser.add_argument(
+        "--key", required=True, help="this VM's secret cert (<uuid>.key_secret from `rescoin keys add`)"
+    )
     parser.add_argument("--server-key", required=True, help="the host's public cert (server.key)")
     parser.add_argument("--uuid", help=f"VM UUID (default: {DMI_UUID})")
     parser.add_argument("--period", type=float, default=1.0, help="seconds between reports")

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from rescoin.services.monitor.backend import BackendError
 from rescoin.services.monitor.backend_libvirt import LibvirtMonitorBackend
+
 from tests.support import libvirtd as libvirtd_support
 
 
