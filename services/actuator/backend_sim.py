@@ -9,12 +9,14 @@ model divides contended capacity in proportion to it). A Setting's shares of
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ..runtime.simclient import SimhostClient, SimhostError
 from .backend import RESOURCES, BackendError, Change, ChangeError, DomainLimits, Setting
 
 MEM = RESOURCES.index("mem")
+SNAPSHOT_TTL_S = 1.0
 
 
 class SimActuatorBackend:
@@ -24,19 +26,28 @@ class SimActuatorBackend:
 
     def __init__(self, endpoint: str, timeout_s: float = 2.0) -> None:
         self.client = SimhostClient(endpoint, timeout_s)
+        self.limits: dict[str, DomainLimits] | None = None  # the sim host's VMs are fixed while it runs
+        self.snapshot: tuple[float, Any] | None = None  # (when, tunables): one RPC serves a batch of reads
 
     def domains(self) -> dict[str, DomainLimits]:
-        try:
-            info = self.client.describe()
-        except SimhostError as exc:
-            raise BackendError(str(exc)) from exc
-        return {vm: DomainLimits(info.names[i], float(info.provisioned[i, MEM])) for i, vm in enumerate(info.vms)}
+        if self.limits is None:
+            try:
+                info = self.client.describe()
+            except SimhostError as exc:
+                raise BackendError(str(exc)) from exc
+            self.limits = {
+                vm: DomainLimits(info.names[i], float(info.provisioned[i, MEM])) for i, vm in enumerate(info.vms)
+            }
+        return self.limits
 
     def read(self, vm: str) -> list[Setting]:
-        try:
-            tunables = self.client.tunables()
-        except SimhostError as exc:
-            raise BackendError(str(exc)) from exc
+        if self.snapshot is None or time.monotonic() - self.snapshot[0] > SNAPSHOT_TTL_S:
+            try:
+                self.snapshot = (time.monotonic(), self.client.tunables())
+            except SimhostError as exc:
+                self.limits = None  # it may have restarted as a different host
+                raise BackendError(str(exc)) from exc
+        tunables = self.snapshot[1]
         if vm not in tunables.vms:
             raise BackendError(f"no VM {vm} on the sim host")
         i = tunables.vms.index(vm)
@@ -53,9 +64,11 @@ class SimActuatorBackend:
             if change.resource != MEM and change.setting.shares > 0:
                 write["shares"] = change.setting.shares
             writes.append(write)
+        self.snapshot = None
         try:
             result = self.client.set_tunables(writes)
         except SimhostError as exc:
+            self.limits = None
             return [ChangeError(c.vm, RESOURCES[c.resource], str(exc)) for c in changes]
         return [ChangeError(e["vm"], e["resource"], e["error"]) for e in result.errors]
 

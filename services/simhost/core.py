@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,26 @@ class Workload:
     capacity: np.ndarray  # (4,)
 
 
+def replicate(traces: list, n_vms: int) -> list:
+    """More VMs than trace files: reuse the traces, each copy shifted by a prime number of
+    samples so the copies do not burst in step (names get a ``-<copy>`` suffix)."""
+    out = list(traces)
+    while len(out) < n_vms:
+        base = traces[len(out) % len(traces)]
+        copy = len(out) // len(traces)
+        shift = 97 * copy
+        out.append(
+            replace(
+                base,
+                vm_id=f"{base.vm_id}-{copy}",
+                demand=np.roll(base.demand, shift, axis=0),
+                read_share=np.roll(base.read_share, shift),
+                rx_share=np.roll(base.rx_share, shift),
+            )
+        )
+    return out
+
+
 def build_workload(settings: SimhostSettings) -> Workload:
     """Load the configured traces and derive sizes, templates and a contended host capacity.
 
@@ -55,6 +75,8 @@ def build_workload(settings: SimhostSettings) -> Workload:
     to the peak of total demand, unless given explicitly.
     """
     traces = load_bitbrains(settings.traces_dir or None, settings.traces or None, settings.n_vms)
+    if not settings.traces and settings.n_vms > len(traces):
+        traces = replicate(traces, settings.n_vms)
     provisioned = np.stack([t.provisioned for t in traces])  # (n, 4)
     demand = np.stack([t.demand for t in traces], axis=1)  # (T, n, 4)
     demand = np.minimum(demand, provisioned[None, :, :])

@@ -36,7 +36,11 @@ class SimhostSettings:
         "", "directory of Bitbrains .csv.gz traces; empty = the shared traces next to the checkout"
     )
     traces: list[str] = setting([], "trace files (VM ids, e.g. '7') to replay, one VM each; empty = the first n_vms")
-    n_vms: int = setting(8, "how many VMs when `traces` is empty", between(1, 1000))
+    n_vms: int = setting(
+        8,
+        "how many VMs when `traces` is empty; more than the trace files reuse them, shifted in time",
+        between(1, 10000),
+    )
     samples_per_period: int = setting(
         1, "trace samples (5 min each) advanced per control period: the time compression", positive
     )
