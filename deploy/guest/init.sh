@@ -1,7 +1,8 @@
 #!/bin/busybox sh
 # /init of ResCoin's test guest (busybox initramfs; Python from a 9p root filesystem).
 # Kernel command line: rescoin.mode=burn,disk,agent (any of them), rescoin.name=NAME,
-#   rescoin.burn_after=SECONDS (start burning only then: the VM saves coins before it bursts)
+#   rescoin.burn_after=SECONDS (start burning only then: the VM saves coins before it bursts),
+#   rescoin.claim=UUID (tests only: the agent reports as another VM, which the host must refuse)
 /bin/busybox mkdir -p /bin /sbin /proc /sys /dev /tmp /mnt/root
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -14,6 +15,7 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
 done
 arg() { for kv in $(cat /proc/cmdline); do case "$kv" in "$1="*) echo "${kv#*=}";; esac; done; }
 NAME=$(arg rescoin.name); MODE=$(arg rescoin.mode)
+CLAIM=$(arg rescoin.claim); CLAIM=${CLAIM:+--uuid $CLAIM}   # tests: a guest lying about who it is
 ip link set lo up
 if [ -e /sys/class/net/eth0 ]; then   # QEMU user networking: the host is 10.0.2.2
     ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2
@@ -35,7 +37,7 @@ case ",$MODE," in *,agent,*)
         mount -t 9p -o trans=virtio,version=9p2000.L,ro keys /mnt/root/mnt
         echo "RESCOIN-AGENT starting at $(cut -d' ' -f1 /proc/uptime)"
         (chroot /mnt/root env PYTHONPATH=/opt/rescoin python3 -m rescoin.guest_agent.agent \
-            --bind tcp://0.0.0.0:5556 --key /mnt/agent.key_secret --server-key /mnt/server.key 2>&1 \
+            --bind tcp://0.0.0.0:5556 --key /mnt/agent.key_secret --server-key /mnt/server.key $CLAIM 2>&1 \
             | sed 's/^/RESCOIN-AGENT /') &
     else
         echo "RESCOIN-AGENT no 9p rootfs"

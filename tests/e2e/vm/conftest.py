@@ -80,7 +80,9 @@ SAVER_IDLE_S = 50  # the saver earns coins this long after boot, then burns too
 VM_PLAN = [  # name, mode, memory MiB, template: cpu cores, memory MiB, disk bytes/s; burn after s
     ("rc-saver", "burn,agent", 192, 0.3, 32, 2 * 2**20, SAVER_IDLE_S),
     ("rc-hog", "burn,disk,agent", 192, 0.3, 32, 1 * 2**20, 0),
+    ("rc-liar", "agent", 128, 0.1, 32, 1 * 2**20, 0),  # its agent claims to be rc-saver
 ]
+HONEST = 2  # the first VMs report as themselves
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +108,7 @@ def lab(libvirtd, guest_image, tmp_path_factory):
                 name, vm, mode, mem, cpu, tmem, disk, delay, free_port(), image, guest_keys, tmp / f"{name}.console.log"
             )
         )
+    specs[2].claim_uuid = specs[0].uuid
     lab = Lab(conn, specs, keys, tmp)
     t0 = time.monotonic()
     try:

@@ -22,6 +22,7 @@ class GuestSpec:
     disk_image: Path
     keys_dir: Path  # shared read-only: agent.key_secret, server.key
     console_log: Path
+    claim_uuid: str = ""  # a lying guest: its agent reports as this other VM
 
 
 def domain_xml(spec: GuestSpec, guest_dir: Path) -> str:
@@ -45,7 +46,7 @@ def domain_xml(spec: GuestSpec, guest_dir: Path) -> str:
     <kernel>{guest_dir}/vmlinuz</kernel>
     <initrd>{guest_dir}/initramfs.cpio.gz</initrd>
     <cmdline>console=ttyS0 quiet rescoin.name={spec.name} rescoin.mode={spec.mode} \
-rescoin.burn_after={spec.burn_after_s}</cmdline>
+rescoin.burn_after={spec.burn_after_s}{f" rescoin.claim={spec.claim_uuid}" if spec.claim_uuid else ""}</cmdline>
   </os>
   <features><acpi/><apic/></features>
   <on_poweroff>destroy</on_poweroff>

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.e2e.vm.conftest import MEM_RESERVE, PERIOD_S, SAVER_IDLE_S, TIMINGS
+from tests.e2e.vm.conftest import HONEST, MEM_RESERVE, PERIOD_S, SAVER_IDLE_S, TIMINGS
 from tests.support.bus import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vm]
@@ -34,10 +34,13 @@ def rows(env, vm):
 def test_every_vm_appears_with_its_template_and_the_agent_reports_its_memory(lab, host_pipeline):
     t0 = time.monotonic()
     vms = {s.uuid: s for s in lab.specs}
+    honest = [s.uuid for s in lab.specs[:HONEST]]
 
     def agent_reports_in_sample():
         got = samples(host_pipeline)
-        return got and set(vms) <= set(got[-1].body.vms) and all(src == "guest" for src in got[-1].body.mem_source)
+        if not got or not set(vms) <= set(got[-1].body.vms):
+            return False
+        return all(got[-1].body.mem_source[got[-1].body.vms.index(vm)] == "guest" for vm in honest)
 
     assert wait_for(agent_reports_in_sample, 120, 0.5), host_pipeline.logs()
     TIMINGS.append(("pipeline up until guest-agent memory in samples", time.monotonic() - t0))
@@ -54,7 +57,7 @@ def test_every_vm_appears_with_its_template_and_the_agent_reports_its_memory(lab
 
 
 def test_cpu_the_vm_with_coins_gets_more_and_measured_use_follows_the_quota(lab, host_pipeline):
-    saver, hog = (s.uuid for s in lab.specs)
+    saver, hog = (s.uuid for s in lab.specs[:HONEST])
     # wait until the saver has burned for a while: both now want a full core of the 1-core host
     deadline = SAVER_IDLE_S + 60
 
@@ -98,13 +101,13 @@ def test_memory_balloon_target_is_set_visible_in_the_guest_and_above_use_plus_re
         if not applied:
             return False
         body = applied[-1].body
-        return all(0 < body.set[body.vms.index(s.uuid), MEM] < s.mem_mib * MIB for s in lab.specs)
+        return all(0 < body.set[body.vms.index(s.uuid), MEM] < s.mem_mib * MIB for s in lab.specs[:HONEST])
 
     assert wait_for(ballooned, 60, 1.0), host_pipeline.logs()
     time.sleep(3 * PERIOD_S)  # the balloon driver needs a moment; the agent reports every period
     body = host_pipeline.watcher.since(0, "applied")[-1].body
     last = samples(host_pipeline)[-1].body
-    for spec in lab.specs:
+    for spec in lab.specs[:HONEST]:
         target = body.set[body.vms.index(spec.uuid), MEM]
         current = lab.dom(spec.name).info()[2] * 1024
         assert current == pytest.approx(target, abs=2 * MIB)  # virsh dominfo: the balloon is there
@@ -114,9 +117,23 @@ def test_memory_balloon_target_is_set_visible_in_the_guest_and_above_use_plus_re
         assert target >= last.usage[i, MEM] + MEM_RESERVE - 8 * MIB
     reports = [e.body for e in host_pipeline.watcher.since(0, "guest.mem")]
     latest = {r.vm: r.mem_total for r in reports}  # later reports overwrite earlier ones
-    for spec in lab.specs:  # the guest itself sees what the balloon left it (less its kernel's own)
+    for spec in lab.specs[:HONEST]:  # the guest itself sees what the balloon left it (less its kernel's own)
         target = body.set[body.vms.index(spec.uuid), MEM]
         assert target - 64 * MIB < latest[spec.uuid] <= target, (latest[spec.uuid], target)
+
+
+def test_a_guest_claiming_another_vms_uuid_is_refused(lab, host_pipeline):
+    saver, liar = lab.specs[0], lab.specs[2]
+
+    def refused():
+        beats = [e.body for e in host_pipeline.watcher.since(0, "hb") if e.body.service == "ingress"]
+        return beats and beats[-1].counters.get("rejected.wrong_vm", 0) >= 3
+
+    assert wait_for(refused, 30, 0.5), host_pipeline.logs()
+    reports = host_pipeline.watcher.since(0, "guest.mem")
+    assert all(e.body.vm != liar.uuid for e in reports)  # it never reported as itself either
+    # everything that reached the bus under the saver's UUID came from one agent: the saver's own
+    assert len({e.epoch for e in reports if e.body.vm == saver.uuid}) == 1
 
 
 def test_disk_reads_are_held_to_the_throttle_the_actuator_set(lab, host_pipeline):
