@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import zmq
 from common import write_section
-
 from rescoin.proto import ProtocolError
 from rescoin.proto.messages import decode
 

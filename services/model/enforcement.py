@@ -38,7 +38,7 @@ def ceilings(
     ceiling = np.maximum(alloc, template)
     ceiling[:, MEM] = np.maximum(ceiling[:, MEM], usage[:, MEM] + mem_reserve)
     if fits is not None:
-        ceiling[:, np.asarray(fits, dtype=bool)] = np.inf
+        ceiling[:, np.asarray(fits, dtype=bool).reshape(-1)] = np.inf
     return ceiling
 
 
@@ -56,8 +56,8 @@ def enforce(demand: np.ndarray, weights: np.ndarray, ceiling: np.ndarray, capaci
     demand = np.maximum(np.asarray(demand, dtype=float), 0.0)
     wanted = np.minimum(demand, ceiling)
     weights = np.asarray(weights, dtype=float)
-    unset = ~(weights > 0).any(axis=0)
-    weights = np.where(unset[None, :], 1.0, weights)
+    unset = np.logical_not(np.any(weights > 0, axis=0)).reshape(1, -1)
+    weights = np.where(unset, 1.0, weights)
     achieved = waterfill(capacity, wanted, weights)
     achieved[:, MEM] = wanted[:, MEM]  # memory is not rate-shared: a balloon just caps it
     return achieved

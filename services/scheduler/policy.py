@@ -107,10 +107,10 @@ def rescoin_loop(
             base = list(waterfill_loop(capacity[r : r + 1], col(base), template[:, r : r + 1])[:, 0])
         excess = max(capacity[r] - sum(base), 0.0)
         burst = [max(demand[i, r] - template[i, r], 0.0) for i in range(n)]
-        tier1 = waterfill_loop([excess], col(burst), col(weight))[:, 0]
+        tier1 = waterfill_loop(np.array([excess]), col(burst), col(weight))[:, 0]
         rest = max(excess - tier1.sum(), 0.0)
         tie = col([max(template[i, r], 1e-9 * scale) for i in range(n)])
-        tier2 = waterfill_loop([rest], col([burst[i] - tier1[i] for i in range(n)]), tie)[:, 0]
+        tier2 = waterfill_loop(np.array([rest]), col([burst[i] - tier1[i] for i in range(n)]), tie)[:, 0]
         for i in range(n):
             alloc[i, r] = base[i] + tier1[i] + tier2[i]
     return _share_leftover(alloc, template, capacity) if share_leftover else alloc
