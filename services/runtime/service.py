@@ -109,7 +109,7 @@ class InputFilter:
 
     def __init__(self, counters: Counters) -> None:
         self.counters = counters
-        self.last_period: dict[tuple[str, str], int] = {}
+        self.last_period: dict[tuple[str, str, str], int] = {}
         self.last_seq: dict[tuple[str, str, str], tuple[int, int]] = {}
 
     def accept(self, env: Envelope) -> bool:
@@ -118,7 +118,7 @@ class InputFilter:
         if prev is not None and prev[0] == env.epoch and env.seq > prev[1] + 1:
             self.counters.inc("gaps", env.seq - prev[1] - 1)
         self.last_seq[stream] = (env.epoch, env.seq)
-        key = (env.kind, env.topic_key)
+        key = (env.kind, env.topic_key, env.src)  # per stream: hb from two services never collide
         last = self.last_period.get(key)
         if last is not None and env.period < last:
             self.counters.inc("dropped_stale")
