@@ -57,38 +57,9 @@ class NetShaper:
         if "qdisc htb 1:" not in self._run("tc", "qdisc", "show", "dev", dev).stdout:
             self._run("tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10")
         # a class borrows up to its ceil only from a parent: 1:1 holds the link at the ceiling
-        self._run(
-            "tc",
-            "class",
-            "replace",
-            "dev",
-            dev,
-            "parent",
-            "1:",
-            "classid",
-            "1:1",
-            "htb",
-            "rate",
-            f"{ceil_bit}bit",
-            "ceil",
-            f"{ceil_bit}bit",
-        )
-        self._run(
-            "tc",
-            "class",
-            "replace",
-            "dev",
-            dev,
-            "parent",
-            "1:1",
-            "classid",
-            "1:10",
-            "htb",
-            "rate",
-            f"{rate_bit}bit",
-            "ceil",
-            f"{ceil_bit}bit",
-        )
+        for parent, classid, rate in (("1:", "1:1", ceil_bit), ("1:1", "1:10", rate_bit)):
+            self._run("tc", "class", "replace", "dev", dev, "parent", parent, "classid", classid,
+                      "htb", "rate", f"{rate}bit", "ceil", f"{ceil_bit}bit")  # fmt: skip
 
     def shape(self, dev: str, rate_bps: float, ceil_bps: float) -> None:
         """Hold both directions of ``dev`` to ``ceil_bps``, guaranteeing ``rate_bps``."""
