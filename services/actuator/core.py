@@ -62,6 +62,7 @@ class ActuatorCore:
         self.originals_path = state_dir / settings.originals_file if state_dir else None
         self.originals: dict[str, list[Setting]] = self._load_originals()
         self.current: dict[str, list[Setting]] = {}
+        self.originals_dirty = False
         self.last_alloc_period = -1
         self.last_valid: Alloc | None = None
         self.mode = "normal"
@@ -86,12 +87,13 @@ class ActuatorCore:
         atomic_write(self.originals_path, json.dumps(data, indent=1).encode())
 
     def _settings_of(self, vm: str) -> list[Setting]:
-        """What is set now; the first time, read from the backend and kept as the original."""
+        """What is set now; the first time, read from the backend and kept as the original
+        (saved by the caller, once per batch, before any write)."""
         if vm not in self.current:
             self.current[vm] = self.backend.read(vm)
             if vm not in self.originals:
                 self.originals[vm] = list(self.current[vm])
-                self._save_originals()
+                self.originals_dirty = True
         return self.current[vm]
 
     # -- the stage -----------------------------------------------------------------
@@ -193,6 +195,9 @@ class ActuatorCore:
                 if self._moved(r, current[r], wanted[r]):
                     changes.append(Change(vm, r, wanted[r]))
                     after[i, r] = wanted[r].ceiling
+        if self.originals_dirty:  # one atomic save for every VM seen for the first time
+            self._save_originals()
+            self.originals_dirty = False
         writes = len(changes)
         if self.settings.dry_run:
             for change in changes:

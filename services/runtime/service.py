@@ -68,6 +68,9 @@ class Stage(Protocol):
         """The service is stopping (SIGTERM): last words, e.g. restored tunables."""
         ...
 
+    # Optional: ``flush() -> None`` is called after each batch of messages has been
+    # handled and its answers published: the place for state files off the critical path.
+
 
 def current_period(now: float, period_s: float) -> int:
     return math.floor(now / period_s)
@@ -214,8 +217,11 @@ class ServiceLoop:
             try:
                 frames = sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             self.handle_frames(frames)
+        flush = getattr(self.stage, "flush", None)
+        if flush is not None:  # slow persistence runs once the answers are out
+            flush()
 
     def handle_frames(self, frames: list[bytes]) -> None:
         self.counters.inc("received")

@@ -71,6 +71,7 @@ class SchedulerCore:
         self.estimates: dict[int, Estimate] = {}  # period the estimate is for -> it
         self.last_source = ""
         self.floors_over_capacity = False
+        self.ledger_dirty = False
 
     def _restore(self) -> CoinLedger:
         if self.ledger_path is None or not self.ledger_path.exists():
@@ -99,7 +100,7 @@ class SchedulerCore:
         """Credit coins for the period that ended; allocate now if its estimate is already here."""
         sample: Sample = env.body
         self.ledger.credit(env.period, sample.vms, sample.template, sample.usage, sample.capacity)
-        self._save()
+        self.ledger_dirty = True  # saved by flush(), right after this period's alloc is out
         estimate = self.estimates.pop(env.period + 1, None)
         if estimate is not None:
             return [self._allocate(env, estimate)]
@@ -162,6 +163,12 @@ class SchedulerCore:
             else:
                 self.counters.inc("estimate_row_missing")
         return demand
+
+    def flush(self) -> None:
+        """Persist the ledger if it changed (the runtime calls this once answers are published)."""
+        if self.ledger_dirty and not self.pending:  # not while a sample waits for its estimate
+            self._save()
+            self.ledger_dirty = False
 
     def _save(self) -> None:
         if self.ledger_path is None:

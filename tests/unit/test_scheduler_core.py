@@ -80,6 +80,8 @@ def test_ledger_survives_restart_and_corruption(tmp_path):
     usage = TC * 0.2
     for p in range(5):
         sched.on_message(sample(p, usage))
+        sched.on_message(estimate(p + 1, usage))
+        sched.flush()  # as the runtime does once the period's answers are published
     before = sched.ledger.balances(VMS)
     again = core(tmp_path)
     assert np.array_equal(again.ledger.balances(VMS), before)
