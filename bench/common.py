@@ -18,7 +18,8 @@ Measured on demand with one command each (`.venv/bin/python bench/NAME.py`); eve
 section says the machine, the date and the command. Times are medians with the
 min–max of repeated runs in one process; ratios are between runs of the same
 invocation, since these machines are shared and noisy. Nothing here is a test
-assertion.
+assertion. Each script in `bench/` rewrites only its own section; loopback TCP on
+free ports only.
 """
 
 

@@ -21,10 +21,12 @@ def waterfill(amount: np.ndarray, caps: np.ndarray, weights: np.ndarray) -> np.n
     if n == 0:
         return caps.copy()
     short = caps.sum(axis=0) > amount  # only these columns need λ: in the others every cap fits
-    if not short.all():
-        result = caps.copy()
-        if short.any():
-            result[:, short] = waterfill(amount[short], caps[:, short], weights[:, short])
+    empty = amount <= 0  # nothing to hand out: nobody gets anything
+    if not short.all() or empty.any():
+        result = np.where(empty, 0.0, caps)
+        solve = short & ~empty
+        if solve.any():
+            result[:, solve] = waterfill(amount[solve], caps[:, solve], weights[:, solve])
         return result
     safe_w = np.where(weights > 0, weights, 1.0)
     with np.errstate(over="ignore"):  # a tiny weight's level overflows to inf: saturated last
