@@ -7,14 +7,18 @@ import pytest
 
 from tests.support import libvirtd as libvirtd_support
 
+LIBVIRTD_NETNS = "rescoin-vmlab"
+
 
 @pytest.fixture(scope="session")
 def libvirtd():
-    """A running libvirtd (qemu:///system, test+unix:///default); stopped if we started it."""
+    """A running libvirtd (qemu:///system, test+unix:///default); stopped if we started it.
+
+    One we start runs in network namespace LIBVIRTD_NETNS, so test VMs' taps live there."""
     reason = libvirtd_support.missing_reason()
     if reason:
         pytest.skip(reason)
-    daemons = libvirtd_support.start()
+    daemons = libvirtd_support.start(netns=LIBVIRTD_NETNS)
     try:
         yield daemons
     finally:

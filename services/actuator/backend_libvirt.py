@@ -56,6 +56,7 @@ class LibvirtActuatorBackend:
         self.facts: dict[str, DomainFacts] = {}
         self.net_mode = "off" if settings.net_shaping == "off" else ""
         self.shaper = NetShaper()
+        self.unshapeable: set[str] = set()  # VMs without a shapeable NIC, logged once
 
     def _domain(self, vm: str) -> libvirt.virDomain:
         try:
@@ -111,7 +112,11 @@ class LibvirtActuatorBackend:
 
     def _read_net(self, vm: str, dom: libvirt.virDomain) -> Setting:
         nics = self._facts(vm, dom).interfaces
-        if not nics or self._net_mode(dom, nics[0]) != "libvirt":
+        mode = self._net_mode(dom, nics[0]) if nics else "off"
+        if mode == "tc":
+            ceiling = self.shaper.ceiling_bps(nics[0])
+            return Setting(NO_LIMIT if ceiling is None else ceiling, 0.0)
+        if mode != "libvirt":
             return Setting(NO_LIMIT, 0.0)
         params = dom.interfaceParameters(nics[0], LIVE)
         average = float(params.get("inbound.average", 0)) * KIB
@@ -199,8 +204,11 @@ class LibvirtActuatorBackend:
 
     def _write_net(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
         nics = self._facts(vm, dom).interfaces
-        if not nics:
-            raise BackendError("the domain has no interface with a host device to shape")
+        if not nics:  # nothing libvirt knows of to shape (e.g. QEMU user networking): nothing to enforce
+            if vm not in self.unshapeable:
+                self.unshapeable.add(vm)
+                log.info("%s has no interface with a host device: its network is not limited", vm)
+            return
         mode = self._net_mode(dom, nics[0])
         if mode == "off":
             return

@@ -55,7 +55,8 @@ class NetShaper:
         ceil_bit = max(int(ceil_bps * 8), 8)
         rate_bit = max(min(int(rate_bps * 8), ceil_bit), 8)
         if "qdisc htb 1:" not in self._run("tc", "qdisc", "show", "dev", dev).stdout:
-            self._run("tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10")
+            # replace, not add: libvirt puts an explicit noqueue root on its taps, which add refuses to override
+            self._run("tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "10")
         # a class borrows up to its ceil only from a parent: 1:1 holds the link at the ceiling
         for parent, classid, rate in (("1:", "1:1", ceil_bit), ("1:1", "1:10", rate_bit)):
             self._run("tc", "class", "replace", "dev", dev, "parent", parent, "classid", classid,

@@ -83,3 +83,11 @@ def test_shaping_holds_a_bulk_transfer_near_the_ceiling_and_clears(veth_pair):
     links = subprocess.run(["ip", "netns", "exec", a, "ip", "link"], capture_output=True, text=True).stdout
     assert shaper.ifb_name("vtap") not in links
     assert transfer_rate(a, b) > 3e6  # unshaped again
+
+
+def test_shaping_takes_over_an_explicit_noqueue_root_as_libvirt_leaves_on_its_taps(veth_pair):
+    a, _ = veth_pair
+    subprocess.run(["tc", "-n", a, "qdisc", "add", "dev", "vtap", "root", "handle", "0:", "noqueue"], check=True)
+    shaper = NetShaper(netns=a)
+    shaper.shape("vtap", rate_bps=250_000, ceil_bps=1_000_000)
+    assert shaper.ceiling_bps("vtap") == pytest.approx(1_000_000)

@@ -26,7 +26,7 @@ def test_reads_fail_while_libvirtd_is_down_and_resume_when_it_is_back(libvirtd):
             time.sleep(0.1)
         with pytest.raises(BackendError):
             backend.read()
-        libvirtd_support.start()
+        libvirtd_support.start(netns=libvirtd.netns)  # back where it was
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -5,6 +5,11 @@ Debian's libvirt-daemon without libvirt-daemon-system has no qemu.conf and no
 qemu.conf; so we create the user/groups and a minimal qemu.conf (QEMU as
 root, no security driver), as the lab notes in shared/LAB.md §3.1 found.
 Only daemons this module started are stopped, by PID.
+
+A libvirtd this module starts can run inside a network namespace it creates
+(shared/LAB.md §3.9): libvirt then creates the taps of `<interface
+type='ethernet'>` there, so a test VM's packets never reach the host's own
+network. The cgroup tree and the unix sockets are unaffected.
 """
 
 from __future__ import annotations
@@ -83,14 +88,25 @@ def _prepare() -> None:
 @dataclass
 class Daemons:
     started: list[str]  # names of the daemons this process started (to stop later)
-    netns: str | None = None
+    netns: str | None = None  # the network namespace libvirtd runs in, if we started it in one
+    created_netns: bool = False  # ... and we created that namespace (deleted by ``stop``)
+
+
+def _add_netns(name: str) -> bool:
+    """Create network namespace ``name`` (loopback up); False if it was already there."""
+    created = not Path(f"/run/netns/{name}").exists()
+    if created:
+        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True)
+    return created
 
 
 def start(log_dir: str = "/tmp/rescoin-libvirtd", netns: str | None = None, timeout_s: float = 60.0) -> Daemons:
     """Start virtlogd and libvirtd unless they already run; wait until qemu:///system answers.
 
-    ``netns``: start libvirtd inside that network namespace (nsenter --net, not
-    `ip netns exec`, which remounts /sys and hides the cgroup tree).
+    ``netns``: start libvirtd inside that network namespace, created if missing
+    (nsenter --net, not `ip netns exec`, which remounts /sys and hides the cgroup
+    tree). ``Daemons.netns`` says where libvirtd really runs: None if it was already running.
     """
     reason = missing_reason()
     if reason:
@@ -98,6 +114,7 @@ def start(log_dir: str = "/tmp/rescoin-libvirtd", netns: str | None = None, time
     _prepare()
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     started = []
+    created_netns = False
     if _alive(PID_FILES["virtlogd"]) is None:
         subprocess.run(["virtlogd", "-d"], check=True)
         started.append("virtlogd")
@@ -105,6 +122,7 @@ def start(log_dir: str = "/tmp/rescoin-libvirtd", netns: str | None = None, time
         env = dict(os.environ, LIBVIRT_LOG_OUTPUTS=f"3:file:{log_dir}/libvirtd.log")
         cmd = ["libvirtd", "-d"]
         if netns:
+            created_netns = _add_netns(netns)
             cmd = ["nsenter", f"--net=/run/netns/{netns}", *cmd]
         subprocess.run(cmd, check=True, env=env)
         started.append("libvirtd")
@@ -113,13 +131,12 @@ def start(log_dir: str = "/tmp/rescoin-libvirtd", netns: str | None = None, time
         if time.monotonic() > deadline:
             raise RuntimeError(f"libvirtd did not answer within {timeout_s} s; see {log_dir}/libvirtd.log")
         time.sleep(0.2)
-    return Daemons(started, netns)
+    in_netns = netns if "libvirtd" in started else None
+    return Daemons(started, in_netns, created_netns)
 
 
 def stop(daemons: Daemons) -> None:
-    """Stop (by PID) only the daemons ``start`` started; destroy leftover domains first."""
-    if "libvirtd" not in daemons.started and "virtlogd" not in daemons.started:
-        return
+    """Stop (by PID) only the daemons ``start`` started, then delete the namespace it created."""
     for name in ("libvirtd", "virtlogd"):
         if name not in daemons.started:
             continue
@@ -132,3 +149,5 @@ def stop(daemons: Daemons) -> None:
             time.sleep(0.1)
         if _alive(PID_FILES[name]) == pid:
             os.kill(pid, signal.SIGKILL)
+    if daemons.created_netns and daemons.netns:
+        subprocess.run(["ip", "netns", "del", daemons.netns], capture_output=True)

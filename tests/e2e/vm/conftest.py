@@ -3,9 +3,13 @@ the real pipeline (deploy/supervisord-host.conf) managing them.
 
 Root, libvirtd (started by tests/support/libvirtd.py if not running), QEMU and
 the guest image (deploy/guest/build.sh, cached in /var/cache/rescoin-guest)
-are needed; `deploy/install.sh --test` installs the packages. KVM is not used:
-/dev/kvm on these machines is PVM and cannot boot a stock guest (checked and
-reported below, so nobody spends time on it).
+are needed. A libvirtd the suite starts runs in its own network namespace
+(tests/conftest.py): QEMU, the streaming guest's tap, the sink and the whole
+pipeline run there, the bus is on unix sockets so the test can watch it, and
+nothing reaches the host's network (shared/LAB.md §3.9).
+`deploy/install.sh --test` installs the packages. KVM is not used: /dev/kvm on
+these machines is PVM and cannot boot a stock guest (checked and reported
+below, so nobody spends time on it).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -69,10 +74,28 @@ class Lab:
     specs: list[GuestSpec]
     keys: Path
     tmp: Path
+    netns: str | None  # where libvirtd (so QEMU, the taps and the pipeline) runs; None: the host's
     domains: dict[str, libvirt.virDomain] = field(default_factory=dict)
+    sink_counts: Path | None = None  # "monotonic_s total_bytes", rewritten by tests/e2e/vm/sink.py
+    unshaped_net_bps: float = 0.0  # the streamer's rate to the sink before ResCoin ran
 
     def dom(self, name: str) -> libvirt.virDomain:
         return self.domains[name]
+
+    def spec(self, name: str) -> GuestSpec:
+        return next(s for s in self.specs if s.name == name)
+
+    def sink_total(self) -> tuple[float, int]:
+        assert self.sink_counts is not None
+        when, total = self.sink_counts.read_text().split()
+        return float(when), int(total)
+
+    def sink_rate(self, secs: float) -> float:
+        """Bytes/s the sink received over the next ``secs`` (its own counter and clock)."""
+        t0, n0 = self.sink_total()
+        time.sleep(secs)
+        t1, n1 = self.sink_total()
+        return (n1 - n0) / (t1 - t0)
 
 
 MEM_RESERVE = 96 * 2**20  # the guest kernel's own ~40 MiB are not in MemTotal: keep a wide margin
@@ -83,6 +106,33 @@ VM_PLAN = [  # name, mode, memory MiB, template: cpu cores, memory MiB, disk byt
     ("rc-liar", "agent", 128, 0.1, 32, 1 * 2**20, 0),  # its agent claims to be rc-saver
 ]
 HONEST = 2  # the first VMs report as themselves
+# with libvirtd in a namespace of ours: one more VM, streaming over a tap to a sink there (LAB.md §3.9)
+STREAMER = ("rc-streamer", "net,agent", 128, 0.1, 32, 1 * 2**20, 0)
+NET_TEMPLATE_BPS = 40_000  # every VM's network template; the streamer's is STREAMER_NET_BPS
+STREAMER_NET_BPS = 100_000
+HOST_NET_BPS = 250_000  # the host's network by configuration: the streamer alone contends for it
+TAP, HOST_IP, GUEST_IP, SINK_PORT = "rcs-net0", "10.77.0.1", "10.77.0.2", 9000
+
+
+def _start_sink(lab: Lab) -> subprocess.Popen:
+    """The sink listens on the tap's host side, inside libvirtd's namespace."""
+    assert lab.netns
+    for cmd in (["addr", "add", f"{HOST_IP}/24", "dev", TAP], ["link", "set", TAP, "up"]):
+        subprocess.run(["ip", "-n", lab.netns, *cmd], check=True, capture_output=True)
+    lab.sink_counts = lab.tmp / "sink.count"
+    sink = subprocess.Popen(
+        [
+            "nsenter",
+            f"--net=/run/netns/{lab.netns}",
+            sys.executable,
+            str(Path(__file__).parent / "sink.py"),
+            HOST_IP,
+            str(SINK_PORT),
+            str(lab.sink_counts),
+        ]  # fmt: skip
+    )
+    assert wait_for(lab.sink_counts.exists, 10, 0.1)
+    return sink
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +143,7 @@ def lab(libvirtd, guest_image, tmp_path_factory):
     init_server(keys)
     conn = libvirt.open("qemu:///system")
     specs = []
-    for name, mode, mem, cpu, tmem, disk, delay in VM_PLAN:
+    for name, mode, mem, cpu, tmem, disk, delay in VM_PLAN + ([STREAMER] if libvirtd.netns else []):
         vm = str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{name}.{tmp.name}.rescoin.test"))
         add_guest(keys, vm)
         guest_keys = tmp / f"{name}-keys"
@@ -108,12 +158,20 @@ def lab(libvirtd, guest_image, tmp_path_factory):
                 name, vm, mode, mem, cpu, tmem, disk, delay, free_port(), image, guest_keys, tmp / f"{name}.console.log"
             )
         )
+        specs[-1].template_net_bps = NET_TEMPLATE_BPS
     specs[2].claim_uuid = specs[0].uuid
-    lab = Lab(conn, specs, keys, tmp)
+    if libvirtd.netns:
+        streamer = specs[-1]
+        streamer.template_net_bps = STREAMER_NET_BPS
+        streamer.tap, streamer.tap_ip, streamer.sink = TAP, f"{GUEST_IP}/24", f"{HOST_IP}:{SINK_PORT}"
+    lab = Lab(conn, specs, keys, tmp, libvirtd.netns)
+    sink = None
     t0 = time.monotonic()
     try:
         for spec in specs:
             lab.domains[spec.name] = conn.createXML(domain_xml(spec, guest_image), 0)
+        if lab.netns:
+            sink = _start_sink(lab)
 
         def booted() -> bool:
             logs = [s.console_log.read_text(errors="replace") if s.console_log.exists() else "" for s in specs]
@@ -123,6 +181,9 @@ def lab(libvirtd, guest_image, tmp_path_factory):
             s.console_log.read_text(errors="replace")[-1500:] for s in specs if s.console_log.exists()
         )
         TIMINGS.append((f"{len(specs)} TCG guests booted", time.monotonic() - t0))
+        if lab.netns:
+            assert wait_for(lambda: lab.sink_total()[1] > 0, 30, 0.2), "the streamer never reached the sink"
+            lab.unshaped_net_bps = lab.sink_rate(3.0)
         yield lab
     finally:
         for dom in lab.domains.values():
@@ -130,6 +191,9 @@ def lab(libvirtd, guest_image, tmp_path_factory):
                 dom.destroy()
             except libvirt.libvirtError:
                 pass
+        if sink is not None:
+            sink.kill()
+            sink.wait()
         conn.close()
 
 
@@ -145,9 +209,9 @@ def host_config(lab: Lab, state: Path) -> str:
 name = "vmhost"
 period_s = {PERIOD_S}
 state_dir = "{state}"
-[bus]
-pub_endpoint = "tcp://127.0.0.1:{free_port()}"
-sub_endpoint = "tcp://127.0.0.1:{free_port()}"
+[bus]   # unix sockets: reachable from this test, outside the namespace the pipeline may run in
+pub_endpoint = "ipc://{state}/bus-pub.sock"
+sub_endpoint = "ipc://{state}/bus-sub.sock"
 [ingress]
 keys_dir = "{lab.keys}"
 bind_endpoint = ""
@@ -158,6 +222,7 @@ uri = "qemu:///system"
 reserve_cores = {cores - 1}.0   # a host of one core: the two burning guests contend
 reserve_mem_bytes = {host_mem_bytes() - 80 * 2**20}.0   # 80 MiB: above Σ templates, below Σ use
 disk_bps = {3 * 2**20}
+net_bps = {HOST_NET_BPS}
 [scheduler]
 coin_window = 30
 [actuator]
@@ -213,8 +278,9 @@ def host_pipeline(lab):
     sub = [ln for ln in config.read_text().splitlines() if ln.startswith("sub_endpoint")][0].split('"')[1]
     watcher = BusWatcher(sub)
     watcher.start()
+    in_netns = ["nsenter", f"--net=/run/netns/{lab.netns}"] if lab.netns else []  # with QEMU and the taps
     proc = subprocess.Popen(
-        [str(VENV_BIN / "supervisord"), "--nodaemon", "-c", str(conf)],
+        [*in_netns, str(VENV_BIN / "supervisord"), "--nodaemon", "-c", str(conf)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

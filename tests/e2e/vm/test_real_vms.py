@@ -1,25 +1,29 @@
 """ResCoin managing real QEMU/TCG guests: every assertion is on measured values.
 
 The module's VMs: "rc-saver" idles for SAVER_IDLE_S (earning coins) and then
-burns one vCPU; "rc-hog" burns from boot and reads its disk in a loop. The
-host is made small by configuration (1 core, 160 MiB for guests, 3 MiB/s of
-disk), so they contend. Tests run in order on one pipeline; the last one stops it.
+burns one vCPU; "rc-hog" burns from boot and reads its disk in a loop;
+"rc-liar"'s agent claims to be rc-saver; "rc-streamer" streams over a tap to a
+sink in libvirtd's network namespace. The host is made small by configuration
+(1 core, 80 MiB for guests, 3 MiB/s of disk, 250 kB/s of network), so they
+contend. Tests run in order on one pipeline; the last one stops it.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 
 import numpy as np
 import pytest
+from rescoin.services.actuator.netshape import NetShaper
 
 from tests.e2e.vm.conftest import HONEST, MEM_RESERVE, PERIOD_S, SAVER_IDLE_S, TIMINGS
 from tests.support.bus import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vm]
-CPU, MEM, DISK = 0, 1, 2
+CPU, MEM, DISK, NET = 0, 1, 2, 3
 MIB = 2**20
 
 
@@ -51,7 +55,7 @@ def test_every_vm_appears_with_its_template_and_the_agent_reports_its_memory(lab
             spec.template_cpu,
             spec.template_mem_mib * MIB,
             spec.template_disk_bps,
-            125000.0,
+            spec.template_net_bps,
         ]
         assert 0 < last.usage[i, MEM] < spec.mem_mib * MIB  # the guest's own MemTotal − MemAvailable
 
@@ -82,6 +86,8 @@ def test_cpu_the_vm_with_coins_gets_more_and_measured_use_follows_the_quota(lab,
     )
     mean, quota = use.mean(axis=0), quotas.mean(axis=0)
     print(f"cpu: saver {mean[0]:.3f} (quota {quota[0]:.3f}), hog {mean[1]:.3f} (quota {quota[1]:.3f})")
+    last = window[-1].body
+    print("cpu use of every VM:", {v.name: round(float(last.usage[last.vms.index(v.uuid), CPU]), 3) for v in lab.specs})
     assert mean[0] > mean[1] + 0.05  # coins bought the saver more of the contended core
     assert (mean >= 0.3 - 0.05).all()  # nobody below its template (0.3 core)
     assert (np.abs(mean - quota) < 0.15).all()  # TCG's measured use follows the quota in force
@@ -152,6 +158,31 @@ def test_disk_reads_are_held_to_the_throttle_the_actuator_set(lab, host_pipeline
     assert 0.3 * limit < measured <= 1.3 * limit
 
 
+def test_network_the_tc_ceiling_holds_the_rate_a_streaming_vm_delivers(lab, host_pipeline):
+    if lab.netns is None:
+        pytest.skip("libvirtd was already running, not in a network namespace this suite owns: no tap VM (LAB.md §3.9)")
+    streamer = lab.spec("rc-streamer")
+    shaper = NetShaper(netns=lab.netns)  # the tap is in libvirtd's namespace
+    assert wait_for(lambda: shaper.ceiling_bps(streamer.tap) is not None, 60, 1.0), host_pipeline.logs()
+    time.sleep(6 * PERIOD_S)  # TCP settles under the new ceiling
+    ceiling = shaper.ceiling_bps(streamer.tap)
+    delivered = lab.sink_rate(5.0)
+    assert shaper.ceiling_bps(streamer.tap) == ceiling  # it held still while we measured
+    applied = host_pipeline.watcher.since(0, "applied")[-1].body
+    assert applied.set[applied.vms.index(streamer.uuid), NET] == pytest.approx(ceiling, rel=0.02)  # tc rounds
+    assert not [e for e in applied.errors if e["resource"] == "net"]  # VMs with no tap are simply not shaped
+    window = [e for e in samples(host_pipeline) if rows(e, streamer.uuid) is not None][-5:]
+    measured = np.mean([e.body.usage[rows(e, streamer.uuid), NET] for e in window])
+    print(
+        f"net: unshaped {lab.unshaped_net_bps / 1e3:.0f} kB/s, ceiling {ceiling / 1e3:.0f} kB/s, "
+        f"delivered to the sink {delivered / 1e3:.0f} kB/s, libvirt's counters {measured / 1e3:.0f} kB/s"
+    )
+    assert lab.unshaped_net_bps > 1.5 * ceiling  # the ceiling binds: without it the VM sends more
+    assert ceiling >= streamer.template_net_bps  # never below the template
+    assert 0.6 * ceiling < delivered <= 1.1 * ceiling
+    assert 0.6 * ceiling < measured <= 1.3 * ceiling  # the tap counts retransmits and what the ifb drops
+
+
 def test_killed_actuator_and_scheduler_leave_caps_in_place_and_come_back(lab, host_pipeline):
     def quotas():
         return {s.name: lab.dom(s.name).schedulerParameters()["global_quota"] for s in lab.specs}
@@ -184,3 +215,8 @@ def test_stopping_everything_restores_the_original_settings(lab, host_pipeline):
         )
         assert dom.blockIoTune("vda", 0)["total_bytes_sec"] == 0
         assert dom.info()[2] == spec.mem_mib * 1024
+        if spec.tap:  # ResCoin's tc shaping is gone, ifb and all
+            shaper = NetShaper(netns=lab.netns)
+            assert shaper.ceiling_bps(spec.tap) is None
+            ifb = shaper.ifb_name(spec.tap)
+            assert subprocess.run(["ip", "-n", lab.netns, "link", "show", ifb], capture_output=True).returncode != 0
