@@ -56,20 +56,21 @@ def waterfill(amount: np.ndarray, caps: np.ndarray, weights: np.ndarray) -> np.n
 def waterfill_loop(amount: np.ndarray, caps: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """The obviously-correct reference: raise λ through each saturation point, one VM at a time."""
     result = np.zeros_like(np.asarray(caps, dtype=float))
-    for r in range(result.shape[1]):
-        left = max(float(amount[r]), 0.0)
-        active = [i for i in range(result.shape[0]) if weights[i, r] > 0 and caps[i, r] > 0]
-        while active and left > 1e-15 * max(1.0, float(amount[r])):
-            total_w = sum(weights[i, r] for i in active)
-            lam = left / total_w
-            capped = [i for i in active if caps[i, r] - result[i, r] <= lam * weights[i, r]]
-            if not capped:
+    with np.errstate(over="ignore"):  # a tiny weight's λ or step is inf: that VM simply saturates
+        for r in range(result.shape[1]):
+            left = max(float(amount[r]), 0.0)
+            active = [i for i in range(result.shape[0]) if weights[i, r] > 0 and caps[i, r] > 0]
+            while active and left > 1e-15 * max(1.0, float(amount[r])):
+                total_w = sum(weights[i, r] for i in active)
+                lam = left / total_w
+                capped = [i for i in active if caps[i, r] - result[i, r] <= lam * weights[i, r]]
+                if not capped:
+                    for i in active:
+                        result[i, r] += lam * weights[i, r]
+                    break
+                step = min((caps[i, r] - result[i, r]) / weights[i, r] for i in capped)
                 for i in active:
-                    result[i, r] += lam * weights[i, r]
-                break
-            step = min((caps[i, r] - result[i, r]) / weights[i, r] for i in capped)
-            for i in active:
-                result[i, r] = min(caps[i, r], result[i, r] + step * weights[i, r])
-            left -= step * total_w
-            active = [i for i in active if caps[i, r] - result[i, r] > 1e-12 * max(1.0, caps[i, r])]
+                    result[i, r] = min(caps[i, r], result[i, r] + step * weights[i, r])
+                left -= step * total_w
+                active = [i for i in active if caps[i, r] - result[i, r] > 1e-12 * max(1.0, caps[i, r])]
     return result
