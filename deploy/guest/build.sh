@@ -18,7 +18,13 @@ CACHE=${CACHE:-/var/cache/rescoin-guest}
 HASH=$(cat "$HERE/build.sh" "$HERE/init.sh" "$REPO"/guest_agent/*.py "$REPO"/proto/*.py <(echo "$KVER") | sha256sum | cut -c1-16)
 OUT=${OUT:-$CACHE/$HASH}
 ROOTFS=$CACHE/rootfs-bookworm-$(echo "$ROOTFS_PKGS" | sha256sum | cut -c1-8)
-if [ -f "$OUT/.done" ]; then echo "$OUT"; exit 0; fi
+install_agent() {   # every run, cache hit or not: the rootfs is shared by every build of the image
+    local agent="$ROOTFS/opt/rescoin/rescoin"
+    rm -rf "$agent" && mkdir -p "$agent/guest_agent" "$agent/proto"
+    cp "$REPO"/guest_agent/*.py "$agent/guest_agent/"
+    cp "$REPO"/proto/*.py "$agent/proto/"
+}
+if [ -f "$OUT/.done" ] && [ -x "$ROOTFS/usr/bin/python3" ]; then install_agent; echo "$OUT"; exit 0; fi
 mkdir -p "$OUT"
 t0=$(date +%s)
 WORK=$(mktemp -d)
@@ -59,12 +65,11 @@ if [ ! -x "$ROOTFS/usr/bin/python3" ]; then
         || { tail -20 "$WORK/debootstrap.log" >&2; exit 1; }
     rm -rf "$ROOTFS/var/cache/apt/archives/"*.deb "$ROOTFS/var/lib/apt/lists/"*
 fi
-AGENT="$ROOTFS/opt/rescoin/rescoin"
-rm -rf "$AGENT" && mkdir -p "$AGENT/guest_agent" "$AGENT/proto"
-cp "$REPO"/guest_agent/*.py "$AGENT/guest_agent/"
-cp "$REPO"/proto/*.py "$AGENT/proto/"
+install_agent
 ln -sfn "$ROOTFS" "$OUT/rootfs"
 chmod 644 "$OUT/vmlinuz" "$OUT/initramfs.cpio.gz"
 touch "$OUT/.done"
+# older builds of the kernel + initramfs (9 MB each) are of no further use
+find "$CACHE" -mindepth 1 -maxdepth 1 -type d -regextype posix-extended -regex '.*/[0-9a-f]{16}' ! -path "$OUT" -exec rm -rf {} +
 echo "guest built in $(( $(date +%s) - t0 )) s: kernel $KVER, initramfs $(du -h "$OUT/initramfs.cpio.gz" | cut -f1), rootfs $(du -sh "$ROOTFS" | cut -f1)" >&2
 echo "$OUT"

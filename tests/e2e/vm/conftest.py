@@ -15,6 +15,7 @@ below, so nobody spends time on it).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -181,6 +182,9 @@ def lab(libvirtd, guest_image, tmp_path_factory):
             s.console_log.read_text(errors="replace")[-1500:] for s in specs if s.console_log.exists()
         )
         TIMINGS.append((f"{len(specs)} TCG guests booted", time.monotonic() - t0))
+        booted_at = re.compile(r"RESCOIN-BOOTED .*uptime=([\d.]+)")  # the guest's own clock
+        uptimes = [float(booted_at.search(s.console_log.read_text()).group(1)) for s in specs]
+        TIMINGS.append(("slowest guest kernel to /init", max(uptimes)))
         if lab.netns:
             assert wait_for(lambda: lab.sink_total()[1] > 0, 30, 0.2), "the streamer never reached the sink"
             lab.unshaped_net_bps = lab.sink_rate(3.0)
