@@ -18,7 +18,7 @@ from rescoin.proto.messages import Alloc, Estimate, Sample
 from ..runtime.service import Health, Outgoing
 from ..runtime.support import Counters
 from .ledger import CoinLedger, LedgerStateError
-from .policy import POLICIES, fits_host
+from .policy import POLICIES, fit_after_streak, fits_host
 from .settings import SchedulerSettings
 
 log = logging.getLogger("rescoin.scheduler")
@@ -72,6 +72,8 @@ class SchedulerCore:
         self.last_source = ""
         self.floors_over_capacity = False
         self.ledger_dirty = False
+        # periods in a row each resource's demand has fit; starts "fit" (a fresh start imposes no ceilings)
+        self.fit_streak = np.full(4, settings.fit_after_periods)
 
     def _restore(self) -> CoinLedger:
         if self.ledger_path is None or not self.ledger_path.exists():
@@ -143,7 +145,8 @@ class SchedulerCore:
         if self.floors_over_capacity:
             self.counters.inc("floors_over_capacity")
         fits = fits_host(demand, sample.capacity, self.settings.fit_headroom)
-        mode = ["fit" if f else "contended" for f in fits]
+        self.fit_streak, fit_now = fit_after_streak(self.fit_streak, fits, self.settings.fit_after_periods)
+        mode = ["fit" if f else "contended" for f in fit_now]
         self.last_source = source
         self.counters.inc(f"alloc.{source}")
         body = Alloc(

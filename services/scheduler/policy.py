@@ -53,6 +53,17 @@ def fits_host(demand: np.ndarray, capacity: np.ndarray, headroom: float) -> np.n
     return demand.sum(axis=0) <= (1.0 - headroom) * capacity
 
 
+def fit_after_streak(streak: np.ndarray, fits: np.ndarray, after: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hysteresis on ``fits_host``: (periods in a row each resource fit, whether it counts as fit now).
+
+    Contended at once, fit again only after ``after`` periods in a row: a VM
+    held at its ceiling dips below the headroom now and then, and each dip
+    would otherwise release its ceiling for a period and let it burst.
+    """
+    streak = np.where(fits, streak + 1, 0)
+    return streak, streak >= after
+
+
 def coin_weight(coins: np.ndarray) -> np.ndarray:
     """w_i = ‖max(coins_i, 0)‖₂ over the resources: coins are one currency. Shape (n,)."""
     return np.linalg.norm(np.maximum(coins, 0.0), axis=1)

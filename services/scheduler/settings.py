@@ -30,6 +30,12 @@ class SchedulerSettings:
         "a resource counts as 'fit' (no ceilings) only if predicted demand leaves this fraction free",
         between(0.0, 0.9),
     )
+    fit_after_periods: int = setting(
+        5,
+        "a contended resource turns 'fit' again only after its demand fit this many periods in a row "
+        "(a VM held at its ceiling dips below it now and then: without this its ceiling would flap)",
+        between(1, 100_000),
+    )
     estimate_wait_periods: int = setting(
         1, "periods to wait for the predictor's estimate before using last use instead", positive
     )

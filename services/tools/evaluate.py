@@ -34,7 +34,7 @@ from ..model.traces import default_traces_dir, load_bitbrains
 from ..predictor.models import DEFAULT_PARAMS, PREDICTORS, make_predictor
 from ..scheduler.core import apply_floors
 from ..scheduler.ledger import CoinLedger
-from ..scheduler.policy import POLICIES, fits_host
+from ..scheduler.policy import POLICIES, fit_after_streak, fits_host
 
 RES = ("cpu", "mem", "disk", "net")
 EPS = 1e-9
@@ -58,6 +58,7 @@ class Options:
     cpu_floor_cores: float = 0.05
     release_when_fit: bool = True
     fit_headroom: float = 0.1
+    fit_after_periods: int = 5
 
 
 def build_scenario(
@@ -87,11 +88,14 @@ def simulate(sc: Scenario, policy: str, opts: Options) -> dict[str, np.ndarray]:
     coins_all = np.zeros_like(sc.demand)
     last_use = np.minimum(sc.demand[0], sc.template)
     estimate = last_use.copy()
+    fit_streak = np.full(4, opts.fit_after_periods)
     for t in range(T):
         coins = ledger.balances(vms)
         alloc = allocate(estimate, sc.template, sc.capacity, coins, share_leftover=opts.share_leftover)
         alloc, _ = apply_floors(alloc, last_use, sc.capacity, opts.cpu_floor_cores, opts.mem_reserve_bytes)
-        fits = fits_host(estimate, sc.capacity, opts.fit_headroom)
+        fit_streak, fits = fit_after_streak(
+            fit_streak, fits_host(estimate, sc.capacity, opts.fit_headroom), opts.fit_after_periods
+        )
         if policy == "shares":
             ceiling = np.full((n, 4), np.inf)  # pure CFS: weights, no caps
         else:

@@ -67,6 +67,20 @@ def test_savers_earn_coins_and_hogs_lose_them(tmp_path):
     assert (coins[0] > 0).all() and (coins[1] < 0).all() and np.allclose(coins[2], 0)
 
 
+def test_a_contended_resource_turns_fit_only_after_its_demand_fit_several_periods_in_a_row(tmp_path):
+    sched = core(tmp_path, fit_after_periods=3)
+    busy, quiet = TC.copy(), TC * 0.5
+    busy[:, 0] = 2.0  # 6 of 4 cores wanted: cpu is contended
+    modes = []
+    for p, usage in enumerate([quiet, busy, quiet, quiet, busy, quiet, quiet, quiet, quiet], start=10):
+        sched.on_message(sample(p, usage))
+        (out,) = sched.on_message(estimate(p + 1, usage))
+        modes.append(out.body.mode[0])
+        assert out.body.mode[1:] == ["fit"] * 3  # the other resources always fit
+    # fit from the start; contended at once; fit again only on the third quiet period in a row
+    assert modes == ["fit", "contended", "contended", "contended", "contended"] + ["contended"] * 2 + ["fit"] * 2
+
+
 def test_ledger_window_slides(tmp_path):
     ledger = CoinLedger(window=2)
     vms = VMS[:1]

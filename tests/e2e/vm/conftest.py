@@ -109,7 +109,9 @@ VM_PLAN = [  # name, mode, memory MiB, template: cpu cores, memory MiB, disk byt
 HONEST = 2  # the first VMs report as themselves
 # with libvirtd in a namespace of ours: one more VM, streaming over a tap to a sink there (LAB.md §3.9)
 STREAMER = ("rc-streamer", "net,agent", 128, 0.1, 32, 1 * 2**20, 0)
-NET_TEMPLATE_BPS = 40_000  # every VM's network template; the streamer's is STREAMER_NET_BPS
+# every other VM's network template: small, because coins are normalized by capacity and one currency
+# (DESIGN §6): 40 kB/s unused of a 250 kB/s host would earn the hog nearly as many coins as the saver
+NET_TEMPLATE_BPS = 1_000
 STREAMER_NET_BPS = 100_000
 HOST_NET_BPS = 250_000  # the host's network by configuration: the streamer alone contends for it
 TAP, HOST_IP, GUEST_IP, SINK_PORT = "rcs-net0", "10.77.0.1", "10.77.0.2", 9000

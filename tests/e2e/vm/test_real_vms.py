@@ -166,8 +166,11 @@ def test_network_the_tc_ceiling_holds_the_rate_a_streaming_vm_delivers(lab, host
     assert wait_for(lambda: shaper.ceiling_bps(streamer.tap) is not None, 60, 1.0), host_pipeline.logs()
     time.sleep(6 * PERIOD_S)  # TCP settles under the new ceiling
     ceiling = shaper.ceiling_bps(streamer.tap)
+    t_measure = time.monotonic()
     delivered = lab.sink_rate(5.0)
-    assert shaper.ceiling_bps(streamer.tap) == ceiling  # it held still while we measured
+    meanwhile = host_pipeline.watcher.since(t_measure, "applied")
+    in_force = [e.body.set[e.body.vms.index(streamer.uuid), NET] for e in meanwhile]
+    assert in_force and all(s == pytest.approx(ceiling, rel=0.02) for s in in_force)  # never lifted meanwhile
     applied = host_pipeline.watcher.since(0, "applied")[-1].body
     assert applied.set[applied.vms.index(streamer.uuid), NET] == pytest.approx(ceiling, rel=0.02)  # tc rounds
     assert not [e for e in applied.errors if e["resource"] == "net"]  # VMs with no tap are simply not shaped
