@@ -23,7 +23,6 @@ from pathlib import Path
 import zmq
 import zmq.auth
 from rescoin.proto import Envelope, GuestMem, encode_guest_mem
-from zmq.utils.monitor import recv_monitor_message
 
 AGENT_VERSION = "0.1.0"
 DMI_UUID = "/sys/class/dmi/id/product_uuid"
@@ -72,7 +71,8 @@ def guest_name(hostname: str) -> str:
 
 
 def make_socket(ctx: zmq.Context, args: argparse.Namespace) -> zmq.Socket:
-    sock = ctx.socket(zmq.PUB)
+    # XPUB: a PUB that also hears the ingress subscribe, i.e. that its reports will now be delivered
+    sock = ctx.socket(zmq.XPUB)
     public, secret = zmq.auth.load_certificate(args.key)
     server_public, _ = zmq.auth.load_certificate(args.server_key)
     sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server_public
@@ -88,17 +88,12 @@ def make_socket(ctx: zmq.Context, args: argparse.Namespace) -> zmq.Socket:
     return sock
 
 
-def wait_connected(sock: zmq.Socket, timeout_s: float) -> bool:
-    """Wait until the CURVE handshake with the ingress succeeded (a PUB drops what it sends before)."""
-    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-    try:
-        if monitor.poll(int(timeout_s * 1000)):
-            recv_monitor_message(monitor)
-            return True
+def wait_subscribed(sock: zmq.Socket, timeout_s: float) -> bool:
+    """Wait until the ingress has subscribed (so after the CURVE handshake): what a PUB sends before is lost."""
+    if not sock.poll(int(timeout_s * 1000)):
         return False
-    finally:
-        sock.disable_monitor()
-        monitor.close(linger=0)
+    sock.recv()
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,11 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     epoch, seq = time.time_ns(), 0
     host = guest_name(socket.gethostname())
     try:
-        if args.once:
-            if not wait_connected(sock, 30):
-                log.error("no CURVE handshake with the ingress within 30 s (wrong key, or nobody listening)")
-                return 1
-            time.sleep(0.5)  # the ingress's subscription travels after the handshake
+        if args.once and not wait_subscribed(sock, 30):
+            log.error("the ingress did not subscribe within 30 s (wrong key, or nobody listening)")
+            return 1
         while True:
             now = time.time()
             body = report(vm, read_meminfo(args.meminfo))
@@ -135,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             seq += 1
             if args.once:
                 return 0
+            while sock.poll(0):  # (re)subscriptions of the ingress: nothing to do but take them
+                sock.recv()
             time.sleep(args.period - (time.time() % args.period))
     except KeyboardInterrupt:
         return 0

@@ -72,6 +72,14 @@ class ActuatorBackend(Protocol):
         """Apply ``changes``; return the ones that failed."""
         ...
 
+    def mem_need(self, vm: str) -> float | None:
+        """Bytes ``vm`` cannot give back now (its size minus what it could free), None if unknown.
+
+        Asked before a balloon shrinks: the use a guest reports leaves out its
+        kernel's own memory, which grows with the VM's size (~1.6 % for page tables).
+        """
+        ...
+
     def capabilities(self) -> dict[str, str]:
         """Per resource: how it is enforced, or why it is not ("unsupported: ...")."""
         ...

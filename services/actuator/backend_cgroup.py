@@ -176,6 +176,10 @@ class CgroupBackend:
             bps = "max" if setting.ceiling == NO_LIMIT else str(max(int(setting.ceiling), 1))
             self._write(vm, "disk", "io.max", f"{device} rbps={bps} wbps={bps}")
 
+    def mem_need(self, vm: str) -> float | None:
+        """memory.high throttles a group, it does not take pages it cannot give back."""
+        return None
+
     def capabilities(self) -> dict[str, str]:
         caps = {
             res: f"cgroup {layout}" if layout != "none" else "unsupported: no controller"

@@ -221,6 +221,16 @@ class LibvirtActuatorBackend:
             else:
                 self.shaper.shape(nic, rate_bps=max(setting.shares, 1.0), ceil_bps=setting.ceiling)
 
+    def mem_need(self, vm: str) -> float | None:
+        """Balloon size − usable (the guest's MemAvailable) from the balloon driver's stats."""
+        try:
+            stats = self._domain(vm).memoryStats()
+        except (BackendError, libvirt.libvirtError):
+            return None
+        if "actual" not in stats or "usable" not in stats:  # no stats period on this domain
+            return None
+        return max(float(stats["actual"]) - float(stats["usable"]), 0.0) * KIB
+
     def capabilities(self) -> dict[str, str]:
         return {
             "cpu": "cpu_shares + quota",

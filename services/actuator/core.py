@@ -7,7 +7,8 @@ state; ``restore`` puts back what was there before ResCoin touched it.
 * Targets (DESIGN §7, services/model/enforcement.ceilings): ceiling =
   max(alloc, template), none for a resource the alloc marks "fit"; shares =
   the template; memory: balloon target never below the VM's use + reserve,
-  no balloon at or above its maximum.
+  nor, when it shrinks, below what the backend says the guest cannot give back
+  (libvirt balloon stats: size − usable) + reserve; no balloon at or above its maximum.
 * Hysteresis: a setting is written only if it moved by more than
   max(absolute threshold, relative threshold × current value).
 * Originals: before the first write to a VM, its settings are read and saved
@@ -162,6 +163,19 @@ class ActuatorCore:
         shares_moved = abs(new.shares - old.shares) > rel * max(abs(old.shares), 1e-12)
         return ceiling_moved or shares_moved
 
+    def _above_guest_need(self, vm: str, current: Setting, wanted: Setting) -> Setting:
+        """Before a balloon shrinks: never below what the guest cannot give back + the reserve.
+
+        The floor in ``targets`` is the guest's reported use + reserve; its
+        kernel's own memory is not in that use, and ballooning into it panics the guest.
+        """
+        shrinking = wanted.ceiling != NO_LIMIT and (current.ceiling == NO_LIMIT or wanted.ceiling < current.ceiling)
+        need = self.backend.mem_need(vm) if shrinking else None
+        if need is None or wanted.ceiling >= need + self.settings.mem_reserve_bytes:
+            return wanted
+        self.counters.inc("mem_floor_raised")
+        return Setting(need + self.settings.mem_reserve_bytes, wanted.shares)
+
     def _apply(self, vms: list[str], targets: list[list[Setting]], started: float, mode: str) -> Applied:
         errors: list[ChangeError] = []
         try:
@@ -187,6 +201,7 @@ class ActuatorCore:
                 errors.append(ChangeError(vm, "all", str(exc)))
                 continue
             wanted = list(targets[i])
+            wanted[MEM] = self._above_guest_need(vm, current[MEM], wanted[MEM])
             if wanted[MEM].ceiling != NO_LIMIT and wanted[MEM].ceiling >= limits[vm].mem_max_bytes:
                 wanted[MEM] = Setting(NO_LIMIT, 0.0)  # at or above its size: no balloon
             for r in range(4):

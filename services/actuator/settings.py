@@ -32,7 +32,11 @@ class ActuatorSettings:
         "... and more than this much (cores, bytes, bytes/s, bytes/s)",
         _four_non_negative,
     )
-    mem_reserve_bytes: float = setting(64 * 2**20, "never balloon a VM below its use + this", non_negative)
+    mem_reserve_bytes: float = setting(
+        64 * 2**20,
+        "never balloon a VM below its use + this, nor below what its balloon driver says it cannot free + this",
+        non_negative,
+    )
     cpu_floor_cores: float = setting(0.05, "no cpu ceiling below this", non_negative)
     cpu_period_us: int = setting(100_000, "CFS period for quotas, microseconds", between(1000, 1_000_000))
     net_shaping: str = setting(

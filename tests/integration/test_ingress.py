@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import zmq
 import zmq.auth
-from rescoin.guest_agent.agent import wait_connected
+from rescoin.guest_agent.agent import wait_subscribed
 from rescoin.proto import Envelope, GuestMem, encode_guest_mem
 from rescoin.proto.messages import decode
 from rescoin.services.ingress.keys import add_guest, init_server
@@ -63,7 +63,7 @@ def ingress(tmp_path):
 
 
 def agent(ctx, keys: Path, endpoint: str, key_name: str, server_key: Path | None = None) -> zmq.Socket:
-    sock = ctx.socket(zmq.PUB)
+    sock = ctx.socket(zmq.XPUB)  # as the real agent: hears the ingress subscribe
     sock.curve_publickey, sock.curve_secretkey = zmq.auth.load_certificate(
         str(keys / "guests" / f"{key_name}.key_secret")
     )
@@ -177,7 +177,8 @@ def test_agent_with_a_wrong_server_key_never_gets_through(ingress, tmp_path):
     zmq.auth.create_certificates(str(tmp_path), "fake_server")
     keys = ingress["keys"]
     sock = agent(ingress["ctx"], keys, ingress["endpoint"], VM_A, server_key=tmp_path / "fake_server.key")
-    assert not wait_connected(sock, 2)  # the CURVE handshake fails: nothing can be sent
+    assert not wait_subscribed(sock, 2)  # the CURVE handshake fails: the ingress never subscribes
+    assert wait_subscribed(agent(ingress["ctx"], keys, ingress["endpoint"], VM_A), 10)  # the right key: at once
 
 
 def test_agent_installs_alone_without_numpy_or_libvirt(tmp_path):

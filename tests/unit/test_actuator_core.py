@@ -27,11 +27,22 @@ def alloc_env(period, alloc, vms=VMS, template=TC, usage=AU):
     return Envelope("alloc", "h1", "scheduler", 1, period, 0, period, body)
 
 
+class GuestNeedBackend(CgroupBackend):
+    """The cgroup backend, plus what a balloon driver would say each VM cannot give back."""
+
+    need: dict[str, float] = {}
+    asked: list[str] = []
+
+    def mem_need(self, vm: str) -> float | None:
+        self.asked.append(vm)
+        return self.need.get(vm)
+
+
 @pytest.fixture
 def actuator(tmp_path):
     root = fake_v2_root(tmp_path / "cg", GROUPS)
 
-    def make(*overrides):
+    def make(*overrides, backend=CgroupBackend):
         cfg = load_config(
             None,
             [
@@ -43,7 +54,7 @@ def actuator(tmp_path):
                 *overrides,
             ],
         )
-        return ActuatorCore("h1", cfg.actuator, CgroupBackend(cfg.actuator), Counters(), tmp_path / "state")
+        return ActuatorCore("h1", cfg.actuator, backend(cfg.actuator), Counters(), tmp_path / "state")
 
     return make, root
 
@@ -67,6 +78,20 @@ def test_memory_never_below_use_plus_reserve(actuator):
     usage = np.array([[0.2, 1.5e9, 0, 0], [0.2, 2e8, 0, 0]])
     core.on_alloc(alloc_env(5, np.array([[0.5, 1e6, 0, 0], [0.5, 1e6, 0, 0]]), usage=usage))
     assert int(v2_files(root, "web")["memory.high"]) == int(1.5e9 + 1e8)  # above its template
+
+
+def test_a_shrinking_balloon_stops_at_what_the_guest_cannot_give_back_plus_reserve(actuator):
+    make, root = actuator
+    core = make("actuator.mem_reserve_bytes=1e8", backend=GuestNeedBackend)
+    GuestNeedBackend.need = {VMS[0]: 1.2e9}  # its kernel's own memory is not in the 2e8 it reports
+    GuestNeedBackend.asked = []
+    core.on_alloc(alloc_env(5, np.array([[0.5, 1e6, 0, 0], [0.5, 1e6, 0, 0]])))
+    assert int(v2_files(root, "web")["memory.high"]) == int(1.2e9 + 1e8)  # not use + reserve = 3e8
+    assert int(v2_files(root, "batch")["memory.high"]) == int(1e9)  # need unknown: the template floor
+    assert core.counters.values["mem_floor_raised"] == 1
+    GuestNeedBackend.asked = []
+    core.on_alloc(alloc_env(6, np.array([[0.5, 3e9, 0, 0], [0.5, 3e9, 0, 0]])))
+    assert GuestNeedBackend.asked == []  # growing a balloon needs no check
 
 
 def test_a_resource_that_fits_the_host_gets_no_ceiling(actuator):

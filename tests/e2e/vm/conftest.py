@@ -99,7 +99,7 @@ class Lab:
         return (n1 - n0) / (t1 - t0)
 
 
-MEM_RESERVE = 96 * 2**20  # the guest kernel's own ~40 MiB are not in MemTotal: keep a wide margin
+MEM_RESERVE = 64 * 2**20  # the default: the actuator adds the guest kernel's own memory (balloon stats)
 SAVER_IDLE_S = 50  # the saver earns coins this long after boot, then burns too
 VM_PLAN = [  # name, mode, memory MiB, template: cpu cores, memory MiB, disk bytes/s; burn after s
     ("rc-saver", "burn,agent", 192, 0.3, 32, 2 * 2**20, SAVER_IDLE_S),
