@@ -1,16 +1,15 @@
-"""ResCoin's own network shaping with tc: an htb per direction on a VM's host device.
+"""ResCoin's own network shaping with tc: one htb for both directions of a VM's host device.
 
 For hosts whose kernel lacks what libvirt's ``setInterfaceParameters`` uses
-(sch_sfq, act_police — as on the machines in shared/LAB.md §3.9):
+(sch_sfq, act_police — as on the machines in shared/LAB.md §3.9). A VM's
+network use is rx + tx (DESIGN §5), so its ceiling holds the sum: filters on
+the tap (u32 match-all + mirred) redirect what the guest sends (tap ingress)
+*and* what it receives (tap egress) to one ifb device, whose htb class has
+``rate`` = the template (the guarantee) and ``ceil`` = the ceiling. The ifb
+hands each packet back where it came from, past the filters.
 
-* traffic *into* the guest leaves the host through the tap: an htb qdisc on
-  the tap's egress, one class with ``rate`` = the template (the guarantee) and
-  ``ceil`` = the ceiling;
-* traffic *out of* the guest enters the host on the tap: an ingress qdisc
-  redirects it (u32 match-all + mirred) to an ifb device with the same htb.
-
-Each direction is held to the ceiling. Rates are in bytes/s here and given to
-tc in bit/s. Every step is idempotent (a qdisc is added once, classes are replaced); ``clear`` removes all
+Rates are in bytes/s here and given to tc in bit/s. Every step is idempotent
+(qdiscs are added once, classes and filters replaced); ``clear`` removes all
 of it. ``netns`` runs the commands inside a network namespace (where libvirtd
 created the tap).
 """
@@ -55,7 +54,6 @@ class NetShaper:
         ceil_bit = max(int(ceil_bps * 8), 8)
         rate_bit = max(min(int(rate_bps * 8), ceil_bit), 8)
         if "qdisc htb 1:" not in self._run("tc", "qdisc", "show", "dev", dev).stdout:
-            # replace, not add: libvirt puts an explicit noqueue root on its taps, which add refuses to override
             self._run("tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "10")
         # a class borrows up to its ceil only from a parent: 1:1 holds the link at the ceiling
         for parent, classid, rate in (("1:", "1:1", ceil_bit), ("1:1", "1:10", rate_bit)):
@@ -63,39 +61,23 @@ class NetShaper:
                       "htb", "rate", f"{rate}bit", "ceil", f"{ceil_bit}bit")  # fmt: skip
 
     def shape(self, dev: str, rate_bps: float, ceil_bps: float) -> None:
-        """Hold both directions of ``dev`` to ``ceil_bps``, guaranteeing ``rate_bps``."""
-        self._htb(dev, rate_bps, ceil_bps)
+        """Hold ``dev``'s traffic, both directions together, to ``ceil_bps``, guaranteeing ``rate_bps``."""
         ifb = self.ifb_name(dev)
         if self._run("ip", "link", "show", ifb, check=False).returncode != 0:
             self._run("ip", "link", "add", ifb, "type", "ifb")
         self._run("ip", "link", "set", ifb, "up")
-        if "qdisc ingress ffff:" not in self._run("tc", "qdisc", "show", "dev", dev).stdout:
-            self._run("tc", "qdisc", "add", "dev", dev, "handle", "ffff:", "ingress")
-        self._run(
-            "tc",
-            "filter",
-            "replace",
-            "dev",
-            dev,
-            "parent",
-            "ffff:",
-            "protocol",
-            "all",
-            "prio",
-            "1",
-            "u32",
-            "match",
-            "u32",
-            "0",
-            "0",
-            "action",
-            "mirred",
-            "egress",
-            "redirect",
-            "dev",
-            ifb,
-        )
         self._htb(ifb, rate_bps, ceil_bps)
+        qdiscs = self._run("tc", "qdisc", "show", "dev", dev).stdout
+        # separate qdiscs for the two hooks (not one clsact): u32 keeps its hash tables per qdisc,
+        # and the fixed handle that makes `replace` idempotent would name the same rule on both
+        if "qdisc htb 1: root" not in qdiscs:  # replace: libvirt leaves an explicit noqueue root on its taps
+            self._run("tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb")
+        if "qdisc ingress ffff:" not in qdiscs:
+            self._run("tc", "qdisc", "add", "dev", dev, "handle", "ffff:", "ingress")
+        match_all = ["protocol", "all", "prio", "1", "handle", "800::800", "u32", "match", "u32", "0", "0"]
+        for parent in ("1:", "ffff:"):
+            self._run("tc", "filter", "replace", "dev", dev, "parent", parent, *match_all,
+                      "action", "mirred", "egress", "redirect", "dev", ifb)  # fmt: skip
 
     def clear(self, dev: str) -> None:
         """Remove everything ``shape`` put on ``dev`` (no error if it was not there)."""
@@ -105,7 +87,7 @@ class NetShaper:
 
     def ceiling_bps(self, dev: str) -> float | None:
         """The ceil of ``dev``'s shaping class in bytes/s, or None if it is not shaped."""
-        out = self._run("tc", "class", "show", "dev", dev, check=False)
+        out = self._run("tc", "class", "show", "dev", self.ifb_name(dev), check=False)
         match = re.search(r"htb 1:10 .*?ceil (\d+(?:\.\d+)?)([KMG]?)bit", out.stdout)
         if out.returncode != 0 or match is None:
             return None

@@ -11,10 +11,11 @@ import uuid
 import pytest
 from rescoin.services.actuator.netshape import NetShaper
 
+A_ADDR, B_ADDR = "10.250.0.1", "10.250.0.2"
 RECEIVER = """
 import socket, sys, time
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("10.250.0.2", 5901)); s.listen(1); print("ready", flush=True)
+s.bind((sys.argv[1], 5901)); s.listen(1); print("ready", flush=True)
 c, _ = s.accept(); total = 0; start = None
 while True:
     b = c.recv(65536)
@@ -25,8 +26,8 @@ while True:
 print(total / (time.monotonic() - start), flush=True)
 """
 SENDER = """
-import socket, time
-c = socket.create_connection(("10.250.0.2", 5901)); end = time.monotonic() + 5; chunk = b"x" * 65536
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], 5901)); end = time.monotonic() + 5; chunk = b"x" * 65536
 try:
     while time.monotonic() < end: c.sendall(chunk)
 except OSError: pass
@@ -57,32 +58,54 @@ def veth_pair():
         subprocess.run(["ip", "netns", "del", b])
 
 
-def transfer_rate(a: str, b: str) -> float:
+def start_receiver(ns: str, address: str) -> subprocess.Popen:
     receiver = subprocess.Popen(
-        ["ip", "netns", "exec", b, sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True
+        ["ip", "netns", "exec", ns, sys.executable, "-c", RECEIVER, address], stdout=subprocess.PIPE, text=True
     )
+    assert receiver.stdout.readline().strip() == "ready"
+    return receiver
+
+
+def start_sender(ns: str, address: str) -> subprocess.Popen:
+    return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SENDER, address])
+
+
+def transfer_rates(*flows: tuple[str, str, str]) -> list[float]:
+    """Run (sender ns, receiver ns, receiver address) flows at the same time; bytes/s each received."""
+    receivers = [start_receiver(dst, address) for _, dst, address in flows]
+    senders = [start_sender(src, address) for src, _, address in flows]
     try:
-        assert receiver.stdout.readline().strip() == "ready"
-        subprocess.run(["ip", "netns", "exec", a, sys.executable, "-c", SENDER], timeout=20)
-        return float(receiver.stdout.readline())
+        return [float(r.stdout.readline()) for r in receivers]
     finally:
-        receiver.kill()
-        receiver.wait()
+        for proc in receivers + senders:
+            proc.kill()
+            proc.wait()
 
 
 def test_shaping_holds_a_bulk_transfer_near_the_ceiling_and_clears(veth_pair):
     a, b = veth_pair
     shaper = NetShaper(netns=a)
     shaper.shape("vtap", rate_bps=250_000, ceil_bps=1_000_000)
+    shaper.shape("vtap", rate_bps=250_000, ceil_bps=1_000_000)  # idempotent: no second filter
     assert shaper.ceiling_bps("vtap") == pytest.approx(1_000_000)
-    assert shaper.ceiling_bps(shaper.ifb_name("vtap")) == pytest.approx(1_000_000)
-    rate = transfer_rate(a, b)
+    for hook in ("ingress", "egress"):
+        filters = subprocess.run(["tc", "-n", a, "filter", "show", "dev", "vtap", hook], capture_output=True, text=True)
+        assert filters.stdout.count("mirred") == 1
+    (rate,) = transfer_rates((a, b, B_ADDR))
     assert 0.7e6 <= rate <= 1.15e6, f"ceiling 1 MB/s, measured {rate / 1e6:.2f} MB/s"
     shaper.clear("vtap")
     assert shaper.ceiling_bps("vtap") is None
     links = subprocess.run(["ip", "netns", "exec", a, "ip", "link"], capture_output=True, text=True).stdout
     assert shaper.ifb_name("vtap") not in links
-    assert transfer_rate(a, b) > 3e6  # unshaped again
+    assert transfer_rates((a, b, B_ADDR))[0] > 3e6  # unshaped again
+
+
+def test_both_directions_share_one_ceiling(veth_pair):
+    """A VM's network use is rx + tx: sending and receiving at once, it still gets the ceiling in all."""
+    a, b = veth_pair
+    NetShaper(netns=a).shape("vtap", rate_bps=250_000, ceil_bps=1_000_000)
+    out, back = transfer_rates((a, b, B_ADDR), (b, a, A_ADDR))
+    assert 0.7e6 <= out + back <= 1.15e6, f"ceiling 1 MB/s in all, measured {out / 1e6:.2f} + {back / 1e6:.2f} MB/s"
 
 
 def test_shaping_takes_over_an_explicit_noqueue_root_as_libvirt_leaves_on_its_taps(veth_pair):
