@@ -41,6 +41,7 @@ class DomainLimits:
 
     name: str
     mem_max_bytes: float
+    instance: str = ""  # changes when the VM is started anew: what was set died with the old one
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,8 @@ class LibvirtActuatorBackend:
             self.conn = libvirt.open(settings.uri)
         except libvirt.libvirtError as exc:
             raise BackendError(f"cannot connect to {settings.uri}: {exc}") from exc
-        self.facts: dict[str, DomainFacts] = {}
+        self.facts: dict[str, DomainFacts] = {}  # parsed domain XML, per VM ...
+        self.facts_instance: dict[str, str] = {}  # ... and the instance it was parsed for
         self.net_mode = "off" if settings.net_shaping == "off" else ""
         self.shaper = NetShaper()
         self.unshapeable: set[str] = set()  # VMs without a shapeable NIC, logged once
@@ -72,9 +73,15 @@ class LibvirtActuatorBackend:
     def domains(self) -> dict[str, DomainLimits]:
         try:
             doms = self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-            return {d.UUIDString().lower(): DomainLimits(d.name(), float(d.maxMemory()) * KIB) for d in doms}
+            limits = {
+                d.UUIDString().lower(): DomainLimits(d.name(), float(d.maxMemory()) * KIB, str(d.ID())) for d in doms
+            }
         except libvirt.libvirtError as exc:
             raise BackendError(f"listing domains on {self.settings.uri}: {exc}") from exc
+        for vm in [vm for vm in self.facts if vm not in limits or self.facts_instance[vm] != limits[vm].instance]:
+            del self.facts[vm]  # gone, or started anew: its XML (tap names...) may have changed
+        self.facts_instance = {vm: lim.instance for vm, lim in limits.items()}
+        return limits
 
     # -- read ----------------------------------------------------------------------
 

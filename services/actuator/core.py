@@ -10,7 +10,8 @@ state; ``restore`` puts back what was there before ResCoin touched it.
   nor, when it shrinks, below what the backend says the guest cannot give back
   (libvirt balloon stats: size − usable) + reserve; no balloon at or above its maximum.
 * Hysteresis: a setting is written only if it moved by more than
-  max(absolute threshold, relative threshold × current value).
+  max(absolute threshold, relative threshold × current value). What is set is
+  cached per VM instance: a VM started anew (libvirt: a new domain ID) is read again.
 * Originals: before the first write to a VM, its settings are read and saved
   atomically; ``restore`` (SIGTERM, ``--restore``) writes them back, even after
   a kill -9 and a restart.
@@ -35,7 +36,16 @@ from rescoin.proto.messages import Alloc, Applied
 from ..model.enforcement import ceilings
 from ..runtime.service import Health, Outgoing
 from ..runtime.support import Counters, atomic_write
-from .backend import NO_LIMIT, RESOURCES, ActuatorBackend, BackendError, Change, ChangeError, Setting
+from .backend import (
+    NO_LIMIT,
+    RESOURCES,
+    ActuatorBackend,
+    BackendError,
+    Change,
+    ChangeError,
+    DomainLimits,
+    Setting,
+)
 from .settings import ActuatorSettings
 
 log = logging.getLogger("rescoin.actuator")
@@ -63,6 +73,7 @@ class ActuatorCore:
         self.originals_path = state_dir / settings.originals_file if state_dir else None
         self.originals: dict[str, list[Setting]] = self._load_originals()
         self.current: dict[str, list[Setting]] = {}
+        self.instances: dict[str, str] = {}  # VM -> the instance `current` was read from
         self.originals_dirty = False
         self.last_alloc_period = -1
         self.last_valid: Alloc | None = None
@@ -176,6 +187,19 @@ class ActuatorCore:
         self.counters.inc("mem_floor_raised")
         return Setting(need + self.settings.mem_reserve_bytes, wanted.shares)
 
+    def _forget_restarted(self, limits: dict[str, DomainLimits]) -> None:
+        """A VM started anew lost what we set (new process, new cgroup, new tap): read it again.
+        One that is gone is forgotten; its originals stay, for ``restore``."""
+        if not limits:  # the backend is unavailable: we know nothing new
+            return
+        for vm in list(self.current):
+            if vm not in limits or limits[vm].instance != self.instances.get(vm):
+                if vm in limits:
+                    self.counters.inc("vm_restarts")
+                    log.info("%s (%s) was started anew: reading its settings again", vm, limits[vm].name)
+                del self.current[vm]
+        self.instances = {vm: lim.instance for vm, lim in limits.items()}
+
     def _apply(self, vms: list[str], targets: list[list[Setting]], started: float, mode: str) -> Applied:
         errors: list[ChangeError] = []
         try:
@@ -184,6 +208,7 @@ class ActuatorCore:
             self.counters.reject("backend", str(exc), log)
             limits = {}
             errors.append(ChangeError("*", "all", f"backend unavailable: {exc}"))
+        self._forget_restarted(limits)
         before = np.full((len(vms), 4), NO_LIMIT)
         after = np.full((len(vms), 4), NO_LIMIT)
         changes: list[Change] = []

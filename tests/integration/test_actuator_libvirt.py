@@ -7,9 +7,13 @@ from pathlib import Path
 import libvirt
 import numpy as np
 import pytest
+from rescoin.proto import Envelope
+from rescoin.proto.messages import Alloc
 from rescoin.services.actuator.backend import NO_LIMIT, Change, Setting
 from rescoin.services.actuator.backend_libvirt import LibvirtActuatorBackend
+from rescoin.services.actuator.core import ActuatorCore
 from rescoin.services.runtime.config import load_config
+from rescoin.services.runtime.support import Counters
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "libvirt" / "host4.xml"
 VM1 = "11111111-1111-1111-1111-111111111111"
@@ -66,3 +70,28 @@ def test_unknown_vm_is_an_error_not_a_crash(backend):
 def test_a_shut_off_domain_is_not_offered(backend):
     assert "33333333-3333-3333-3333-333333333333" not in backend.domains()
     assert isinstance(libvirt.getVersion(), int) and np.isfinite(backend.read(VM2)[1].ceiling)
+
+
+def test_a_domain_started_anew_gets_its_settings_again(backend, tmp_path):
+    core = ActuatorCore("h1", backend.settings, backend, Counters(), tmp_path)
+    vms = sorted(backend.domains())
+    n = len(vms)
+    template = np.tile([0.5, 256 * 2**20, 0.0, 0.0], (n, 1))
+    alloc = np.tile([0.5, 768 * 2**20, 0.0, 0.0], (n, 1))
+    capacity = np.array([8.0, 16 * 2**30, 1e9, 1e9])
+
+    def apply(period):
+        body = Alloc(
+            vms, alloc, np.zeros((n, 4)), template, template * 0.1, capacity, ["contended"] * 4, "x", "estimate"
+        )
+        return core.on_alloc(Envelope("alloc", "h1", "scheduler", 1, period, 0, period, body))
+
+    apply(1)
+    dom = backend.conn.lookupByUUIDString(VM1)
+    assert dom.info()[2] == 768 * 1024
+    dom.destroy()  # a new instance starts from its XML: 1 GiB, nothing of ours
+    dom.create()
+    assert dom.info()[2] == 1024 * 1024
+    apply(2)  # the same alloc: only a fresh read can tell the setting is gone
+    assert dom.info()[2] == 768 * 1024
+    assert core.counters.values["vm_restarts"] == 1
