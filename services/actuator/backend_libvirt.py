@@ -79,7 +79,10 @@ class LibvirtActuatorBackend:
         except libvirt.libvirtError as exc:
             raise BackendError(f"listing domains on {self.settings.uri}: {exc}") from exc
         for vm in [vm for vm in self.facts if vm not in limits or self.facts_instance[vm] != limits[vm].instance]:
-            del self.facts[vm]  # gone, or started anew: its XML (tap names...) may have changed
+            gone = self.facts.pop(vm)  # gone, or started anew: its XML (tap names...) may have changed
+            if self.net_mode == "tc":
+                for nic in gone.interfaces:  # its tap went with it; our ifb would stay behind
+                    self.shaper.clear(nic)
         self.facts_instance = {vm: lim.instance for vm, lim in limits.items()}
         return limits
 
