@@ -31,7 +31,7 @@ from .envelope import (
     check_map,
     check_name,
     check_str,
-    check_uuid,
+    check_uuids,
     pack_frames,
     require_keys,
     unpack_frames,
@@ -51,8 +51,7 @@ MAX_VMS = 100_000
 def _check_vms(value: Any, field_name: str = "body.vms") -> list[str]:
     if not isinstance(value, list) or len(value) > MAX_VMS:
         raise ProtocolError(f"must be a list of at most {MAX_VMS} VM UUIDs", field_name)
-    for i, vm in enumerate(value):
-        check_uuid(vm, f"{field_name}[{i}]")
+    check_uuids(value, field_name)
     if len(set(value)) != len(value):
         raise ProtocolError("lists a VM twice", field_name)
     return value

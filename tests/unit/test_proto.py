@@ -164,6 +164,11 @@ BAD_MUTATIONS = {
     "float list instead of array": lambda p: p["body"].update(tc=[[1.0] * 4] * 3),
     "duplicate vm": lambda p: p["body"].update(vms=[VMS[0], VMS[0], VMS[1]]),
     "vm not a uuid": lambda p: p["body"].update(vms=["vm-1", VMS[1], VMS[2]]),
+    "vm with a trailing newline": lambda p: p["body"].update(vms=[VMS[0] + "\n", VMS[1], VMS[2]]),
+    "two vms in one string": lambda p: p["body"].update(vms=[VMS[0] + "\n" + VMS[1], VMS[2], str(uuid.UUID(int=9))]),
+    "vm not a string": lambda p: p["body"].update(vms=[VMS[0], 7, VMS[2]]),
+    "uppercase vm": lambda p: p["body"].update(vms=[VMS[0], VMS[1], VMS[2].upper().replace("0", "A")]),
+    "host with a trailing newline": lambda p: p.update(host="h1\n"),
     "unknown mem source": lambda p: p["body"].update(mem_src=["guest", "balloon", "psychic"]),
     "wrong dtype": lambda p: p["body"].update(
         tc=msgpack.ExtType(EXT_NDARRAY, msgpack.packb(["<i8", [3, 4], b"\0" * 96]))
@@ -180,6 +185,23 @@ BAD_MUTATIONS = {
 def test_mutated_sample_is_rejected_with_protocol_error(name):
     frames = repack(encode(envelope("sample", BODIES["sample"])), BAD_MUTATIONS[name])
     with pytest.raises(ProtocolError):
+        decode(frames)
+
+
+def test_names_and_ids_match_whole_strings_only():
+    from rescoin.proto.envelope import check_name, check_uuid
+
+    for bad in ("h1\n", "h1/", ""):
+        with pytest.raises(ProtocolError):
+            check_name(bad, "host")
+    with pytest.raises(ProtocolError):
+        check_uuid(VMS[0] + "\n", "vm")  # re's "$" would have let this through
+    assert check_name("h1", "host") == "h1" and check_uuid(VMS[0], "vm") == VMS[0]
+
+
+def test_a_bad_vm_id_is_named_by_its_index():
+    frames = repack(encode(envelope("sample", BODIES["sample"])), BAD_MUTATIONS["vm not a string"])
+    with pytest.raises(ProtocolError, match=r"body\.vms\[1\]"):
         decode(frames)
 
 
