@@ -29,6 +29,10 @@ class BackendError(RuntimeError):
     """The backend cannot be used at all (no connection, no such cgroup root)."""
 
 
+class UnenforceableError(BackendError):
+    """This instance of a VM cannot take this setting at all (e.g. no device to shape)."""
+
+
 @dataclass(frozen=True)
 class Setting:
     ceiling: float = NO_LIMIT
@@ -56,6 +60,11 @@ class ChangeError:
     vm: str
     resource: str  # cpu | mem | disk | net | all
     error: str
+    lasting: bool = False  # this instance of the VM cannot take this setting at all: do not retry
+
+
+def change_error(vm: str, resource: str, exc: Exception) -> ChangeError:
+    return ChangeError(vm, resource, str(exc), lasting=isinstance(exc, UnenforceableError))
 
 
 class ActuatorBackend(Protocol):

@@ -21,7 +21,17 @@ import os
 import uuid
 from pathlib import Path
 
-from .backend import NO_LIMIT, RESOURCES, BackendError, Change, ChangeError, DomainLimits, Setting
+from .backend import (
+    NO_LIMIT,
+    RESOURCES,
+    BackendError,
+    Change,
+    ChangeError,
+    DomainLimits,
+    Setting,
+    UnenforceableError,
+    change_error,
+)
 from .settings import ActuatorSettings
 
 CGROUP_NAMESPACE = uuid.UUID("0c2b3a8e-5d1f-4e0b-9c3a-72657363676f")
@@ -133,13 +143,13 @@ class CgroupBackend:
             try:
                 if resource == "net":
                     if change.setting.ceiling != NO_LIMIT:
-                        raise BackendError(NET_UNSUPPORTED)
+                        raise UnenforceableError(NET_UNSUPPORTED)
                     continue
                 if self.layout[resource] == "none":
-                    raise BackendError(f"unsupported: no {resource} controller (v1 or v2) on this host")
+                    raise UnenforceableError(f"unsupported: no {resource} controller (v1 or v2) on this host")
                 getattr(self, f"_write_{resource}")(change.vm, change.setting)
             except BackendError as exc:
-                errors.append(ChangeError(change.vm, resource, str(exc)))
+                errors.append(change_error(change.vm, resource, exc))
         return errors
 
     def _write_cpu(self, vm: str, setting: Setting) -> None:

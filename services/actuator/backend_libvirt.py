@@ -29,7 +29,17 @@ import logging
 import libvirt
 
 from ..runtime.domxml import DomainFacts, parse_domain_xml
-from .backend import NO_LIMIT, RESOURCES, BackendError, Change, ChangeError, DomainLimits, Setting
+from .backend import (
+    NO_LIMIT,
+    RESOURCES,
+    BackendError,
+    Change,
+    ChangeError,
+    DomainLimits,
+    Setting,
+    UnenforceableError,
+    change_error,
+)
 from .netshape import NetShaper, ShapingError
 from .settings import ActuatorSettings
 
@@ -57,7 +67,6 @@ class LibvirtActuatorBackend:
         self.facts_instance: dict[str, str] = {}  # ... and the instance it was parsed for
         self.net_mode = "off" if settings.net_shaping == "off" else ""
         self.shaper = NetShaper()
-        self.unshapeable: set[str] = set()  # VMs without a shapeable NIC, logged once
 
     def _domain(self, vm: str) -> libvirt.virDomain:
         try:
@@ -142,7 +151,7 @@ class LibvirtActuatorBackend:
                 dom = self._domain(change.vm)
                 getattr(self, f"_write_{resource}")(change.vm, dom, change.setting)
             except (BackendError, libvirt.libvirtError, ShapingError, LookupError) as exc:
-                errors.append(ChangeError(change.vm, resource, str(exc)))
+                errors.append(change_error(change.vm, resource, exc))
         return errors
 
     def _write_cpu(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
@@ -214,11 +223,8 @@ class LibvirtActuatorBackend:
 
     def _write_net(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
         nics = self._facts(vm, dom).interfaces
-        if not nics:  # nothing libvirt knows of to shape (e.g. QEMU user networking): nothing to enforce
-            if vm not in self.unshapeable:
-                self.unshapeable.add(vm)
-                log.info("%s has no interface with a host device: its network is not limited", vm)
-            return
+        if not nics:  # nothing libvirt knows of to shape (e.g. QEMU user networking)
+            raise UnenforceableError("no interface with a host device: its network is not limited")
         mode = self._net_mode(dom, nics[0])
         if mode == "off":
             return

@@ -72,6 +72,16 @@ def test_ceiling_is_max_of_alloc_and_template_and_shares_follow_template(actuato
     assert {e["resource"] for e in applied.errors} == {"net"}  # loudly unsupported on cgroups
 
 
+def test_a_setting_the_backend_can_never_make_is_reported_once_and_shown_as_not_set(actuator):
+    make, _root = actuator
+    core = make()
+    first = core.on_alloc(alloc_env(5, np.array([[0.2, 3e8, 5e6, 1e6], [1.5, 6e8, 4e7, 1e6]])))
+    assert sorted(e["vm"] for e in first.errors if e["resource"] == "net") == sorted(VMS)
+    again = core.on_alloc(alloc_env(6, np.array([[0.2, 3e8, 5e6, 5e7], [1.5, 6e8, 4e7, 5e7]])))  # net moved a lot
+    assert again.errors == [] and (again.set[:, 3] == -1).all()  # not retried; honestly "no limit"
+    assert core.counters.values["write_errors"] == 2
+
+
 def test_memory_never_below_use_plus_reserve(actuator):
     make, root = actuator
     core = make("actuator.mem_reserve_bytes=1e8")

@@ -175,14 +175,17 @@ def test_network_the_tc_ceiling_holds_the_rate_a_streaming_vm_delivers(lab, host
     time.sleep(6 * PERIOD_S)  # TCP settles under the new ceiling
     ceiling = shaper.ceiling_bps(streamer.tap)
     t_measure = time.monotonic()
-    delivered = lab.sink_rate(5.0)
+    delivered = lab.sink_rate(8.0)  # long enough to average out TCP's bursts through the ifb queue
     meanwhile = host_pipeline.watcher.since(t_measure, "applied")
     in_force = [e.body.set[e.body.vms.index(streamer.uuid), NET] for e in meanwhile]
     assert in_force and all(s == pytest.approx(ceiling, rel=0.02) for s in in_force)  # never lifted meanwhile
     applied = host_pipeline.watcher.since(0, "applied")[-1].body
     assert applied.set[applied.vms.index(streamer.uuid), NET] == pytest.approx(ceiling, rel=0.02)  # tc rounds
-    assert not [e for e in applied.errors if e["resource"] == "net"]  # VMs with no tap are simply not shaped
-    window = [e for e in samples(host_pipeline) if rows(e, streamer.uuid) is not None][-5:]
+    no_tap = sorted(s.uuid for s in lab.specs if not s.tap)  # user networking only: nothing libvirt can shape
+    assert all(applied.set[applied.vms.index(vm), NET] == -1 for vm in no_tap)  # shown as not limited
+    said = [e["vm"] for a in host_pipeline.watcher.since(0, "applied") for e in a.body.errors if e["resource"] == "net"]
+    assert sorted(said) == no_tap  # each said why once, and was not retried every period
+    window = [e for e in samples(host_pipeline) if rows(e, streamer.uuid) is not None][-8:]
     measured = np.mean([e.body.usage[rows(e, streamer.uuid), NET] for e in window])
     print(
         f"net: unshaped {lab.unshaped_net_bps / 1e3:.0f} kB/s, ceiling {ceiling / 1e3:.0f} kB/s, "
@@ -190,7 +193,7 @@ def test_network_the_tc_ceiling_holds_the_rate_a_streaming_vm_delivers(lab, host
     )
     assert lab.unshaped_net_bps > 1.5 * ceiling  # the ceiling binds: without it the VM sends more
     assert ceiling >= streamer.template_net_bps  # never below the template
-    assert 0.6 * ceiling < delivered <= 1.1 * ceiling
+    assert 0.6 * ceiling < delivered <= 1.15 * ceiling  # (TCP payload is 95 % of what htb counts)
     assert 0.6 * ceiling < measured <= 1.3 * ceiling  # the tap counts retransmits and what the ifb drops
 
 
