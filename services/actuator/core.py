@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,7 @@ from .backend import (
 from .settings import ActuatorSettings
 
 log = logging.getLogger("rescoin.actuator")
+GUEST_NEED_MAX_AGE_S = 30.0  # how long the backend's word on a guest's memory floor holds
 CPU, MEM, DISK, NET = range(4)
 CAPACITY_SLACK = 1e-6  # relative: float sums of a valid alloc may exceed C by rounding
 
@@ -75,6 +77,7 @@ class ActuatorCore:
         self.current: dict[str, list[Setting]] = {}
         self.instances: dict[str, str] = {}  # VM -> the instance `current` was read from
         self.unenforceable: set[tuple[str, int]] = set()  # (VM, resource) its backend said it cannot set
+        self.guest_floor: dict[str, tuple[float, float]] = {}  # VM -> (memory floor from the backend, asked at)
         self.originals_dirty = False
         self.last_alloc_period = -1
         self.last_valid: Alloc | None = None
@@ -176,17 +179,24 @@ class ActuatorCore:
         return ceiling_moved or shares_moved
 
     def _above_guest_need(self, vm: str, current: Setting, wanted: Setting) -> Setting:
-        """Before a balloon shrinks: never below what the guest cannot give back + the reserve.
+        """Never balloon below what the guest cannot give back + the reserve.
 
         The floor in ``targets`` is the guest's reported use + reserve; its
-        kernel's own memory is not in that use, and ballooning into it panics the guest.
+        kernel's own memory is not in that use, and ballooning into it panics
+        the guest. The backend is asked when a balloon would shrink, at most
+        once per GUEST_NEED_MAX_AGE_S per VM (a libvirt call each).
         """
-        shrinking = wanted.ceiling != NO_LIMIT and (current.ceiling == NO_LIMIT or wanted.ceiling < current.ceiling)
-        need = self.backend.mem_need(vm) if shrinking else None
-        if need is None or wanted.ceiling >= need + self.settings.mem_reserve_bytes:
+        if wanted.ceiling == NO_LIMIT:
             return wanted
-        self.counters.inc("mem_floor_raised")
-        return Setting(need + self.settings.mem_reserve_bytes, wanted.shares)
+        now = self.clock()
+        floor, asked = self.guest_floor.get(vm, (0.0, -math.inf))
+        if now - asked >= GUEST_NEED_MAX_AGE_S and (current.ceiling == NO_LIMIT or wanted.ceiling < current.ceiling):
+            need = self.backend.mem_need(vm)
+            floor = 0.0 if need is None else need + self.settings.mem_reserve_bytes
+            self.guest_floor[vm] = (floor, now)
+            if wanted.ceiling < floor:
+                self.counters.inc("mem_floor_raised")
+        return wanted if wanted.ceiling >= floor else Setting(floor, wanted.shares)
 
     def _forget_restarted(self, limits: dict[str, DomainLimits]) -> None:
         """A VM started anew lost what we set (new process, new cgroup, new tap): read it again.
@@ -199,6 +209,7 @@ class ActuatorCore:
                     self.counters.inc("vm_restarts")
                     log.info("%s (%s) was started anew: reading its settings again", vm, limits[vm].name)
                 del self.current[vm]
+                self.guest_floor.pop(vm, None)
                 self.unenforceable = {(v, r) for v, r in self.unenforceable if v != vm}
         self.instances = {vm: lim.instance for vm, lim in limits.items()}
 
