@@ -9,7 +9,6 @@ to the last message received. Runs of the paths alternate, so noise hits them al
 from __future__ import annotations
 
 import multiprocessing as mp
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
-from common import write_section
+from common import free_port, write_section
 from rescoin.proto import Envelope, GuestMem, encode_guest_mem
 
 N_MESSAGES = 150_000  # per run, split over the publishers
@@ -45,12 +44,6 @@ def frames() -> list[bytes]:
             GuestMem(VM, 2**31, 2**30, 2**29, 2**27, 0, "meminfo"),
         )
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def publisher(endpoint: str, count: int, ready, go, curve: tuple[str, str] | None = None) -> None:

@@ -4,58 +4,22 @@ publishing `sample` (period p) to the actuator publishing `applied` (period p+1)
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import zmq
-from common import write_section
+from common import start_sim_pipeline, stop, write_section
 from rescoin.proto import ProtocolError
 from rescoin.proto.messages import decode
 
-SERVICES = ("bus", "simhost", "monitor", "predictor", "scheduler", "actuator")
 PERIOD_S = 0.2
 PERIODS = 220
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(n_vms: int) -> tuple[np.ndarray, int]:
     with tempfile.TemporaryDirectory() as tmp:
-        sub_ep = f"tcp://127.0.0.1:{free_port()}"
-        config = Path(tmp) / "c.toml"
-        config.write_text(f"""
-[host]
-name = "lat"
-period_s = {PERIOD_S}
-state_dir = "{tmp}/state"
-[bus]
-pub_endpoint = "tcp://127.0.0.1:{free_port()}"
-sub_endpoint = "{sub_ep}"
-[simhost]
-endpoint = "tcp://127.0.0.1:{free_port()}"
-n_vms = {n_vms}
-[monitor]
-backend = "sim"
-reserve_cores = 0.0
-reserve_mem_bytes = 0.0
-[actuator]
-backend = "sim"
-""")
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", f"rescoin.services.{s}.main", "--config", str(config)], stderr=subprocess.DEVNULL
-            )
-            for s in SERVICES
-        ]
+        procs, sub_ep = start_sim_pipeline(tmp, "lat", PERIOD_S, n_vms)
         ctx = zmq.Context()
         sub = ctx.socket(zmq.SUB)
         sub.connect(sub_ep)
@@ -78,10 +42,7 @@ backend = "sim"
                 elif env.kind == "applied" and env.period - 1 in sent and env.body.mode != "restore":
                     latencies.append((env.ts - sent.pop(env.period - 1)) / 1e6)
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait()
+            stop(procs)
             ctx.destroy(linger=0)
         warm = np.array(latencies[10:])  # the first periods include start-up
         return warm, len(latencies)

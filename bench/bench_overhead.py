@@ -5,23 +5,13 @@ Target: all processes together ≤ 2 % of one core."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import write_section
+from common import SIM_PIPELINE, start_sim_pipeline, stop, write_section
 
-SERVICES = ("bus", "simhost", "monitor", "predictor", "scheduler", "actuator")
 DURATION_S = 60
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -38,31 +28,7 @@ def rss_mib(pid: int) -> float:
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "c.toml"
-        config.write_text(f"""
-[host]
-name = "bench"
-period_s = 1.0
-state_dir = "{tmp}/state"
-[bus]
-pub_endpoint = "tcp://127.0.0.1:{free_port()}"
-sub_endpoint = "tcp://127.0.0.1:{free_port()}"
-[simhost]
-endpoint = "tcp://127.0.0.1:{free_port()}"
-n_vms = 100
-[monitor]
-backend = "sim"
-reserve_cores = 0.0
-reserve_mem_bytes = 0.0
-[actuator]
-backend = "sim"
-""")
-        procs = {
-            s: subprocess.Popen(
-                [sys.executable, "-m", f"rescoin.services.{s}.main", "--config", str(config)], stderr=subprocess.DEVNULL
-            )
-            for s in SERVICES
-        }
+        procs, _sub = start_sim_pipeline(tmp, "bench", 1.0, 100)
         try:
             time.sleep(10)  # start-up (imports, trace loading) is not steady state
             start = {s: cpu_seconds(p.pid) for s, p in procs.items()}
@@ -72,12 +38,9 @@ backend = "sim"
             used = {s: (cpu_seconds(p.pid) - start[s]) / wall for s, p in procs.items()}
             rss = {s: rss_mib(p.pid) for s, p in procs.items()}
         finally:
-            for p in procs.values():
-                p.terminate()
-            for p in procs.values():
-                p.wait()
+            stop(procs)
     rows = ["| process | CPU (% of one core) | RSS |", "| --- | ---: | ---: |"]
-    rows += [f"| rescoin-{s} | {used[s] * 100:.2f} % | {rss[s]:.0f} MiB |" for s in SERVICES]
+    rows += [f"| rescoin-{s} | {used[s] * 100:.2f} % | {rss[s]:.0f} MiB |" for s in SIM_PIPELINE]
     total = sum(used.values())
     without_sim = total - used["simhost"]
     rows.append(f"| **all** | **{total * 100:.2f} %** | {sum(rss.values()):.0f} MiB |")

@@ -1,11 +1,14 @@
-"""What every benchmark shares: repeated timing, the machine, and writing its section of docs/BENCHMARKS.md."""
+"""What every benchmark shares: repeated timing, the machine, writing its section of docs/BENCHMARKS.md,
+and the whole pipeline on the sim host as separate processes."""
 
 from __future__ import annotations
 
 import os
 import platform
 import re
+import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -59,3 +62,51 @@ def write_section(title: str, body: str) -> None:
     text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     DOC.write_text(text)
     print(section)
+
+
+SIM_PIPELINE = ("bus", "simhost", "monitor", "predictor", "scheduler", "actuator")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_sim_pipeline(tmp: str, host: str, period_s: float, n_vms: int) -> tuple[dict[str, subprocess.Popen], str]:
+    """Every stage of SIM_PIPELINE its own process on a sim host of ``n_vms``, on fresh loopback ports.
+    Returns the processes and the bus's subscriber endpoint; ``stop`` them."""
+    sub_endpoint = f"tcp://127.0.0.1:{free_port()}"
+    config = Path(tmp) / "rescoin.toml"
+    config.write_text(f"""
+[host]
+name = "{host}"
+period_s = {period_s}
+state_dir = "{tmp}/state"
+[bus]
+pub_endpoint = "tcp://127.0.0.1:{free_port()}"
+sub_endpoint = "{sub_endpoint}"
+[simhost]
+endpoint = "tcp://127.0.0.1:{free_port()}"
+n_vms = {n_vms}
+[monitor]
+backend = "sim"
+reserve_cores = 0.0
+reserve_mem_bytes = 0.0
+[actuator]
+backend = "sim"
+""")
+    procs = {
+        s: subprocess.Popen(
+            [sys.executable, "-m", f"rescoin.services.{s}.main", "--config", str(config)], stderr=subprocess.DEVNULL
+        )
+        for s in SIM_PIPELINE
+    }
+    return procs, sub_endpoint
+
+
+def stop(procs: dict[str, subprocess.Popen]) -> None:
+    for p in procs.values():
+        p.terminate()
+    for p in procs.values():
+        p.wait()
