@@ -123,17 +123,8 @@ def _start_sink(lab: Lab) -> subprocess.Popen:
     for cmd in (["addr", "add", f"{HOST_IP}/24", "dev", TAP], ["link", "set", TAP, "up"]):
         subprocess.run(["ip", "-n", lab.netns, *cmd], check=True, capture_output=True)
     lab.sink_counts = lab.tmp / "sink.count"
-    sink = subprocess.Popen(
-        [
-            "nsenter",
-            f"--net=/run/netns/{lab.netns}",
-            sys.executable,
-            str(Path(__file__).parent / "sink.py"),
-            HOST_IP,
-            str(SINK_PORT),
-            str(lab.sink_counts),
-        ]  # fmt: skip
-    )
+    in_netns = ["nsenter", f"--net=/run/netns/{lab.netns}", sys.executable, str(Path(__file__).parent / "sink.py")]
+    sink = subprocess.Popen([*in_netns, HOST_IP, str(SINK_PORT), str(lab.sink_counts)])
     assert wait_for(lab.sink_counts.exists, 10, 0.1)
     return sink
 
@@ -156,11 +147,8 @@ def lab(libvirtd, guest_image, tmp_path_factory):
         image = tmp / f"{name}.img"
         with image.open("wb") as f:
             f.write(os.urandom(64 * 2**20))  # random, so reads are real reads
-        specs.append(
-            GuestSpec(
-                name, vm, mode, mem, cpu, tmem, disk, delay, free_port(), image, guest_keys, tmp / f"{name}.console.log"
-            )
-        )
+        console = tmp / f"{name}.console.log"
+        specs.append(GuestSpec(name, vm, mode, mem, cpu, tmem, disk, delay, free_port(), image, guest_keys, console))
         specs[-1].template_net_bps = NET_TEMPLATE_BPS
     specs[2].claim_uuid = specs[0].uuid
     if libvirtd.netns:
