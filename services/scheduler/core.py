@@ -3,6 +3,10 @@
 Socket-free: ``on_sample``/``on_estimate`` take decoded envelopes and return
 the `alloc` to publish; ``on_period`` lets a sample whose estimate never came
 fall back to its last use. The runtime (main.py) owns sockets and the clock.
+
+Around the policy (DESIGN §6): demand of a VM held at its last ceiling is
+raised (``unthrottled_demand``: its use cannot show more); floors after it;
+"fit" only after ``fit_after_periods`` fitting periods in a row.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from rescoin.proto.messages import Alloc, Estimate, Sample
 from ..runtime.service import Health, Outgoing
 from ..runtime.support import Counters
 from .ledger import CoinLedger, LedgerStateError
-from .policy import POLICIES, fit_after_streak, fits_host
+from .policy import POLICIES, fit_after_streak, fits_host, unthrottled_demand
 from .settings import SchedulerSettings
 
 log = logging.getLogger("rescoin.scheduler")
@@ -74,6 +78,7 @@ class SchedulerCore:
         self.ledger_dirty = False
         # periods in a row each resource's demand has fit; starts "fit" (a fresh start imposes no ceilings)
         self.fit_streak = np.full(4, settings.fit_after_periods)
+        self.ceilings: tuple[list[str], np.ndarray] = ([], np.zeros((0, 4)))  # the last alloc's VMs, ceilings
 
     def _restore(self) -> CoinLedger:
         if self.ledger_path is None or not self.ledger_path.exists():
@@ -135,6 +140,8 @@ class SchedulerCore:
         demand, source = sample.usage, "last_use"
         if estimate is not None:
             demand, source = self._demand_from(sample, estimate), "estimate"
+        probe = self.settings.throttled_probe
+        demand = unthrottled_demand(demand, sample.usage, self._last_ceilings(sample.vms), probe)
         coins = self.ledger.balances(sample.vms)
         alloc = self.policy(
             demand, sample.template, sample.capacity, coins, share_leftover=self.settings.share_leftover
@@ -147,12 +154,24 @@ class SchedulerCore:
         fits = fits_host(demand, sample.capacity, self.settings.fit_headroom)
         self.fit_streak, fit_now = fit_after_streak(self.fit_streak, fits, self.settings.fit_after_periods)
         mode = ["fit" if f else "contended" for f in fit_now]
+        ceiling = np.where(fit_now, np.inf, np.maximum(alloc, sample.template))  # what the actuator will hold
+        self.ceilings = (sample.vms, ceiling)
         self.last_source = source
         self.counters.inc(f"alloc.{source}")
         body = Alloc(
             sample.vms, alloc, coins, sample.template, sample.usage, sample.capacity, mode, self.settings.policy, source
         )
         return Outgoing(KIND_ALLOC, sample_env.period + 1, body)
+
+    def _last_ceilings(self, vms: list[str]) -> np.ndarray:
+        """The last alloc's ceilings in ``vms`` order (inf for a VM it did not have: nothing capped it)."""
+        last_vms, ceiling = self.ceilings
+        if last_vms == vms:
+            return ceiling
+        index = {vm: i for i, vm in enumerate(last_vms)}
+        rows = np.array([index.get(vm, -1) for vm in vms], dtype=int)
+        padded = np.vstack([ceiling, np.full((1, 4), np.inf)])  # row -1: no ceiling
+        return padded[rows]
 
     def _demand_from(self, sample: Sample, estimate: Estimate) -> np.ndarray:
         """The estimate's rows in the sample's VM order; a VM it lacks falls back to its use."""

@@ -64,6 +64,23 @@ def fit_after_streak(streak: np.ndarray, fits: np.ndarray, after: int) -> tuple[
     return streak, streak >= after
 
 
+def unthrottled_demand(
+    demand: np.ndarray, usage: np.ndarray, last_ceiling: np.ndarray, probe: float, tolerance: float = 0.05
+) -> np.ndarray:
+    """What a VM held at its ceiling may want: its ceiling × (1 + ``probe``), at least.
+
+    A VM using all of its ceiling shows no more than the ceiling, so its estimate
+    cannot rise above it either, and once every contender is pinned the coins stop
+    mattering: what is left is split by template. Asking a little more each period
+    lets capacity flow to the VM that can use it, first to the one with coins.
+    ``last_ceiling`` is inf where nothing was capped. Memory is left alone (a
+    guest does not press against its balloon the same way; it has its floors).
+    """
+    pinned = usage >= (1.0 - tolerance) * last_ceiling
+    pinned[:, 1] = False
+    return np.where(pinned, np.maximum(demand, last_ceiling * (1.0 + probe)), demand)
+
+
 def coin_weight(coins: np.ndarray) -> np.ndarray:
     """w_i = ‖max(coins_i, 0)‖₂ over the resources: coins are one currency. Shape (n,)."""
     return np.linalg.norm(np.maximum(coins, 0.0), axis=1)

@@ -36,6 +36,12 @@ class SchedulerSettings:
         "(a VM held at its ceiling dips below it now and then: without this its ceiling would flap)",
         between(1, 100_000),
     )
+    throttled_probe: float = setting(
+        0.25,
+        "a VM using all of its ceiling on a contended resource asks for this fraction more than the ceiling "
+        "(its use cannot show what it would take; 0 = trust the estimate)",
+        between(0.0, 10.0),
+    )
     estimate_wait_periods: int = setting(
         1, "periods to wait for the predictor's estimate before using last use instead", positive
     )

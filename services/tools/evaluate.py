@@ -34,7 +34,7 @@ from ..model.traces import default_traces_dir, load_bitbrains
 from ..predictor.models import DEFAULT_PARAMS, PREDICTORS, make_predictor
 from ..scheduler.core import apply_floors
 from ..scheduler.ledger import CoinLedger
-from ..scheduler.policy import POLICIES, fit_after_streak, fits_host
+from ..scheduler.policy import POLICIES, fit_after_streak, fits_host, unthrottled_demand
 
 RES = ("cpu", "mem", "disk", "net")
 EPS = 1e-9
@@ -59,6 +59,7 @@ class Options:
     release_when_fit: bool = True
     fit_headroom: float = 0.1
     fit_after_periods: int = 5
+    throttled_probe: float = 0.25
 
 
 def build_scenario(
@@ -89,8 +90,10 @@ def simulate(sc: Scenario, policy: str, opts: Options) -> dict[str, np.ndarray]:
     last_use = np.minimum(sc.demand[0], sc.template)
     estimate = last_use.copy()
     fit_streak = np.full(4, opts.fit_after_periods)
+    ceiling = np.full((n, 4), np.inf)
     for t in range(T):
         coins = ledger.balances(vms)
+        estimate = unthrottled_demand(estimate, last_use, ceiling, opts.throttled_probe)
         alloc = allocate(estimate, sc.template, sc.capacity, coins, share_leftover=opts.share_leftover)
         alloc, _ = apply_floors(alloc, last_use, sc.capacity, opts.cpu_floor_cores, opts.mem_reserve_bytes)
         fit_streak, fits = fit_after_streak(

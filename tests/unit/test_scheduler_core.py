@@ -81,6 +81,38 @@ def test_a_contended_resource_turns_fit_only_after_its_demand_fit_several_period
     assert modes == ["fit", "contended", "contended", "contended", "contended"] + ["contended"] * 2 + ["fit"] * 2
 
 
+def test_a_vm_held_at_its_ceiling_asks_for_more_and_coins_decide_who_gets_it(tmp_path):
+    sched = core(tmp_path, throttled_probe=0.25, coin_window=50)
+    saving = np.vstack([TC[0] * 0.05, TC[1] * 2.0, TC[2]])  # VM 0 saves; VM 1 burns; VM 2 uses its template
+    for p in range(10, 30):
+        sched.on_message(sample(p, saving))
+        sched.on_message(estimate(p + 1, saving))
+    grants = []
+    use = np.vstack([TC[0], TC[1] * 2.0, TC[2]])
+    for p in range(30, 40):  # now VM 0 wants all it can get too, but shows only what its ceiling let it use
+        sched.on_message(sample(p, use))
+        (out,) = sched.on_message(estimate(p + 1, use))  # the estimate: the censored use itself
+        ceiling = np.maximum(out.body.alloc, TC)
+        grants.append(out.body.alloc[:, 0].copy())
+        use = np.vstack([ceiling[0], ceiling[1], TC[2]])  # both burn everything they are allowed
+    first, last = grants[0], grants[-1]
+    assert out.body.mode[0] == "contended"
+    assert last[0] > first[0] * 1.5  # its ceiling rose period by period: it could show more demand
+    assert last[0] > last[1]  # and its coins won it the spare over the VM that never saved
+
+
+def test_only_rate_resources_pinned_at_a_ceiling_ask_for_more():
+    from rescoin.services.scheduler.policy import unthrottled_demand
+
+    demand = np.array([[1.0, 5.0, 2.0, 2.0], [1.0, 5.0, 2.0, 2.0]])
+    usage = np.array([[1.0, 5.0, 2.0, 1.0], [0.5, 5.0, 2.0, 2.0]])
+    ceiling = np.array([[1.0, 5.0, np.inf, 2.0], [1.0, 5.0, 2.0, 2.0]])
+    raised = unthrottled_demand(demand, usage, ceiling, probe=0.25)
+    assert raised[0].tolist() == [1.25, 5.0, 2.0, 2.0]  # cpu pinned; memory never; no ceiling on disk; net below
+    assert raised[1].tolist() == [1.0, 5.0, 2.5, 2.5]
+    assert (unthrottled_demand(demand, usage, ceiling, probe=0.0) == demand).all()
+
+
 def test_ledger_window_slides(tmp_path):
     ledger = CoinLedger(window=2)
     vms = VMS[:1]
