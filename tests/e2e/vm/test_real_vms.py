@@ -88,7 +88,7 @@ def test_cpu_the_vm_with_coins_gets_more_and_measured_use_follows_the_quota(lab,
     print(f"cpu: saver {mean[0]:.3f} (quota {quota[0]:.3f}), hog {mean[1]:.3f} (quota {quota[1]:.3f})")
     last = window[-1].body
     print("cpu use of every VM:", {v.name: round(float(last.usage[last.vms.index(v.uuid), CPU]), 3) for v in lab.specs})
-    assert mean[0] > mean[1] + 0.05  # coins bought the saver more of the contended core
+    assert mean[0] > mean[1] + 0.1  # coins bought the saver most of the spare (0.60 vs 0.31 measured)
     assert (mean >= 0.3 - 0.05).all()  # nobody below its template (0.3 core)
     assert (np.abs(mean - quota) < 0.15).all()  # TCG's measured use follows the quota in force
     applied = host_pipeline.watcher.since(0, "applied")[-1].body
