@@ -65,6 +65,7 @@ class LibvirtActuatorBackend:
             raise BackendError(f"cannot connect to {settings.uri}: {exc}") from exc
         self.facts: dict[str, DomainFacts] = {}  # parsed domain XML, per VM ...
         self.facts_instance: dict[str, str] = {}  # ... and the instance it was parsed for
+        self.no_balloon_stats: set[str] = set()  # VMs warned about, once each
         self.net_mode = "off" if settings.net_shaping == "off" else ""
         self.shaper = NetShaper()
 
@@ -244,6 +245,13 @@ class LibvirtActuatorBackend:
         except (BackendError, libvirt.libvirtError):
             return None
         if "actual" not in stats or "usable" not in stats:  # no stats period on this domain
+            if vm not in self.no_balloon_stats:
+                self.no_balloon_stats.add(vm)
+                log.warning(
+                    "%s has no balloon stats: its balloon floor is use + reserve only, its kernel's own memory "
+                    "not counted (enable <memballoon><stats period='1'/>)",
+                    vm,
+                )
             return None
         return max(float(stats["actual"]) - float(stats["usable"]), 0.0) * KIB
 
