@@ -30,6 +30,7 @@ from rescoin.services.ingress.keys import add_guest, init_server
 
 from tests.e2e.conftest import BusWatcher, leftover_pids
 from tests.e2e.vm.domains import GuestSpec, domain_xml
+from tests.e2e.vm.timings import TIMINGS
 from tests.support.bus import wait_for
 from tests.support.net import free_port
 
@@ -37,7 +38,6 @@ ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
 VENV_BIN = ROOT / ".venv" / "bin"
 PERIOD_S = 1.0
-TIMINGS: list[tuple[str, float]] = []
 
 
 def kvm_usable() -> bool:
@@ -76,6 +76,7 @@ class Lab:
     keys: Path
     tmp: Path
     netns: str | None  # where libvirtd (so QEMU, the taps and the pipeline) runs; None: the host's
+    guest_dir: Path  # the built guest image
     domains: dict[str, libvirt.virDomain] = field(default_factory=dict)
     sink_counts: Path | None = None  # "monotonic_s total_bytes", rewritten by tests/e2e/vm/sink.py
     unshaped_net_bps: float = 0.0  # the streamer's rate to the sink before ResCoin ran
@@ -85,6 +86,14 @@ class Lab:
 
     def spec(self, name: str) -> GuestSpec:
         return next(s for s in self.specs if s.name == name)
+
+    def start(self, spec: GuestSpec) -> libvirt.virDomain:
+        """Start (or start anew) ``spec``'s VM; a tap gets the sink's host side address again."""
+        self.domains[spec.name] = self.conn.createXML(domain_xml(spec, self.guest_dir), 0)
+        if spec.tap and self.netns:
+            for cmd in (["addr", "add", f"{HOST_IP}/24", "dev", spec.tap], ["link", "set", spec.tap, "up"]):
+                subprocess.run(["ip", "-n", self.netns, *cmd], check=True, capture_output=True)
+        return self.domains[spec.name]
 
     def sink_total(self) -> tuple[float, int]:
         assert self.sink_counts is not None
@@ -118,10 +127,8 @@ TAP, HOST_IP, GUEST_IP, SINK_PORT = "rcs-net0", "10.77.0.1", "10.77.0.2", 9000
 
 
 def _start_sink(lab: Lab) -> subprocess.Popen:
-    """The sink listens on the tap's host side, inside libvirtd's namespace."""
+    """The sink listens on the tap's host side (``Lab.start`` gave it the address), in libvirtd's namespace."""
     assert lab.netns
-    for cmd in (["addr", "add", f"{HOST_IP}/24", "dev", TAP], ["link", "set", TAP, "up"]):
-        subprocess.run(["ip", "-n", lab.netns, *cmd], check=True, capture_output=True)
     lab.sink_counts = lab.tmp / "sink.count"
     in_netns = ["nsenter", f"--net=/run/netns/{lab.netns}", sys.executable, str(Path(__file__).parent / "sink.py")]
     sink = subprocess.Popen([*in_netns, HOST_IP, str(SINK_PORT), str(lab.sink_counts)])
@@ -155,12 +162,12 @@ def lab(libvirtd, guest_image, tmp_path_factory):
         streamer = specs[-1]
         streamer.template_net_bps = STREAMER_NET_BPS
         streamer.tap, streamer.tap_ip, streamer.sink = TAP, f"{GUEST_IP}/24", f"{HOST_IP}:{SINK_PORT}"
-    lab = Lab(conn, specs, keys, tmp, libvirtd.netns)
+    lab = Lab(conn, specs, keys, tmp, libvirtd.netns, guest_image)
     sink = None
     t0 = time.monotonic()
     try:
         for spec in specs:
-            lab.domains[spec.name] = conn.createXML(domain_xml(spec, guest_image), 0)
+            lab.start(spec)
         if lab.netns:
             sink = _start_sink(lab)
 
