@@ -19,6 +19,7 @@ import numpy as np
 from rescoin.proto import KIND_ALLOC, KIND_ESTIMATE, KIND_SAMPLE, Envelope, topic_prefix
 from rescoin.proto.messages import Alloc, Estimate, Sample
 
+from ..model.enforcement import ceilings
 from ..runtime.service import Health, Outgoing
 from ..runtime.support import Counters
 from .ledger import CoinLedger, LedgerStateError
@@ -78,7 +79,8 @@ class SchedulerCore:
         self.ledger_dirty = False
         # periods in a row each resource's demand has fit; starts "fit" (a fresh start imposes no ceilings)
         self.fit_streak = np.full(4, settings.fit_after_periods)
-        self.ceilings: tuple[list[str], np.ndarray] = ([], np.zeros((0, 4)))  # the last alloc's VMs, ceilings
+        # the last alloc's VMs and the ceilings the actuator enforces for it
+        self.last_alloc_ceilings: tuple[list[str], np.ndarray] = ([], np.zeros((0, 4)))
 
     def _restore(self) -> CoinLedger:
         if self.ledger_path is None or not self.ledger_path.exists():
@@ -154,8 +156,8 @@ class SchedulerCore:
         fits = fits_host(demand, sample.capacity, self.settings.fit_headroom)
         self.fit_streak, fit_now = fit_after_streak(self.fit_streak, fits, self.settings.fit_after_periods)
         mode = ["fit" if f else "contended" for f in fit_now]
-        ceiling = np.where(fit_now, np.inf, np.maximum(alloc, sample.template))  # what the actuator will hold
-        self.ceilings = (sample.vms, ceiling)
+        enforced = ceilings(alloc, sample.template, sample.usage, self.settings.mem_reserve_bytes, fit_now)
+        self.last_alloc_ceilings = (sample.vms, enforced)
         self.last_source = source
         self.counters.inc(f"alloc.{source}")
         body = Alloc(
@@ -165,7 +167,7 @@ class SchedulerCore:
 
     def _last_ceilings(self, vms: list[str]) -> np.ndarray:
         """The last alloc's ceilings in ``vms`` order (inf for a VM it did not have: nothing capped it)."""
-        last_vms, ceiling = self.ceilings
+        last_vms, ceiling = self.last_alloc_ceilings
         if last_vms == vms:
             return ceiling
         index = {vm: i for i, vm in enumerate(last_vms)}

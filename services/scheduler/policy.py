@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..model.enforcement import MEM
 from ..model.waterfill import waterfill, waterfill_loop
 
 N_RESOURCES = 4
@@ -77,7 +78,7 @@ def unthrottled_demand(
     guest does not press against its balloon the same way; it has its floors).
     """
     pinned = usage >= (1.0 - tolerance) * last_ceiling
-    pinned[:, 1] = False
+    pinned[:, MEM] = False
     return np.where(pinned, np.maximum(demand, last_ceiling * (1.0 + probe)), demand)
 
 
