@@ -90,6 +90,10 @@ class ActuatorBackend(Protocol):
         """
         ...
 
+    def forget(self, vm: str) -> None:
+        """``vm`` is gone or was started anew: drop what is known of its old instance (the core decides when)."""
+        ...
+
     def capabilities(self) -> dict[str, str]:
         """Per resource: how it is enforced, or why it is not ("unsupported: ...")."""
         ...

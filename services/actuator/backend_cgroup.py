@@ -190,6 +190,9 @@ class CgroupBackend:
         """memory.high throttles a group, it does not take pages it cannot give back."""
         return None
 
+    def forget(self, vm: str) -> None:
+        """Nothing is cached per VM instance here."""
+
     def capabilities(self) -> dict[str, str]:
         caps = {
             res: f"cgroup {layout}" if layout != "none" else "unsupported: no controller"

@@ -63,8 +63,7 @@ class LibvirtActuatorBackend:
             self.conn = libvirt.open(settings.uri)
         except libvirt.libvirtError as exc:
             raise BackendError(f"cannot connect to {settings.uri}: {exc}") from exc
-        self.facts: dict[str, DomainFacts] = {}  # parsed domain XML, per VM ...
-        self.facts_instance: dict[str, str] = {}  # ... and the instance it was parsed for
+        self.facts: dict[str, DomainFacts] = {}  # parsed domain XML, per VM instance (see ``forget``)
         self.no_balloon_stats: set[str] = set()  # VMs warned about, once each
         self.net_mode = "off" if settings.net_shaping == "off" else ""
         self.shaper = NetShaper()
@@ -83,18 +82,17 @@ class LibvirtActuatorBackend:
     def domains(self) -> dict[str, DomainLimits]:
         try:
             doms = self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-            limits = {
+            return {
                 d.UUIDString().lower(): DomainLimits(d.name(), float(d.maxMemory()) * KIB, str(d.ID())) for d in doms
             }
         except libvirt.libvirtError as exc:
             raise BackendError(f"listing domains on {self.settings.uri}: {exc}") from exc
-        for vm in [vm for vm in self.facts if vm not in limits or self.facts_instance[vm] != limits[vm].instance]:
-            gone = self.facts.pop(vm)  # gone, or started anew: its XML (tap names...) may have changed
-            if self.net_mode == "tc":
-                for nic in gone.interfaces:  # its tap went with it; our ifb would stay behind
-                    self.shaper.clear(nic)
-        self.facts_instance = {vm: lim.instance for vm, lim in limits.items()}
-        return limits
+
+    def forget(self, vm: str) -> None:
+        gone = self.facts.pop(vm, None)  # its XML (tap names...) may have changed
+        if gone is not None and self.net_mode == "tc":
+            for nic in gone.interfaces:  # its tap went with it; our ifb would stay behind
+                self.shaper.clear(nic)
 
     # -- read ----------------------------------------------------------------------
 

@@ -76,6 +76,9 @@ class SimActuatorBackend:
         """The sim host's VMs report their use; nothing is hidden from it."""
         return None
 
+    def forget(self, vm: str) -> None:
+        """Nothing is cached per VM instance here."""
+
     def capabilities(self) -> dict[str, str]:
         return {r: "sim host tunables (shares as weights, ceiling as cap)" for r in RESOURCES}
 

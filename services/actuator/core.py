@@ -76,7 +76,7 @@ class ActuatorCore:
         self.originals: dict[str, list[Setting]] = self._load_originals()
         self.current: dict[str, list[Setting]] = {}
         self.instances: dict[str, str] = {}  # VM -> the instance `current` was read from
-        self.unenforceable: set[tuple[str, int]] = set()  # (VM, resource) its backend said it cannot set
+        self.unenforceable: dict[str, set[int]] = {}  # VM -> resources its backend said it cannot set
         self.guest_floor: dict[str, tuple[float, float]] = {}  # VM -> (memory floor from the backend, asked at)
         self.originals_dirty = False
         self.last_alloc_period = -1
@@ -210,7 +210,8 @@ class ActuatorCore:
                     log.info("%s (%s) was started anew: reading its settings again", vm, limits[vm].name)
                 del self.current[vm]
                 self.guest_floor.pop(vm, None)
-                self.unenforceable = {(v, r) for v, r in self.unenforceable if v != vm}
+                self.unenforceable.pop(vm, None)
+                self.backend.forget(vm)
         self.instances = {vm: lim.instance for vm, lim in limits.items()}
 
     def _apply(self, vms: list[str], targets: list[list[Setting]], started: float, mode: str) -> Applied:
@@ -245,7 +246,7 @@ class ActuatorCore:
             for r in range(4):
                 before[i, r] = current[r].ceiling
                 after[i, r] = current[r].ceiling
-                if (vm, r) not in self.unenforceable and self._moved(r, current[r], wanted[r]):
+                if r not in self.unenforceable.get(vm, ()) and self._moved(r, current[r], wanted[r]):
                     changes.append(Change(vm, r, wanted[r]))
                     after[i, r] = wanted[r].ceiling
         if self.originals_dirty:  # one atomic save for every VM seen for the first time
@@ -270,7 +271,7 @@ class ActuatorCore:
                     self.current[change.vm][change.resource] = change.setting
             for e in failed:
                 if e.lasting and e.resource in RESOURCES:  # reported once, not retried every period
-                    self.unenforceable.add((e.vm, RESOURCES.index(e.resource)))
+                    self.unenforceable.setdefault(e.vm, set()).add(RESOURCES.index(e.resource))
                 row = vms.index(e.vm) if e.vm in vms else -1
                 if row >= 0 and e.resource in RESOURCES:
                     after[row, RESOURCES.index(e.resource)] = before[row, RESOURCES.index(e.resource)]
