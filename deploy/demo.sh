@@ -7,6 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./deploy/install.sh
+TRACES=$(.venv/bin/python -c 'from rescoin.services.model.traces import default_traces_dir; print(default_traces_dir())')
+if [ ! -d "$TRACES" ]; then   # the sim host replays them: without them it cannot start
+    echo "demo.sh: no trace folder at $TRACES; put this checkout beside shared/ or set RESCOIN_TRACES" >&2
+    exit 1
+fi
 CONF=deploy/supervisord.conf
 CTL=(.venv/bin/supervisorctl -c "$CONF")
 mkdir -p state/logs
