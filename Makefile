@@ -12,9 +12,10 @@ unit:  ## fast tests only (no root, no daemons)
 e2e:  ## the real-VM suite alone (root, QEMU/TCG)
 	$(PY) -m pytest -ra -m vm tests/e2e/vm
 
-lint:
-	.venv/bin/ruff check proto services guest_agent tests bench
-	.venv/bin/mypy proto services/*/core.py
+lint:  ## what deploy/test.sh checks before the tests (any finding fails CI)
+	.venv/bin/ruff check proto services guest_agent
+	.venv/bin/ruff format --check proto services guest_agent
+	.venv/bin/mypy proto services guest_agent
 
 example-config:  ## regenerate deploy/rescoin.example.toml from the schema
 	.venv/bin/rescoin config example > deploy/rescoin.example.toml

@@ -18,7 +18,9 @@ REPEAT = 30
 def message(n: int, rng: np.random.Generator) -> Envelope:
     vms = [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in range(n)]
     a, c, t, u = (rng.uniform(0, 1e9, (n, 4)) for _ in range(4))
-    body = Alloc(vms, a, c, t, u, np.full(4, 1e12), ["contended", "fit", "fit", "contended"], "rescoin", "estimate")
+    s, ceil = (rng.uniform(0, 1e9, (n, 4)) for _ in range(2))
+    mode = ["contended", "fit", "fit", "contended"]
+    body = Alloc(vms, a, c, t, u, np.full(4, 1e12), s, ceil, "shares", mode, "rescoin", "estimate")
     return Envelope("alloc", "h1", "scheduler", 1_700_000_000_000_000_000, 2, 1_700_000_000_000_000_000, 3, body)
 
 

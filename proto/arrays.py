@@ -34,11 +34,14 @@ def ext_hook(code: int, data: bytes) -> Any:
     if code != EXT_NDARRAY:
         raise ProtocolError(f"unknown msgpack extension type {code}", "payload")
     try:
-        dtype, shape, raw = msgpack.unpackb(data, raw=False)
+        dtype, shape, raw = msgpack.unpackb(
+            data, raw=False, max_array_len=3, max_map_len=0, max_ext_len=0, max_str_len=16, max_bin_len=len(data)
+        )
     except Exception as exc:
         raise ProtocolError(f"array extension is not [dtype, shape, raw] ({type(exc).__name__})", "payload") from exc
-    if dtype != WIRE_DTYPE:
-        raise ProtocolError(f"array dtype must be {WIRE_DTYPE!r}, got {dtype!r:.20}", "payload")
+    if not isinstance(dtype, str) or dtype != WIRE_DTYPE:
+        shown = repr(dtype)[:20] if isinstance(dtype, str) else type(dtype).__name__
+        raise ProtocolError(f"array dtype must be {WIRE_DTYPE!r}, got {shown}", "payload")
     if (
         not isinstance(shape, list)
         or not 1 <= len(shape) <= 2

@@ -20,7 +20,7 @@ import msgpack
 
 from .errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 RESOURCES = ("cpu", "mem", "disk", "net")
 UNITS = ("cores", "bytes", "bytes/s", "bytes/s")
@@ -34,9 +34,21 @@ KIND_HB = "hb"
 KINDS = (KIND_GUEST_MEM, KIND_SAMPLE, KIND_ESTIMATE, KIND_ALLOC, KIND_APPLIED, KIND_HB)
 
 # Frames larger than this are rejected before msgpack sees them: 10k VMs x 4
-# resources x several float64 matrices is ~2 MB, so 64 MiB is generous.
+# resources x several float64 matrices is ~2 MB, so 64 MiB is generous. The
+# runtime's and the bus's sockets refuse larger frames too (ZMQ_MAXMSGSIZE).
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 MAX_TOPIC_BYTES = 256
+# A guest report is ~250 bytes: its payload is refused unread above this (ingress socket too).
+MAX_GUEST_PAYLOAD_BYTES = 4096
+
+# msgpack length limits, from the documented limits (proto/README.md): msgpack
+# refuses a longer container or string before it builds a single object of it.
+MAX_VMS = 100_000  # VMs in one batch body
+MAX_ARRAY_LEN = 4 * MAX_VMS  # the longest list: `applied` errors, one per VM and resource
+MAX_MAP_LEN = 256  # the largest map: `hb` counters or info
+MAX_STR_BYTES = 8192  # the longest string: an `applied` error text (2000 chars of UTF-8)
+MAX_BIN_BYTES = MAX_STR_BYTES  # no field is binary; arrays are extensions
+MAX_EXT_BYTES = 8 * 4 * MAX_VMS + 64  # one (MAX_VMS, 4) float64 array and its [dtype, shape] header
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")  # always fullmatch: "$" accepts a trailing \n
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -76,6 +88,19 @@ def check_uuids(values: list[Any], field: str) -> None:
         check_uuid(value, f"{field}[{i}]")
 
 
+def is_int(value: object) -> bool:
+    """An integer and not a bool (``True`` is an int to Python, not to the protocol)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_one_of(value: object, field: str, allowed: Sequence[str]) -> str:
+    """A string from a closed list; typed first, so an array or a list is refused, never compared."""
+    if not isinstance(value, str) or value not in allowed:
+        shown = repr(value)[:40] if isinstance(value, str | int | float | bool | None) else type(value).__name__
+        raise ProtocolError(f"must be one of {', '.join(allowed)}, got {shown}", field)
+    return value
+
+
 def check_int(value: object, field: str, lo: int = 0, hi: int = _INT64_MAX) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ProtocolError(f"must be an integer in [{lo}, {hi}], got {value!r:.80}", field)
@@ -84,7 +109,8 @@ def check_int(value: object, field: str, lo: int = 0, hi: int = _INT64_MAX) -> i
 
 def check_str(value: object, field: str, max_len: int = 1024) -> str:
     if not isinstance(value, str) or len(value) > max_len:
-        raise ProtocolError(f"must be a string of at most {max_len} chars, got {type(value).__name__}", field)
+        got = f"{len(value)} chars" if isinstance(value, str) else type(value).__name__
+        raise ProtocolError(f"must be a string of at most {max_len} chars, got {got}", field)
     return value
 
 
@@ -180,8 +206,9 @@ def unpack_frames(
     raw = frames[1]
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise ProtocolError("payload frame must be bytes", "payload")
-    if len(raw) > MAX_PAYLOAD_BYTES:
-        raise ProtocolError(f"payload of {len(raw)} bytes exceeds {MAX_PAYLOAD_BYTES}", "payload")
+    limit = MAX_GUEST_PAYLOAD_BYTES if topic_kind == KIND_GUEST_MEM else MAX_PAYLOAD_BYTES
+    if len(raw) > limit:  # msgpack's max_buffer_size: unpackb has none, the frame is already whole
+        raise ProtocolError(f"payload of {len(raw)} bytes exceeds {limit}", "payload")
     try:
         payload = msgpack.unpackb(
             raw,
@@ -189,6 +216,11 @@ def unpack_frames(
             strict_map_key=True,
             use_list=True,
             ext_hook=ext_hook or _reject_ext,
+            max_str_len=MAX_STR_BYTES,
+            max_bin_len=MAX_BIN_BYTES,
+            max_array_len=MAX_ARRAY_LEN,
+            max_map_len=MAX_MAP_LEN,
+            max_ext_len=MAX_EXT_BYTES,
         )
     except ProtocolError:
         raise
@@ -197,14 +229,10 @@ def unpack_frames(
     payload = dict(check_map(payload, "payload"))
     require_keys(payload, ENVELOPE_FIELDS, (), "envelope")
     version = payload["v"]
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError(
-            f"unsupported protocol version {version!r:.20} (this side speaks {PROTOCOL_VERSION})",
-            "v",
-        )
-    kind = payload["kind"]
-    if kind not in KINDS:
-        raise ProtocolError(f"unknown kind {kind!r:.40}", "kind")
+    if not is_int(version) or version != PROTOCOL_VERSION:
+        shown = repr(version)[:20] if is_int(version) or isinstance(version, str) else type(version).__name__
+        raise ProtocolError(f"unsupported protocol version {shown} (this side speaks {PROTOCOL_VERSION})", "v")
+    kind = check_one_of(payload["kind"], "kind", KINDS)
     if kind != topic_kind:
         raise ProtocolError(f"topic kind {topic_kind!r} does not match payload kind {kind!r}", "topic")
     check_name(payload["host"], "host")

@@ -7,12 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .envelope import check_int, check_map, check_name, check_str, require_keys
+from .envelope import MAX_MAP_LEN, check_int, check_map, check_name, check_one_of, check_str, require_keys
 from .errors import ProtocolError
 
 SERVICE_STATES = ("ok", "starting", "degraded", "failsafe", "disconnected", "stopping")
 MAX_HB_ERRORS = 20
-MAX_HB_ENTRIES = 256
+MAX_HB_ENTRIES = MAX_MAP_LEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +39,7 @@ class Heartbeat:
     @classmethod
     def from_wire(cls, body: Mapping[str, Any]) -> Heartbeat:
         require_keys(body, cls.REQUIRED, (), "body")
-        state = body["state"]
-        if state not in SERVICE_STATES:
-            raise ProtocolError(f"state must be one of {SERVICE_STATES}, got {state!r:.40}", "body.state")
+        state = check_one_of(body["state"], "body.state", SERVICE_STATES)
         period_s = body["period_s"]
         if (
             isinstance(period_s, bool)

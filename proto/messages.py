@@ -36,16 +36,18 @@ from .envelope import (
     require_keys,
     unpack_frames,
 )
+from .envelope import MAX_VMS as MAX_VMS  # re-exported: callers import it from here
 from .errors import ProtocolError
-from .guest import GuestMem, envelope_from_payload
+from .guest import GuestMem, envelope_from_payload, internal_error
 from .heartbeat import Heartbeat
 
 MEM_SOURCES = ("guest", "balloon", "none")
 MODES = ("fit", "contended")
 ESTIMATE_SOURCES = ("estimate", "last_use")
+ENFORCEMENT_MODES = ("shares", "ceilings", "both")
+POLICY_NAMES = ("rescoin", "static", "shares", "maxmin", "credits", "karma")
 APPLY_MODES = ("normal", "failsafe", "dry-run", "restore")
 NO_LIMIT = -1.0  # in `applied`: this resource has no ceiling set
-MAX_VMS = 100_000
 
 
 def _check_vms(value: Any, field_name: str = "body.vms") -> list[str]:
@@ -64,6 +66,13 @@ def _check_str_list(value: Any, field_name: str, n: int, allowed: Sequence[str] 
         check_str(item, f"{field_name}[{i}]", 256)
         if allowed is not None and item not in allowed:
             raise ProtocolError(f"must be one of {allowed}, got {item!r:.40}", f"{field_name}[{i}]")
+    return value
+
+
+def _check_one_of(value: Any, field_name: str, allowed: Sequence[str]) -> str:
+    """A string from a closed list."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ProtocolError(f"must be one of {', '.join(allowed)}, got {value!r:.40}", field_name)
     return value
 
 
@@ -164,14 +173,21 @@ class Estimate:
 
 @dataclass(frozen=True, slots=True)
 class Alloc:
-    """scheduler -> actuator: each VM's allocation (its ceiling) for the next period."""
+    """scheduler -> actuator: each VM's allocation for the next period and how to enforce it.
+
+    The scheduler decides what is enforced (``shares``, ``ceiling``,
+    ``enforcement``); the actuator enforces exactly that and re-derives nothing.
+    """
 
     vms: list[str]
-    alloc: np.ndarray  # (n, 4)
+    alloc: np.ndarray  # (n, 4): Σ ≤ C per resource
     coins: np.ndarray  # (n, 4): coin balance after this period; may be negative
-    template: np.ndarray  # (n, 4): tc, the guarantee the actuator enforces as shares/floor
+    template: np.ndarray  # (n, 4): tc, what each VM was sold
     usage: np.ndarray  # (n, 4): au the allocation was based on (memory floor check)
     capacity: np.ndarray  # (4,)
+    shares: np.ndarray  # (n, 4): kernel weights, resource units (cpu, disk, net; memory column not enforced)
+    ceiling: np.ndarray  # (n, 4): ceilings to enforce, resource units, NO_LIMIT (-1) = none
+    enforcement: str  # shares | ceilings | both
     mode: list[str]  # per resource: fit | contended
     policy: str
     estimate_source: str  # estimate | last_use (the predictor's estimate was missing)
@@ -183,6 +199,9 @@ class Alloc:
         "tc",
         "au",
         "C",
+        "shares",
+        "ceil",
+        "enforce",
         "mode",
         "policy",
         "est_src",
@@ -196,6 +215,9 @@ class Alloc:
             "tc": self.template,
             "au": self.usage,
             "C": self.capacity,
+            "shares": self.shares,
+            "ceil": self.ceiling,
+            "enforce": self.enforcement,
             "mode": list(self.mode),
             "policy": self.policy,
             "est_src": self.estimate_source,
@@ -206,29 +228,39 @@ class Alloc:
         require_keys(body, cls.WIRE, (), "body")
         vms = _check_vms(body["vms"])
         n = len(vms)
-        src = body["est_src"]
-        if src not in ESTIMATE_SOURCES:
-            raise ProtocolError(f"must be one of {ESTIMATE_SOURCES}", "body.est_src")
+        capacity = check_matrix(body["C"], "body.C", len(RESOURCES), None)
+        alloc = check_matrix(body["alloc"], "body.alloc", n)
+        over = alloc.sum(axis=0) > capacity
+        if over.any():
+            names = ", ".join(RESOURCES[r] for r in np.flatnonzero(over))
+            raise ProtocolError(f"sum of allocations exceeds capacity for {names}", "body.alloc")
+        ceiling = check_matrix(body["ceil"], "body.ceil", n, lo=NO_LIMIT)
+        if ((ceiling < 0) & (ceiling != NO_LIMIT)).any():
+            raise ProtocolError("a ceiling is -1 (none) or >= 0", "body.ceil")
         return cls(
             vms=vms,
-            alloc=check_matrix(body["alloc"], "body.alloc", n),
+            alloc=alloc,
             coins=check_matrix(body["coins"], "body.coins", n, lo=None),
             template=check_matrix(body["tc"], "body.tc", n),
             usage=check_matrix(body["au"], "body.au", n),
-            capacity=check_matrix(body["C"], "body.C", len(RESOURCES), None),
+            capacity=capacity,
+            shares=check_matrix(body["shares"], "body.shares", n),
+            ceiling=ceiling,
+            enforcement=_check_one_of(body["enforce"], "body.enforce", ENFORCEMENT_MODES),
             mode=_check_str_list(body["mode"], "body.mode", len(RESOURCES), MODES),
-            policy=check_name(body["policy"], "body.policy"),
-            estimate_source=src,
+            policy=_check_one_of(body["policy"], "body.policy", POLICY_NAMES),
+            estimate_source=_check_one_of(body["est_src"], "body.est_src", ESTIMATE_SOURCES),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """actuator -> all: what was set (ceilings in resource units, NO_LIMIT = none)."""
+    """actuator -> all: what was set (ceilings in resource units, NO_LIMIT = none; weights)."""
 
     vms: list[str]
     set: np.ndarray  # (n, 4): the ceiling in force after this apply
     before: np.ndarray  # (n, 4): the ceiling before it
+    weight: np.ndarray  # (n, 4): the weight in force after it (cpu cores, disk BFQ weight, net bytes/s; 0 = unset)
     errors: list[dict[str, str]]  # {"vm", "resource", "error"}
     latency_s: float  # from receiving the alloc to the last write
     mode: str  # normal | failsafe | dry-run | restore
@@ -239,6 +271,7 @@ class Applied:
         "vms",
         "set",
         "before",
+        "weight",
         "errors",
         "latency_s",
         "mode",
@@ -251,6 +284,7 @@ class Applied:
             "vms": list(self.vms),
             "set": self.set,
             "before": self.before,
+            "weight": self.weight,
             "errors": [dict(e) for e in self.errors],
             "latency_s": float(self.latency_s),
             "mode": self.mode,
@@ -270,18 +304,17 @@ class Applied:
             err = check_map(err, f"body.errors[{i}]")
             require_keys(err, ("vm", "resource", "error"), (), f"body.errors[{i}]")
             check_str(err["vm"], f"body.errors[{i}].vm", 64)
-            if err["resource"] not in RESOURCES + ("all",):
-                raise ProtocolError("resource must be cpu, mem, disk, net or all", f"body.errors[{i}].resource")
+            _check_one_of(err["resource"], f"body.errors[{i}].resource", RESOURCES + ("all",))
             check_str(err["error"], f"body.errors[{i}].error", 2000)
-        if body["mode"] not in APPLY_MODES:
-            raise ProtocolError(f"must be one of {APPLY_MODES}", "body.mode")
+        mode = _check_one_of(body["mode"], "body.mode", APPLY_MODES)
         return cls(
             vms=vms,
             set=check_matrix(body["set"], "body.set", n, lo=NO_LIMIT),
             before=check_matrix(body["before"], "body.before", n, lo=NO_LIMIT),
+            weight=check_matrix(body["weight"], "body.weight", n),
             errors=[dict(e) for e in errors],
             latency_s=_check_float(body["latency_s"], "body.latency_s", 0.0, 3600.0),
-            mode=body["mode"],
+            mode=mode,
             backend=check_name(body["backend"], "body.backend"),
             writes=check_int(body["writes"], "body.writes"),
         )
@@ -297,16 +330,35 @@ BODY_TYPES: dict[str, Any] = {
 }
 
 
-def encode(env: Envelope) -> list[bytes]:
-    """Envelope -> ``[topic, payload]`` frames."""
+def encode(env: Envelope, validate: bool = True) -> list[bytes]:
+    """Envelope -> ``[topic, payload]`` frames.
+
+    With ``validate`` (the default, what every publisher uses) the frames are
+    decoded again before they are returned, so nothing a receiver would reject
+    (NaN, a negative use, n not matching ``vms``...) is ever sent: the sender
+    gets the ProtocolError instead. Costs about one decode (~1 ms at 10k VMs).
+    """
     body_type = BODY_TYPES.get(env.kind)
     if body_type is None or not isinstance(env.body, body_type):
         raise ProtocolError(f"body of a {env.kind!r} message must be {getattr(body_type, '__name__', '?')}", "body")
-    return pack_frames(env, env.body.to_wire(), default=pack_default)
+    try:
+        frames = pack_frames(env, env.body.to_wire(), default=pack_default)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # a value msgpack cannot carry (an int above 2**64, an object...)
+        raise ProtocolError(f"cannot encode: {type(exc).__name__}: {exc}"[:300], "body") from exc
+    if validate:
+        decode(frames)
+    return frames
 
 
 def decode(frames: Sequence[bytes]) -> Envelope:
     """``[topic, payload]`` frames -> validated Envelope. Raises only ProtocolError."""
-    kind, key, payload = unpack_frames(frames, ext_hook)
-    body = BODY_TYPES[kind].from_wire(payload["body"])
-    return envelope_from_payload(payload, body, key)
+    try:
+        kind, key, payload = unpack_frames(frames, ext_hook)
+        body = BODY_TYPES[kind].from_wire(payload["body"])
+        return envelope_from_payload(payload, body, key)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # a check the decoder lacks: still a rejection, never a crash (tests find none)
+        raise internal_error(exc) from exc

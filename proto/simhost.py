@@ -54,7 +54,6 @@ import numpy as np
 
 from .arrays import check_matrix, ext_hook, pack_default
 from .envelope import (
-    PROTOCOL_VERSION,
     RESOURCES,
     check_int,
     check_map,
@@ -76,6 +75,8 @@ COUNTERS = ("cpu_time_ns", "disk_rd_bytes", "disk_wr_bytes", "net_rx_bytes", "ne
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 MAX_WRITES = 100_000
 
+SIMHOST_VERSION = 1  # the sim host RPC evolves on its own, not with the bus protocol
+
 
 def _pack(message: Mapping[str, Any]) -> bytes:
     return msgpack.packb(dict(message), default=pack_default, use_bin_type=True)
@@ -93,7 +94,7 @@ def _unpack(frame: bytes, where: str) -> dict[str, Any]:
     except Exception as exc:  # msgpack raises many types for bad bytes
         raise ProtocolError(f"not valid msgpack ({type(exc).__name__})", where) from exc
     message = dict(check_map(message, where))
-    if message.get("v") != PROTOCOL_VERSION:
+    if message.get("v") != SIMHOST_VERSION:
         raise ProtocolError(f"unsupported version {message.get('v')!r:.20}", f"{where}.v")
     return message
 
@@ -117,7 +118,7 @@ def check_write(write: Any, where: str) -> dict[str, Any]:
 def encode_request(op: str, args: Mapping[str, Any] | None = None) -> bytes:
     if op not in OPS:
         raise ProtocolError(f"unknown op {op!r:.40}", "op")
-    return _pack({"v": PROTOCOL_VERSION, "op": op, "args": dict(args or {})})
+    return _pack({"v": SIMHOST_VERSION, "op": op, "args": dict(args or {})})
 
 
 def decode_request(frame: bytes) -> tuple[str, dict[str, Any]]:
@@ -140,11 +141,11 @@ def decode_request(frame: bytes) -> tuple[str, dict[str, Any]]:
 
 
 def encode_reply(result: Mapping[str, Any]) -> bytes:
-    return _pack({"v": PROTOCOL_VERSION, "ok": True, "result": dict(result)})
+    return _pack({"v": SIMHOST_VERSION, "ok": True, "result": dict(result)})
 
 
 def encode_error(text: str) -> bytes:
-    return _pack({"v": PROTOCOL_VERSION, "ok": False, "error": text[:2000]})
+    return _pack({"v": SIMHOST_VERSION, "ok": False, "error": text[:2000]})
 
 
 def encode_result(result: Any) -> bytes:

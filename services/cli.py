@@ -1,11 +1,13 @@
 """`rescoin`: the operator's command line. Each subcommand lives in its own module
 that defines ``add_arguments(parser)`` and ``run(args) -> exit code``; it is
-imported only when called, so `rescoin tap` never loads the evaluation code."""
+imported only when called, so `rescoin tap` never loads the evaluation code.
+`rescoin --version` prints the package's and the wire protocol's versions."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -22,9 +24,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version_text() -> str:
+    """``rescoin <package version> (protocol <n>)``, the package's version as installed."""
+    from rescoin.proto import PROTOCOL_VERSION
+
+    try:
+        version = importlib.metadata.version("rescoin")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown (not installed)"
+    return f"rescoin {version} (protocol {PROTOCOL_VERSION})"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--version"]:
+        print(version_text())
+        return 0
     parser = argparse.ArgumentParser(prog="rescoin", description="ResCoin: fair sharing of a virtualization host.")
+    parser.add_argument("--version", action="store_true", help="print the package and protocol versions")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
         subparsers.add_parser(name, help=help_text, add_help=False)
@@ -32,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help() if not argv or argv[0] in ("-h", "--help") else parser.parse_args(argv)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     name = argv[0]
+    from rescoin.services.ingress.settings import IngressSettings
+    from rescoin.services.runtime.config import use_schema
+    from rescoin.services.schema import service_schema
+
+    use_schema(service_schema(ingress=IngressSettings))  # the tools read [bus] and [ingress]; `config` reads all
     module = importlib.import_module(COMMANDS[name][0])
     sub = argparse.ArgumentParser(prog=f"rescoin {name}", description=COMMANDS[name][1])
     module.add_arguments(sub)

@@ -1,14 +1,16 @@
-"""What the actuator drives: per VM and resource, a ceiling and a share.
+"""What the actuator drives: per VM and resource, a ceiling and a weight.
 
-DESIGN §7: the template is the *guarantee* (a share proportional to it), the
-allocation the *ceiling*. Per VM and resource (cpu, mem, disk, net; units
-cores, bytes, bytes/s, bytes/s) a backend holds a Setting:
+DESIGN §7: coins reach the kernel as *weights* (the scheduler's shares) and,
+in the ceilings/both modes, the allocation as a *ceiling*. Per VM and
+resource (cpu, mem, disk, net) a backend holds a Setting:
 
 * ``ceiling`` — cpu quota in cores, memory balloon target in bytes, disk and
   net throttles in bytes/s; ``NO_LIMIT`` (-1) = none;
-* ``shares`` — the guarantee as an amount in the resource's unit (the VM's
-  template): each backend turns it into its own weight (libvirt cpu_shares =
-  1024 per core, cgroup v2 cpu.weight, htb rate...). 0 = leave unset.
+* ``shares`` — the weight: cpu in cores (libvirt cpu_shares = 1024 per core,
+  cgroup v2 cpu.weight = 100 per core), disk as a BFQ weight (1–1000), net as
+  the guaranteed htb rate in bytes/s; memory has none. 0 = leave unset;
+* ``fallback`` — disk only: the throttle to use where the device's I/O
+  scheduler ignores weights (mq-deadline, none); ``NO_LIMIT`` = none.
 
 A backend reads what is set (so the actuator can record the originals and
 report "before"), writes changes in a batch, and says which resources it can
@@ -37,6 +39,7 @@ class UnenforceableError(BackendError):
 class Setting:
     ceiling: float = NO_LIMIT
     shares: float = 0.0
+    fallback: float = NO_LIMIT  # disk: the throttle where weights are ignored
 
 
 @dataclass(frozen=True)

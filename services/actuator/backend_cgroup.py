@@ -11,16 +11,19 @@ list the controller).
 | cpu ceiling | cpu.cfs_quota_us / cpu.cfs_period_us (-1 = none) | cpu.max "quota period" ("max" = none) |
 | cpu shares | cpu.shares = 1024 × template cores | cpu.weight = 100 × template cores (1…10000) |
 | mem | memory.soft_limit_in_bytes (reclaimed to it under pressure, never OOM-killed) | memory.high |
-| disk | blkio.throttle.read_bps_device + write_bps_device, each at the ceiling | io.max rbps= wbps= |
+| disk weight | blkio.bfq.weight (1…1000) where the device runs BFQ | io.bfq.weight |
+| disk ceiling | blkio.throttle.read_bps_device + write_bps_device, each at the ceiling (or the fallback where the device ignores weights) | io.max rbps= wbps= |
 | net | unsupported: reported in every `applied` and in `hb` | unsupported |
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from pathlib import Path
 
+from .blockdev import WEIGHTED_SCHEDULERS, active_scheduler_of
 from .backend import (
     NO_LIMIT,
     RESOURCES,
@@ -34,6 +37,7 @@ from .backend import (
 )
 from .settings import ActuatorSettings
 
+log = logging.getLogger("rescoin.actuator.cgroup")
 CGROUP_NAMESPACE = uuid.UUID("0c2b3a8e-5d1f-4e0b-9c3a-72657363676f")
 V1_DIRS = {"cpu": "cpu", "mem": "memory", "disk": "blkio"}
 V2_CONTROLLERS = {"cpu": "cpu", "mem": "memory", "disk": "io"}
@@ -54,6 +58,7 @@ class CgroupBackend:
         self.v2_root = Path(settings.cgroup_v2_root)
         self.groups = {group_uuid(name): (name, rel) for name, rel in settings.cgroups.items()}
         self.layout = {res: self._detect(res) for res in V1_DIRS}
+        self.weights_honoured: bool | None = None  # the disk's I/O scheduler divides by weight (asked once)
         if not self.groups:
             raise BackendError("actuator.cgroups names no cgroup to manage")
 
@@ -102,9 +107,9 @@ class CgroupBackend:
             shares = int(self._read(vm, "cpu", "cpu.shares")) / 1024
             return Setting(quota / period if quota > 0 else NO_LIMIT, shares)
         if self.layout["cpu"] == "v2":
-            quota, period = self._read(vm, "cpu", "cpu.max").split()
+            max_quota, max_period = self._read(vm, "cpu", "cpu.max").split()
             weight = int(self._read(vm, "cpu", "cpu.weight")) / 100
-            return Setting(NO_LIMIT if quota == "max" else int(quota) / int(period), weight)
+            return Setting(NO_LIMIT if max_quota == "max" else int(max_quota) / int(max_period), weight)
         return Setting()
 
     def _read_mem(self, vm: str) -> Setting:
@@ -112,27 +117,45 @@ class CgroupBackend:
             value = int(self._read(vm, "mem", "memory.soft_limit_in_bytes"))
             return Setting(NO_LIMIT if value >= UNLIMITED_V1 - 2**20 else float(value))
         if self.layout["mem"] == "v2":
-            value = self._read(vm, "mem", "memory.high")
-            return Setting(NO_LIMIT if value == "max" else float(value))
+            high = self._read(vm, "mem", "memory.high")
+            return Setting(NO_LIMIT if high == "max" else float(high))
         return Setting()
 
     def _read_disk(self, vm: str) -> Setting:
         device = self.settings.cgroup_block_device
         if not device or self.layout["disk"] == "none":
             return Setting()
+        weight = float(self._read(vm, "disk", self._weight_file()).split()[-1]) if self._has_weight(vm) else 0.0
         if self.layout["disk"] == "v1":
             for line in self._read(vm, "disk", "blkio.throttle.read_bps_device").splitlines():
                 dev, bps = line.split()
                 if dev == device:
-                    return Setting(float(bps))
-            return Setting()
+                    return Setting(float(bps), weight)
+            return Setting(NO_LIMIT, weight)
         for line in self._read(vm, "disk", "io.max").splitlines():
             fields = line.split()
             if fields and fields[0] == device:
                 values = dict(f.split("=") for f in fields[1:])
                 rbps = values.get("rbps", "max")
-                return Setting(NO_LIMIT if rbps == "max" else float(rbps))
-        return Setting()
+                return Setting(NO_LIMIT if rbps == "max" else float(rbps), weight)
+        return Setting(NO_LIMIT, weight)
+
+    def _weight_file(self) -> str:
+        return "blkio.bfq.weight" if self.layout["disk"] == "v1" else "io.bfq.weight"
+
+    def _has_weight(self, vm: str) -> bool:
+        return (self._dir(vm, "disk") / self._weight_file()).exists()
+
+    def _disk_weights_honoured(self) -> bool:
+        """The device's I/O scheduler divides it by weight (BFQ); said once when not."""
+        if self.weights_honoured is None:
+            device = self.settings.cgroup_block_device
+            scheduler = active_scheduler_of(device)
+            self.weights_honoured = scheduler in WEIGHTED_SCHEDULERS
+            if not self.weights_honoured:
+                log.warning("disk %s is scheduled by %s, which ignores weights: throttling instead",
+                            device, scheduler or "an unknown scheduler")  # fmt: skip
+        return self.weights_honoured
 
     # -- write ---------------------------------------------------------------------
 
@@ -176,14 +199,20 @@ class CgroupBackend:
         device = self.settings.cgroup_block_device
         if not device:
             if setting.ceiling != NO_LIMIT:
-                raise BackendError("unsupported: actuator.cgroup_block_device is not set")
+                raise UnenforceableError("unsupported: actuator.cgroup_block_device is not set")
             return
+        ceiling = setting.ceiling
+        if setting.shares > 0:
+            if self._disk_weights_honoured() and self._has_weight(vm):
+                self._write(vm, "disk", self._weight_file(), str(int(min(max(round(setting.shares), 1), 1000))))
+            elif ceiling == NO_LIMIT:
+                ceiling = setting.fallback  # weights would do nothing here: a throttle instead
         if self.layout["disk"] == "v1":
-            bps = "0" if setting.ceiling == NO_LIMIT else str(max(int(setting.ceiling), 1))
+            bps = "0" if ceiling == NO_LIMIT else str(max(int(ceiling), 1))
             for file in ("blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device"):
                 self._write(vm, "disk", file, f"{device} {bps}")
         else:
-            bps = "max" if setting.ceiling == NO_LIMIT else str(max(int(setting.ceiling), 1))
+            bps = "max" if ceiling == NO_LIMIT else str(max(int(ceiling), 1))
             self._write(vm, "disk", "io.max", f"{device} rbps={bps} wbps={bps}")
 
     def mem_need(self, vm: str) -> float | None:

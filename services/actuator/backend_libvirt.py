@@ -2,7 +2,7 @@
 
 Mapping and units (DESIGN §7; libvirt wants µs, KiB and KiB/s in places):
 
-* cpu: ``cpu_shares`` = 1024 × template cores (2…262144); the ceiling as a
+* cpu: ``cpu_shares`` = 1024 × share cores (2…262144); the ceiling as a
   domain-wide quota, ``global_period`` = cpu_period_us and ``global_quota`` =
   ceiling × period (µs) — or, where the driver has no global_quota,
   ``vcpu_quota`` = ceiling × period / vcpus per vCPU; -1 = no quota. The test
@@ -10,8 +10,12 @@ Mapping and units (DESIGN §7; libvirt wants µs, KiB and KiB/s in places):
   there, and a quota is reported as unsupported.
 * mem: ``setMemoryFlags(KiB, AFFECT_LIVE)`` (plain ``setMemory`` where the
   driver lacks the flags call).
-* disk: ``setBlockIoTune(dev, total_bytes_sec)`` per disk, every other field
-  passed as 0 (libvirt keeps old values otherwise); the test driver also
+* disk: the weight as ``setBlkioParameters({"weight"})`` (blkiotune, 100–1000:
+  libvirt writes ``blkio.bfq.weight``) where every disk's device is scheduled
+  by BFQ; elsewhere (mq-deadline, none) weights do nothing, so that is logged
+  once and the disk is throttled at the Setting's fallback instead. The
+  ceiling as ``setBlockIoTune(dev, total_bytes_sec)`` per disk, every other
+  field passed as 0 (libvirt keeps old values otherwise); the test driver also
   needs ``total_bytes_sec_max``. 0 = no limit.
 * net: ``setInterfaceParameters`` inbound/outbound average in KiB/s where the
   host kernel has what libvirt uses for it (sch_sfq, act_police), else ResCoin's
@@ -40,12 +44,14 @@ from .backend import (
     UnenforceableError,
     change_error,
 )
+from .blockdev import active_scheduler, honours_weights
 from .netshape import NetShaper, ShapingError
 from .settings import ActuatorSettings
 
 log = logging.getLogger("rescoin.actuator.libvirt")
 KIB = 1024
 SHARES_PER_CORE = 1024
+BLKIO_WEIGHT_MIN, BLKIO_WEIGHT_MAX = 100, 1000  # what libvirt's blkiotune accepts
 LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
 
 
@@ -67,6 +73,7 @@ class LibvirtActuatorBackend:
         self.no_balloon_stats: set[str] = set()  # VMs warned about, once each
         self.net_mode = "off" if settings.net_shaping == "off" else ""
         self.shaper = NetShaper()
+        self.disk_weights: dict[tuple[str, ...], bool] = {}  # disk sources -> their scheduler honours weights
 
     def _domain(self, vm: str) -> libvirt.virDomain:
         try:
@@ -126,7 +133,8 @@ class LibvirtActuatorBackend:
         if not disks:
             return Setting(NO_LIMIT, 0.0)
         total = float(dom.blockIoTune(disks[0], LIVE).get("total_bytes_sec", 0))
-        return Setting(total if total > 0 else NO_LIMIT, 0.0)
+        weight = float(dom.blkioParameters(LIVE).get("weight", 0))
+        return Setting(total if total > 0 else NO_LIMIT, weight)
 
     def _read_net(self, vm: str, dom: libvirt.virDomain) -> Setting:
         nics = self._facts(vm, dom).interfaces
@@ -184,7 +192,15 @@ class LibvirtActuatorBackend:
             dom.setMemory(target_kib)
 
     def _write_disk(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
-        bps = 0 if setting.ceiling == NO_LIMIT else max(int(setting.ceiling), 1)
+        facts = self._facts(vm, dom)
+        ceiling = setting.ceiling
+        if setting.shares > 0:
+            if self._weights_honoured(facts.disk_sources):
+                weight = int(min(max(round(setting.shares), BLKIO_WEIGHT_MIN), BLKIO_WEIGHT_MAX))
+                dom.setBlkioParameters({"weight": weight}, LIVE)
+            elif ceiling == NO_LIMIT:
+                ceiling = setting.fallback  # weights would do nothing here: a throttle instead
+        bps = 0 if ceiling == NO_LIMIT else max(int(ceiling), 1)
         params = {
             "total_bytes_sec": bps,
             "read_bytes_sec": 0,
@@ -193,13 +209,25 @@ class LibvirtActuatorBackend:
             "read_iops_sec": 0,
             "write_iops_sec": 0,
         }
-        for disk in self._facts(vm, dom).disks:
+        for disk in facts.disks:
             try:
                 dom.setBlockIoTune(disk, params, LIVE)
             except libvirt.libvirtError as exc:
                 if "cannot be set higher than" not in str(exc):
                     raise
                 dom.setBlockIoTune(disk, {**params, "total_bytes_sec_max": bps}, LIVE)  # test-driver quirk
+
+    def _weights_honoured(self, sources: list[str]) -> bool:
+        """Every disk's device schedules by weight (BFQ); said once per device set when not."""
+        if self.settings.uri.startswith("test"):
+            return True  # the test driver stores the weight; there is no device to ask
+        key = tuple(sources)
+        if key not in self.disk_weights:
+            self.disk_weights[key] = all(honours_weights(src) for src in sources if src)
+            if not self.disk_weights[key]:
+                schedulers = ", ".join(f"{src}: {active_scheduler(src) or '?'}" for src in sources)
+                log.warning("disk weights are ignored by the I/O scheduler (%s): throttling instead", schedulers)
+        return self.disk_weights[key]
 
     def _net_mode(self, dom: libvirt.virDomain, nic: str) -> str:
         """libvirt or tc, probed once (``auto``): libvirt's shaping needs sch_sfq and act_police."""
@@ -257,9 +285,14 @@ class LibvirtActuatorBackend:
         return {
             "cpu": "cpu_shares + quota",
             "mem": "balloon",
-            "disk": "setBlockIoTune",
+            "disk": self._disk_capability(),
             "net": self.net_mode or "probe on first write",
         }
+
+    def _disk_capability(self) -> str:
+        if self.disk_weights and not all(self.disk_weights.values()):
+            return "blkiotune weight; throttle (setBlockIoTune) where the I/O scheduler ignores weights"
+        return "blkiotune weight + setBlockIoTune"
 
     def close(self) -> None:
         try:

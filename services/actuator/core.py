@@ -4,21 +4,24 @@ Socket-free: ``on_alloc`` takes a decoded alloc envelope and returns the
 `applied` body; ``on_period`` notices silence and moves to the fail-safe
 state; ``restore`` puts back what was there before ResCoin touched it.
 
-* Targets (DESIGN §7, services/model/enforcement.ceilings): ceiling =
-  max(alloc, template), none for a resource the alloc marks "fit"; shares =
-  the template; memory: balloon target never below the VM's use + reserve,
-  nor, when it shrinks, below what the backend says the guest cannot give back
-  (libvirt balloon stats: size − usable) + reserve; no balloon at or above its maximum.
+* Targets (DESIGN §7): exactly what the alloc says — its ``ceil`` per VM and
+  resource and its ``shares`` as kernel weights (``weights``); the scheduler
+  decided both and nothing is re-derived here. One safety check stays here,
+  because only the backend knows it: a balloon never shrinks below what the
+  backend says the guest cannot give back (libvirt balloon stats: size −
+  usable) + reserve; no balloon at or above its maximum.
 * Hysteresis: a setting is written only if it moved by more than
   max(absolute threshold, relative threshold × current value). What is set is
   cached per VM instance: a VM started anew (libvirt: a new domain ID) is read again.
 * Originals: before the first write to a VM, its settings are read and saved
   atomically; ``restore`` (SIGTERM, ``--restore``) writes them back, even after
   a kill -9 and a restart.
-* Fail-safe: no valid alloc for ``stale_periods`` → ceilings at template,
-  shares by template (mode "failsafe"), until a valid alloc comes.
-* Bad allocs (Σ over capacity, an old period) are rejected and counted; an
-  unknown VM is skipped and reported; one VM's failure never stops the others.
+* Fail-safe: no valid alloc for ``stale_periods`` → shares by template and,
+  unless the last alloc's enforcement was ``shares``, ceilings at template
+  (mode "failsafe"), re-applied every period until a valid alloc comes.
+* Bad allocs (an old period; the decoder already refused Σ over capacity) are
+  rejected and counted; an unknown VM is skipped and reported; one VM's
+  failure never stops the others.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import numpy as np
 from rescoin.proto import KIND_ALLOC, KIND_APPLIED, Envelope, topic_prefix
 from rescoin.proto.messages import Alloc, Applied
 
-from ..model.enforcement import ceilings
+from ..model.enforcement import ceilings, template_shares
 from ..runtime.service import Health, Outgoing
 from ..runtime.support import Counters, atomic_write
 from .backend import (
@@ -52,7 +55,26 @@ from .settings import ActuatorSettings
 log = logging.getLogger("rescoin.actuator")
 GUEST_NEED_MAX_AGE_S = 30.0  # how long the backend's word on a guest's memory floor holds
 CPU, MEM, DISK, NET = range(4)
-CAPACITY_SLACK = 1e-6  # relative: float sums of a valid alloc may exceed C by rounding
+
+
+BFQ_WEIGHT_MAX = 1000.0  # the kernel's largest BFQ weight (libvirt accepts 100-1000)
+
+
+def weights(shares: np.ndarray) -> np.ndarray:
+    """Shares (resource units) as the weights a backend sets (DESIGN §7), (n, 4).
+
+    cpu stays in cores (backends set 1024 per core as cpu_shares, 100 per core
+    as cpu.weight); net stays bytes/s (the htb rate, Σ = link capacity);
+    memory has none. disk becomes a BFQ weight with the largest share at 1000:
+    the kernel's range is narrow (1-1000, libvirt's 100-1000), so ratios are
+    kept down to 1:10 below the largest, and the weights move only when the
+    largest share moves by more than the hysteresis.
+    """
+    out = np.array(shares, dtype=float)
+    top = float(out[:, DISK].max(initial=0.0))
+    out[:, DISK] = out[:, DISK] / top * BFQ_WEIGHT_MAX if top > 0 else 0.0
+    out[:, MEM] = 0.0
+    return out
 
 
 class ActuatorCore:
@@ -124,13 +146,8 @@ class ActuatorCore:
         return [Outgoing(KIND_APPLIED, env.period, applied)] if applied else []
 
     def validate(self, env: Envelope) -> str:
-        alloc: Alloc = env.body
         if env.period <= self.last_alloc_period:
             return f"alloc for period {env.period} is not newer than {self.last_alloc_period}"
-        over = alloc.alloc.sum(axis=0) > alloc.capacity * (1 + CAPACITY_SLACK) + 1e-9
-        if over.any():
-            names = [RESOURCES[r] for r in np.flatnonzero(over)]
-            return f"allocation exceeds capacity for {', '.join(names)}"
         return ""
 
     def on_alloc(self, env: Envelope) -> Applied | None:
@@ -147,26 +164,36 @@ class ActuatorCore:
         if self.mode == "failsafe":
             log.info("valid alloc for period %d: leaving the fail-safe state", env.period)
         self.mode = "normal"
-        targets = self.targets(alloc.alloc, alloc.template, alloc.usage, alloc.mode)
-        return self._apply(alloc.vms, targets, started, "normal")
+        return self._apply(alloc.vms, self.targets(alloc), started, "normal")
 
-    def targets(
-        self, alloc: np.ndarray, template: np.ndarray, usage: np.ndarray, mode: list[str] | None = None
-    ) -> list[list[Setting]]:
-        """Per VM the four settings DESIGN §7 asks for (services/model/enforcement.ceilings):
-        ceilings max(alloc, template), none where the alloc's mode is "fit"; memory floor re-checked."""
-        fits = np.array([m == "fit" for m in mode]) if mode is not None and self.settings.release_when_fit else None
-        ceiling = ceilings(alloc, template, usage, self.settings.mem_reserve_bytes, fits)
-        cpu = np.maximum(ceiling[:, CPU], self.settings.cpu_floor_cores)
-        limit = lambda v: NO_LIMIT if np.isinf(v) else float(v)  # noqa: E731
+    def targets(self, alloc: Alloc) -> list[list[Setting]]:
+        """Per VM the four settings the alloc says to enforce (DESIGN §7): its shares as kernel
+        weights (``weights``) and its ceilings where its enforcement mode applies them; in
+        ``shares`` mode a disk ceiling is the fallback for devices that ignore weights.
+        Nothing is re-derived here."""
+        ceiling = alloc.ceiling
+        if alloc.enforcement == "shares":
+            ceiling = ceiling.copy()
+            ceiling[:, [CPU, DISK, NET]] = NO_LIMIT
+        return self._settings(ceiling, weights(alloc.shares), alloc.ceiling[:, DISK])
+
+    def failsafe_targets(self, last: Alloc) -> list[list[Setting]]:
+        """The safe state: shares by template; ceilings at template unless the last alloc's
+        enforcement was ``shares``; memory never below the VM's last use + reserve."""
+        ceiling = ceilings(last.template, last.template, last.usage, self.settings.mem_reserve_bytes)
+        fallback = ceiling[:, DISK].copy()
+        if last.enforcement == "shares":
+            ceiling[:, [CPU, DISK, NET]] = NO_LIMIT
+        shares = weights(template_shares(last.template, last.capacity))
+        return self._settings(ceiling, shares, fallback)
+
+    @staticmethod
+    def _settings(ceiling: np.ndarray, weight: np.ndarray, disk_fallback: np.ndarray) -> list[list[Setting]]:
+        rows = np.stack([ceiling, weight], axis=2).tolist()  # (n, 4, 2): one conversion, not n × 4
+        fallback = disk_fallback.tolist()
         return [
-            [
-                Setting(limit(cpu[i]), float(template[i, CPU])),
-                Setting(limit(ceiling[i, MEM]), 0.0),
-                Setting(limit(ceiling[i, DISK]), float(template[i, DISK])),
-                Setting(limit(ceiling[i, NET]), float(template[i, NET])),
-            ]
-            for i in range(alloc.shape[0])
+            [Setting(c, 0.0 if r == MEM else w, fallback[i] if r == DISK else NO_LIMIT) for r, (c, w) in enumerate(row)]
+            for i, row in enumerate(rows)
         ]
 
     def _moved(self, resource: int, old: Setting, new: Setting) -> bool:
@@ -175,8 +202,9 @@ class ActuatorCore:
         rel = self.settings.hysteresis_relative
         absolute = self.settings.hysteresis_absolute[resource]
         ceiling_moved = abs(new.ceiling - old.ceiling) > max(absolute, rel * abs(old.ceiling))
+        fallback_moved = abs(new.fallback - old.fallback) > max(absolute, rel * abs(old.fallback))
         shares_moved = abs(new.shares - old.shares) > rel * max(abs(old.shares), 1e-12)
-        return ceiling_moved or shares_moved
+        return ceiling_moved or fallback_moved or shares_moved
 
     def _above_guest_need(self, vm: str, current: Setting, wanted: Setting) -> Setting:
         """Never balloon below what the guest cannot give back + the reserve.
@@ -196,7 +224,7 @@ class ActuatorCore:
             self.guest_floor[vm] = (floor, now)
             if wanted.ceiling < floor:
                 self.counters.inc("mem_floor_raised")
-        return wanted if wanted.ceiling >= floor else Setting(floor, wanted.shares)
+        return wanted if wanted.ceiling >= floor else Setting(floor, wanted.shares, wanted.fallback)
 
     def _forget_restarted(self, limits: dict[str, DomainLimits]) -> None:
         """A VM started anew lost what we set (new process, new cgroup, new tap): read it again.
@@ -225,6 +253,7 @@ class ActuatorCore:
         self._forget_restarted(limits)
         before = np.full((len(vms), 4), NO_LIMIT)
         after = np.full((len(vms), 4), NO_LIMIT)
+        weight = np.zeros((len(vms), 4))
         changes: list[Change] = []
         for i, vm in enumerate(vms):
             if vm not in limits:
@@ -246,9 +275,11 @@ class ActuatorCore:
             for r in range(4):
                 before[i, r] = current[r].ceiling
                 after[i, r] = current[r].ceiling
+                weight[i, r] = current[r].shares
                 if r not in self.unenforceable.get(vm, ()) and self._moved(r, current[r], wanted[r]):
                     changes.append(Change(vm, r, wanted[r]))
                     after[i, r] = wanted[r].ceiling
+                    weight[i, r] = wanted[r].shares
         if self.originals_dirty:  # one atomic save for every VM seen for the first time
             self._save_originals()
             self.originals_dirty = False
@@ -274,7 +305,8 @@ class ActuatorCore:
                     self.unenforceable.setdefault(e.vm, set()).add(RESOURCES.index(e.resource))
                 row = vms.index(e.vm) if e.vm in vms else -1
                 if row >= 0 and e.resource in RESOURCES:
-                    after[row, RESOURCES.index(e.resource)] = before[row, RESOURCES.index(e.resource)]
+                    r = RESOURCES.index(e.resource)
+                    after[row, r], weight[row, r] = before[row, r], self.current[e.vm][r].shares
             errors.extend(failed)
             writes -= len(failed)
             self.counters.inc("write_errors", len(failed))
@@ -283,6 +315,7 @@ class ActuatorCore:
             vms=list(vms),
             set=np.maximum(after, NO_LIMIT),
             before=np.maximum(before, NO_LIMIT),
+            weight=np.maximum(weight, 0.0),
             errors=[{"vm": e.vm, "resource": e.resource, "error": e.error[:2000]} for e in errors],
             latency_s=max(self.clock() - started, 0.0),
             mode=mode,
@@ -293,18 +326,15 @@ class ActuatorCore:
     def on_period(self, ended_period: int) -> list[Outgoing]:
         """Count silent periods; past ``stale_periods`` move every VM to the safe state."""
         self.periods_without_alloc += 1
-        if (
-            self.mode == "failsafe"
-            or self.periods_without_alloc <= self.settings.stale_periods
-            or self.last_valid is None
-        ):
+        if self.periods_without_alloc <= self.settings.stale_periods or self.last_valid is None:
             return []
-        self.mode = "failsafe"
-        self.counters.inc("failsafe_entries")
-        log.warning("no valid alloc for %d periods: ceilings back to templates (fail-safe)", self.periods_without_alloc)
+        if self.mode != "failsafe":
+            self.mode = "failsafe"
+            self.counters.inc("failsafe_entries")
+            log.warning("no valid alloc for %d periods: the safe state (fail-safe)", self.periods_without_alloc)
+        # every period while it holds: a VM started anew meanwhile gets it too (hysteresis keeps it cheap)
         last = self.last_valid
-        safe = self.targets(last.template, last.template, last.usage)
-        applied = self._apply(last.vms, safe, self.clock(), "failsafe")
+        applied = self._apply(last.vms, self.failsafe_targets(last), self.clock(), "failsafe")
         return [Outgoing(KIND_APPLIED, ended_period + 1, applied)]
 
     def restore(self) -> Applied:
@@ -316,20 +346,23 @@ class ActuatorCore:
             changes = [Change(vm, r, self.originals[vm][r]) for vm in vms for r in range(4)]
             errors = self.backend.write(changes)
         restored = np.array([[s.ceiling for s in self.originals[vm]] for vm in vms]).reshape(len(vms), 4)
+        weight = np.array([[s.shares for s in self.originals[vm]] for vm in vms]).reshape(len(vms), 4)
+        in_force = np.array([[s.ceiling for s in self.current.get(vm, self.originals[vm])] for vm in vms])
         if not errors and not self.settings.dry_run and self.originals_path is not None:
             self.originals_path.unlink(missing_ok=True)
             self.originals = {}
         self.current = {}
         log.info("restored the original settings of %d VMs (%d errors)", len(vms), len(errors))
         return Applied(
-            vms,
-            np.maximum(restored, NO_LIMIT),
-            np.maximum(restored, NO_LIMIT),
-            [{"vm": e.vm, "resource": e.resource, "error": e.error[:2000]} for e in errors],
-            max(self.clock() - started, 0.0),
-            "restore",
-            self.backend.name,
-            len(vms) * 4 - len(errors),
+            vms=vms,
+            set=np.maximum(restored, NO_LIMIT),
+            before=np.maximum(in_force.reshape(len(vms), 4), NO_LIMIT),
+            weight=np.maximum(weight, 0.0),
+            errors=[{"vm": e.vm, "resource": e.resource, "error": e.error[:2000]} for e in errors],
+            latency_s=max(self.clock() - started, 0.0),
+            mode="restore",
+            backend=self.backend.name,
+            writes=len(vms) * 4 - len(errors),
         )
 
     def health(self) -> Health:

@@ -11,13 +11,18 @@ import logging
 import sys
 from pathlib import Path
 
-from ..runtime.config import Config
+from ..runtime.config import Config, use_schema
 from ..runtime.service import common_arguments, config_from_args, run_stage
 from ..runtime.support import Counters
+from ..schema import service_schema
+from ..simhost.settings import SimhostSettings
 from .backend import ActuatorBackend, BackendError
 from .core import ActuatorCore
+from .settings import ActuatorSettings
 
 log = logging.getLogger("rescoin.actuator")
+
+SCHEMA = service_schema(actuator=ActuatorSettings, simhost=SimhostSettings)  # the config sections this program reads
 
 
 def make_backend(cfg: Config) -> ActuatorBackend:
@@ -45,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = ["actuator.dry_run=true"] if args.dry_run else []
     if args.uri:
         extra.append(f"actuator.uri='{args.uri}'")
+    use_schema(SCHEMA)
     cfg = config_from_args(args, extra)
     counters = Counters(max_warnings=cfg.log.max_warnings_per_period)
     try:

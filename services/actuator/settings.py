@@ -13,7 +13,7 @@ def _four_non_negative(value: list[float]) -> str | None:
 
 @dataclass
 class ActuatorSettings:
-    """Enforces allocations: template as guarantee, allocation as ceiling (rescoin-actuator)."""
+    """Enforces what each alloc says: kernel weights and ceilings (rescoin-actuator)."""
 
     backend: str = setting(
         "libvirt",
@@ -34,10 +34,10 @@ class ActuatorSettings:
     )
     mem_reserve_bytes: float = setting(
         64 * 2**20,
-        "never balloon a VM below its use + this, nor below what its balloon driver says it cannot free + this",
+        "never balloon a VM below what its balloon driver says it cannot free + this (the scheduler's own floor "
+        "is [scheduler] mem_reserve_bytes); also the fail-safe's memory floor above last use",
         non_negative,
     )
-    cpu_floor_cores: float = setting(0.05, "no cpu ceiling below this", non_negative)
     cpu_period_us: int = setting(100_000, "CFS period for quotas, microseconds", between(1000, 1_000_000))
     net_shaping: str = setting(
         "auto",
@@ -55,9 +55,6 @@ class ActuatorSettings:
     )
     cgroup_block_device: str = setting(
         "", "cgroup backend: MAJ:MIN of the disk to throttle (blkio/io.max); empty = no disk control"
-    )
-    release_when_fit: bool = setting(
-        True, "no ceilings on a resource whose predicted demand fits the host (alloc mode 'fit')"
     )
     dry_run: bool = setting(False, "compute, log and publish what would be set; touch nothing")
     restore_on_stop: bool = setting(True, "on SIGTERM put back every setting as it was found")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import struct
 import threading
 import time
@@ -19,11 +18,22 @@ import time
 import zmq
 from rescoin.proto import KIND_HB, Heartbeat
 
-from ..runtime.config import Config
-from ..runtime.service import Publisher, common_arguments, config_from_args, current_period
+from ..runtime.config import Config, use_schema
+from ..runtime.service import (
+    MAX_FRAME_BYTES,
+    MAX_SUBSCRIPTION_BYTES,
+    PeriodPacer,
+    Publisher,
+    common_arguments,
+    config_from_args,
+)
 from ..runtime.support import StopFlag, load_curve_keypair
+from ..schema import service_schema
 
 log = logging.getLogger("rescoin.bus")
+
+SCHEMA = service_schema()  # the config sections this program reads
+
 
 STAT_NAMES = (
     "in_frames",
@@ -45,6 +55,10 @@ class Bus:
         self.cfg = cfg
         self.xsub = ctx.socket(zmq.XSUB)
         self.xpub = ctx.socket(zmq.XPUB)
+        # a publisher sending a larger frame, or a subscriber a larger subscription, is disconnected
+        # before it is buffered (the decoders refuse such frames anyway)
+        self.xsub.maxmsgsize = MAX_FRAME_BYTES
+        self.xpub.maxmsgsize = MAX_SUBSCRIPTION_BYTES
         for sock in (self.xsub, self.xpub):
             sock.linger = 0
             sock.rcvhwm = cfg.bus.hwm
@@ -90,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rescoin-bus", description=__doc__.split("\n")[0])
     common_arguments(parser)
     args = parser.parse_args(argv)
+    use_schema(SCHEMA)
     cfg = config_from_args(args)
     stop = StopFlag().install()
     ctx = zmq.Context()
@@ -101,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     bus.start()
     hb_sock = ctx.socket(zmq.PUB)
     hb_sock.linger = 500
+    hb_sock.maxmsgsize = MAX_SUBSCRIPTION_BYTES
     if cfg.bus.curve_client_key:
         from ..runtime.support import secure_client
 
@@ -114,12 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg.bus.sub_endpoint,
         cfg.host.name,
     )
+    pacer = PeriodPacer(period_s)  # monotonic pace: a wall clock stepping back stops no heartbeat
     try:
         while not stop.stopping:
-            now = time.time()
-            next_tick = (math.floor(now / period_s) + 1) * period_s
-            time.sleep(min(0.2, max(0.0, next_tick - now)))
-            if time.time() >= next_tick:
+            time.sleep(min(0.2, pacer.timeout_s()))
+            ended = pacer.due()
+            if ended is not None:
                 stats = bus.statistics()
                 counters = {
                     "received": stats["in_frames"] // 2,
@@ -136,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                     {"pub_endpoint": cfg.bus.pub_endpoint, "sub_endpoint": cfg.bus.sub_endpoint},
                     [],
                 )
-                publisher.send(KIND_HB, current_period(time.time(), period_s) - 1, hb)
+                publisher.send(KIND_HB, ended, hb)
         log.info("stopping on %s", stop.signal_name)
     finally:
         hb_sock.close(linger=200)

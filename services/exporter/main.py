@@ -8,9 +8,14 @@ import time
 from prometheus_client import start_http_server
 from prometheus_client.core import REGISTRY
 
+from ..runtime.config import use_schema
 from ..runtime.service import common_arguments, config_from_args, run_stage
 from ..runtime.support import Counters
+from ..schema import service_schema
 from .core import ExporterCore
+from .settings import ExporterSettings
+
+SCHEMA = service_schema(exporter=ExporterSettings)  # the config sections this program reads
 
 
 class _Collector:
@@ -26,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     common_arguments(parser)
     parser.add_argument("--port", type=int, help="HTTP port (exporter.listen_port)")
     args = parser.parse_args(argv)
+    use_schema(SCHEMA)
     cfg = config_from_args(args, [f"exporter.listen_port={args.port}"] if args.port else [])
     core = ExporterCore(cfg.exporter.down_after_misses)
     REGISTRY.register(_Collector(core))

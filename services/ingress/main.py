@@ -17,14 +17,20 @@ from pathlib import Path
 
 import zmq
 from rescoin.proto import KIND_HB, Heartbeat
+from rescoin.proto.envelope import MAX_GUEST_PAYLOAD_BYTES
 from zmq.auth.thread import ThreadAuthenticator
 
+from ..runtime.config import use_schema
 from ..runtime.service import Publisher, common_arguments, config_from_args, current_period
 from ..runtime.support import Counters, StopFlag, load_curve_keypair
+from ..schema import service_schema
 from .core import check_guest_frames
 from .keys import SERVER, trusted_guests
+from .settings import IngressSettings
 
 log = logging.getLogger("rescoin.ingress")
+
+SCHEMA = service_schema(ingress=IngressSettings)  # the config sections this program reads
 
 
 class GuestAuthenticator(ThreadAuthenticator):
@@ -44,9 +50,16 @@ class GuestAuthenticator(ThreadAuthenticator):
         return self.guests[zmq.utils.z85.encode(client_public_key)]
 
 
+def _curve_user_id(frames: list[zmq.Frame]) -> str | None:
+    """The VM the ZAP handler named for this message (its first frame's User-Id), if any."""
+    user_id = frames[0].get("User-Id") if frames else None
+    return user_id if isinstance(user_id, str) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rescoin-ingress", description=__doc__.split("\n")[0])
     common_arguments(parser)
+    use_schema(SCHEMA)
     cfg = config_from_args(parser.parse_args(argv))
     keys_dir = Path(cfg.ingress.keys_dir)
     try:
@@ -64,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     guest_sock.curve_server = True
     guest_sock.curve_publickey, guest_sock.curve_secretkey = server_public, server_secret
     guest_sock.rcvhwm = 1000
+    guest_sock.maxmsgsize = MAX_GUEST_PAYLOAD_BYTES  # a guest report is ~250 bytes: larger frames drop the peer
     guest_sock.subscribe(b"")
     if cfg.ingress.bind_endpoint:
         guest_sock.bind(cfg.ingress.bind_endpoint)
@@ -86,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             if guest_sock.poll(max(0, int((next_tick - time.time()) * 1000))):
                 frames = guest_sock.recv_multipart(copy=False)
                 counters.inc("received")
-                ok, cause, detail = check_guest_frames(
-                    [f.bytes for f in frames], frames[0].get("User-Id") if frames else None
-                )
+                ok, cause, detail = check_guest_frames([f.bytes for f in frames], _curve_user_id(frames))
                 if ok:
                     bus.send_multipart([f.bytes for f in frames])
                     counters.inc("forwarded")

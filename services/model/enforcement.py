@@ -1,9 +1,10 @@
 """The one model of how enforcement divides a host (DESIGN §7, §9).
 
-The template is a *guarantee* (shares proportional to it), the allocation a
-*ceiling* (``max(alloc, template)``, so a VM can always run up to its
-template whatever the prediction said). Given what the actuator set, this is
-what each VM achieves:
+Coins reach the kernel as *weights* (the scheduler's shares, DESIGN §6 step
+7: template plus a coin-weighted split of the unsold capacity) and, in the
+``ceilings`` and ``both`` modes, the allocation as a *ceiling*
+(``max(alloc, template)``, so a VM can always run up to its template whatever
+the prediction said). Given what the actuator set, this is what each VM achieves:
 
 * rate resources (cpu, disk, net): the capacity is water-filled over
   ``min(demand, ceiling)`` with the shares as weights — what CFS and htb do:
@@ -24,27 +25,61 @@ from .waterfill import waterfill
 MEM = 1
 
 
-def ceilings(
-    alloc: np.ndarray, template: np.ndarray, usage: np.ndarray, mem_reserve: float, fits: np.ndarray | None = None
-) -> np.ndarray:
-    """The ceilings the actuator enforces for an allocation, (n, 4), inf = none.
+ENFORCEMENT_MODES = ("shares", "ceilings", "both")
+RATE = [0, 2, 3]  # cpu, disk, net: divided by weights; memory is only ever capped
 
-    Never below the template (the guarantee); memory never below use + reserve
-    (ballooning a guest below its use kills it); and, for a resource whose
-    predicted demand fits the host (``fits[r]``, the alloc's mode "fit"), no
-    ceiling at all: there is no one to protect, and a low prediction must not
-    waste idle capacity.
+
+def ceilings(
+    alloc: np.ndarray,
+    template: np.ndarray,
+    usage: np.ndarray,
+    mem_reserve: float,
+    fits: np.ndarray | None = None,
+    cpu_floor: float = 0.0,
+) -> np.ndarray:
+    """The ceilings of an allocation, (n, 4), inf = none (``in_force`` says which the kernel gets).
+
+    Never below the template (the guarantee) nor, for cpu, ``cpu_floor``;
+    memory never below use + reserve (ballooning a guest below its use kills
+    it). A resource whose predicted demand fits the host (``fits[r]``, the
+    alloc's mode "fit") gets none: there is no one to protect, and a low
+    prediction must not waste idle capacity.
     """
     ceiling = np.maximum(alloc, template)
+    ceiling[:, 0] = np.maximum(ceiling[:, 0], cpu_floor)
     ceiling[:, MEM] = np.maximum(ceiling[:, MEM], usage[:, MEM] + mem_reserve)
     if fits is not None:
         ceiling[:, np.asarray(fits, dtype=bool).reshape(-1)] = np.inf
     return ceiling
 
 
-def shares(template: np.ndarray) -> np.ndarray:
-    """Weights the actuator sets: proportional to the template (the guarantee)."""
-    return np.asarray(template, dtype=float).copy()
+def in_force(ceiling: np.ndarray, mode: str) -> np.ndarray:
+    """The ceilings the kernel gets under an enforcement mode: all of them in ``ceilings`` and
+    ``both``; in ``shares`` only memory's (a balloon), rate resources are left to the weights."""
+    if mode != "shares":
+        return ceiling
+    out = np.array(ceiling, dtype=float)
+    out[:, RATE] = np.inf
+    return out
+
+
+def tiebreak_weights(template: np.ndarray) -> np.ndarray:
+    """Template as weights, with a tiny floor per resource so a VM with a zero template is served
+    last, not never (per column: a host's memory in bytes must not set the floor for its cores)."""
+    template = np.asarray(template, dtype=float)
+    scale = np.maximum(template.max(axis=0, initial=0.0), 1.0)
+    return np.maximum(template, 1e-9 * scale)
+
+
+def template_shares(template: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    """Weights ∝ template scaled so Σ share = C per resource: the kernel's plain proportional share. (n, 4).
+
+    A VM with a zero template gets a tiny weight (served last, not never).
+    """
+    template = np.asarray(template, dtype=float)
+    weights = tiebreak_weights(template)
+    total = weights.sum(axis=0)
+    return weights * (np.asarray(capacity, dtype=float) / np.where(total > 0, total, 1.0))
 
 
 def enforce(demand: np.ndarray, weights: np.ndarray, ceiling: np.ndarray, capacity: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Real VM traces (shared/traces) as demand in ResCoin's units.
+"""Real VM traces (shipped in ``data/traces/``) as demand in ResCoin's units.
 
 Bitbrains GWA-T-12 "Rnd" files: one VM each, ``;``+TAB separated, 11 columns,
 a sample every 300 s with jittered timestamps (in seconds, despite the header)
@@ -11,8 +11,12 @@ to ~112 %); it is kept, as real demand.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +43,21 @@ class Trace:
 
 
 def default_traces_dir() -> Path:
-    """$RESCOIN_TRACES, else the shared Bitbrains set next to the checkout (../shared/traces)."""
+    """$RESCOIN_TRACES, else the Bitbrains month shipped as package data (``data/traces/``, its README)."""
     env = os.environ.get(TRACES_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "traces" / BITBRAINS
+    return _packaged_traces_dir()
+
+
+@functools.cache
+def _packaged_traces_dir() -> Path:
+    packaged = resources.files(__package__ or "rescoin.services.model") / "data" / "traces" / BITBRAINS
+    if isinstance(packaged, Path):  # an ordinary install or a checkout: the files are on disk already
+        return packaged
+    extracted = ExitStack()  # a zipped install: copied out once, removed at exit
+    atexit.register(extracted.close)
+    return extracted.enter_context(resources.as_file(packaged))
 
 
 def _share(part: np.ndarray, other: np.ndarray) -> np.ndarray:

@@ -124,7 +124,7 @@ class LibvirtMonitorBackend:
         except (DomainXMLError, libvirt.libvirtError) as exc:
             log.warning("skipping domain %s: %s", dom.name(), exc)
             return None
-        if "cpu" in empty:
+        if "cpu" in empty or "cpu.time" not in st:
             cpu_ns = float(dom.info()[4])
         else:
             cpu_ns = _get(st, "cpu.time")
@@ -132,14 +132,14 @@ class LibvirtMonitorBackend:
             disk = sum(float(s[1] + s[3]) for s in (dom.blockStats(d) for d in facts.disks))
         else:
             disk = sum(
-                _get(st, f"block.{i}.rd.bytes", 0.0) + _get(st, f"block.{i}.wr.bytes", 0.0)
+                _get(st, f"block.{i}.rd.bytes") + _get(st, f"block.{i}.wr.bytes")
                 for i in range(int(st.get("block.count", 0)))
             )
         if "interface" in empty:
             net = sum(float(s[0] + s[4]) for s in (dom.interfaceStats(d) for d in facts.interfaces))
         else:
             net = sum(
-                _get(st, f"net.{i}.rx.bytes", 0.0) + _get(st, f"net.{i}.tx.bytes", 0.0)
+                _get(st, f"net.{i}.rx.bytes") + _get(st, f"net.{i}.tx.bytes")
                 for i in range(int(st.get("net.count", 0)))
             )
         balloon = {k.split(".", 1)[1]: v for k, v in st.items() if k.startswith("balloon.")}
@@ -174,9 +174,8 @@ class LibvirtMonitorBackend:
         self._drop()
 
 
-def _get(st: dict, key: str, default: float | None = None) -> float | None:
-    value = st.get(key, default)
-    return None if value is None else float(value)
+def _get(st: dict, key: str, default: float = 0.0) -> float:
+    return float(st.get(key, default))
 
 
 def _balloon_used(balloon: dict) -> float | None:

@@ -12,11 +12,16 @@ import time
 
 from rescoin.proto import KIND_GUEST_MEM, KIND_SAMPLE, Envelope, topic_prefix
 
-from ..runtime.config import Config
+from ..runtime.config import Config, use_schema
 from ..runtime.service import Health, Outgoing, common_arguments, config_from_args, run_stage
 from ..runtime.support import Counters
+from ..schema import service_schema
+from ..simhost.settings import SimhostSettings
 from .backend import BackendError, MonitorBackend
 from .core import MonitorCore, capacity_vector
+from .settings import MonitorSettings
+
+SCHEMA = service_schema(monitor=MonitorSettings, simhost=SimhostSettings)  # the config sections this program reads
 
 
 def make_backend(cfg: Config) -> MonitorBackend:
@@ -113,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="with --once: print JSON (the only format)")
     args = parser.parse_args(argv)
+    use_schema(SCHEMA)
     cfg = config_from_args(args, [f"monitor.uri='{args.uri}'", "monitor.backend='libvirt'"] if args.uri else [])
     counters = Counters(max_warnings=cfg.log.max_warnings_per_period)
     stage = MonitorStage(cfg, make_backend(cfg), counters)

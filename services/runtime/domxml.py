@@ -51,16 +51,31 @@ class DomainFacts:
     mem_max_bytes: float
     disks: list[str] = field(default_factory=list)  # target devs: vda, vdb
     interfaces: list[str] = field(default_factory=list)  # host-side target devs: vnet0
+    disk_sources: list[str] = field(default_factory=list)  # host paths behind `disks` ("" if none), same order
+    macs: list[str] = field(default_factory=list)  # guest MAC of each of `interfaces`, same order
     template: tuple[float | None, float | None, float | None, float | None] = (None, None, None, None)
 
 
 def _memory_bytes(elem: ET.Element | None) -> float:
-    if elem is None or not (elem.text or "").strip():
+    text = (elem.text or "").strip() if elem is not None else ""
+    if elem is None or not text:
         raise DomainXMLError("no <memory> element")
     unit = elem.get("unit", "KiB").lower()
     if unit not in _UNIT_BYTES:
         raise DomainXMLError(f"unknown memory unit {unit!r}")
-    return float(elem.text) * _UNIT_BYTES[unit]
+    return float(text) * _UNIT_BYTES[unit]
+
+
+def _devs(root: ET.Element, path: str) -> list[str]:
+    """The ``dev`` names of the <target> elements at ``path``, in order."""
+    return [dev for t in root.findall(path) if (dev := t.get("dev"))]
+
+
+def _disk_source(disk: ET.Element) -> str:
+    source = disk.find("source")
+    if source is None:
+        return ""
+    return source.get("file") or source.get("dev") or ""
 
 
 def parse_domain_xml(xml: str) -> DomainFacts:
@@ -70,7 +85,7 @@ def parse_domain_xml(xml: str) -> DomainFacts:
         raise DomainXMLError(f"not XML: {exc}") from exc
     vcpu = root.find("vcpu")
     try:
-        vcpus = int(vcpu.get("current", vcpu.text)) if vcpu is not None else 1
+        vcpus = int(vcpu.get("current", vcpu.text or "")) if vcpu is not None else 1
     except (TypeError, ValueError) as exc:
         raise DomainXMLError("bad <vcpu>") from exc
     template: list[float | None] = [None, None, None, None]
@@ -78,11 +93,12 @@ def parse_domain_xml(xml: str) -> DomainFacts:
     if meta is not None:
         for i, (tag, attr) in enumerate(TEMPLATE_FIELDS):
             elem = meta.find(f"{{{TEMPLATE_NS}}}{tag}")
-            if elem is not None and elem.get(attr) is not None:
+            raw = elem.get(attr) if elem is not None else None
+            if raw is not None:
                 try:
-                    value = float(elem.get(attr))
+                    value = float(raw)
                 except ValueError as exc:
-                    raise DomainXMLError(f"template {tag} {attr}={elem.get(attr)!r} is not a number") from exc
+                    raise DomainXMLError(f"template {tag} {attr}={raw!r} is not a number") from exc
                 if not math.isfinite(value) or value < 0:
                     raise DomainXMLError(f"template {tag} {attr} must be a finite number >= 0")
                 template[i] = value
@@ -91,7 +107,13 @@ def parse_domain_xml(xml: str) -> DomainFacts:
         name=(root.findtext("name") or "").strip(),
         vcpus=vcpus,
         mem_max_bytes=_memory_bytes(root.find("memory")),
-        disks=[t.get("dev") for t in root.findall("devices/disk[@device='disk']/target") if t.get("dev")],
-        interfaces=[t.get("dev") for t in root.findall("devices/interface/target") if t.get("dev")],
-        template=tuple(template),  # type: ignore[arg-type]
+        disks=_devs(root, "devices/disk[@device='disk']/target"),
+        interfaces=_devs(root, "devices/interface/target"),
+        disk_sources=[_disk_source(d) for d in root.findall("devices/disk[@device='disk']") if d.find("target") is not None],
+        macs=[
+            (i.find("mac").get("address", "") if i.find("mac") is not None else "").lower()
+            for i in root.findall("devices/interface")
+            if i.find("target") is not None
+        ],
+        template=(template[0], template[1], template[2], template[3]),
     )

@@ -9,6 +9,7 @@ by a list of recorded messages with no sockets at all.
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import math
 import os
@@ -19,13 +20,27 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import zmq
-from rescoin.proto import KIND_HB, Envelope, Heartbeat, ProtocolError
+from rescoin.proto import KIND_GUEST_MEM, KIND_HB, Envelope, Heartbeat, ProtocolError
+from rescoin.proto.envelope import MAX_PAYLOAD_BYTES
 from rescoin.proto.messages import decode, encode
 
 from .config import Config, ConfigError, load_config
 from .support import Counters, StopFlag, secure_client, setup_logging
 
 log = logging.getLogger("rescoin.runtime")
+
+# ZMQ_MAXMSGSIZE (per frame): a peer that sends a larger frame is disconnected
+# before the frame is buffered. Data: the decoder's own payload limit, which is
+# sized for proto's MAX_VMS. Subscription traffic (all a PUB or an XPUB ever
+# receives): a topic prefix is at most 256 bytes.
+MAX_FRAME_BYTES = MAX_PAYLOAD_BYTES
+MAX_SUBSCRIPTION_BYTES = 64 * 1024
+# The input filter's table is keyed by what senders choose (src, host, VM):
+# bounded, least recently used entries go first (counted as filter_evicted).
+MAX_STREAMS = 16_384
+# A message for a period further ahead of this host's own clock is rejected:
+# one forged far-future period would otherwise make every real one "stale".
+MAX_FUTURE_PERIODS = 2
 
 
 @dataclass
@@ -76,6 +91,63 @@ def current_period(now: float, period_s: float) -> int:
     return math.floor(now / period_s)
 
 
+class PeriodPacer:
+    """When a period ends: paced by the monotonic clock, numbered by the wall clock.
+
+    Every stage agrees on ``p = floor(unix_time / period_s)``, so the numbers
+    come from the wall clock; the waiting does not. A wall clock that steps
+    (NTP, an operator, a resumed VM) changes the numbers, never the pace: the
+    loop wakes at least once per ``period_s`` of monotonic time and a period
+    ends at least every two. After a step back the numbers go back too (the
+    input filter copes, see InputFilter).
+    """
+
+    def __init__(
+        self,
+        period_s: float,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.period_s = period_s
+        self.wall = wall
+        self.monotonic = monotonic
+        now = wall()
+        self.last_ended = current_period(now, period_s) - 1
+        self.deadline = monotonic() + self._until_boundary(now)
+        self.deferred = False
+
+    def _until_boundary(self, now: float) -> float:
+        """Wall seconds to the next period boundary, in (0, period_s]."""
+        left = (current_period(now, self.period_s) + 1) * self.period_s - now
+        return min(self.period_s, max(left, 1e-6))
+
+    def current(self) -> int:
+        """The period in progress, by the wall clock."""
+        return current_period(self.wall(), self.period_s)
+
+    def timeout_s(self) -> float:
+        """How long the loop may wait for messages: never more than one period."""
+        return min(self.period_s, max(0.0, self.deadline - self.monotonic()))
+
+    def due(self) -> int | None:
+        """The period that just ended, once per period; None if none ended yet."""
+        mono = self.monotonic()
+        if mono < self.deadline:
+            return None
+        now = self.wall()
+        ended = current_period(now, self.period_s) - 1
+        if ended == self.last_ended and not self.deferred:
+            # the wall clock has not crossed the boundary yet (slewed, or stepped back by less than a
+            # period): wait for it once, at most one more period, then tick whatever it says
+            self.deferred = True
+            self.deadline = mono + self._until_boundary(now)
+            return None
+        self.deferred = False
+        self.last_ended = ended
+        self.deadline = mono + self._until_boundary(now)
+        return ended
+
+
 class Publisher:
     """Stamps bodies into envelopes (host, src, epoch, seq, ts) and sends them."""
 
@@ -88,7 +160,8 @@ class Publisher:
         self.seq: dict[str, int] = {}  # per topic, so a subscriber to one topic sees no false gaps
 
     def envelope(self, kind: str, period: int, body: Any) -> Envelope:
-        env = Envelope(
+        """The next envelope for ``kind``; its seq is used up only once it is sent."""
+        return Envelope(
             kind=kind,
             host=self.host,
             src=self.src,
@@ -98,35 +171,74 @@ class Publisher:
             period=period,
             body=body,
         )
-        self.seq[kind] = env.seq + 1
-        return env
 
     def send(self, kind: str, period: int, body: Any) -> Envelope:
+        """Encode (validating: ProtocolError for anything a receiver would reject, nothing sent) and send."""
         env = self.envelope(kind, period, body)
         self.sock.send_multipart(encode(env), copy=False)
+        self.seq[kind] = env.seq + 1  # a refused message leaves no gap for subscribers to count
         return env
 
 
 class InputFilter:
-    """Drops messages for a period older than the last one handled, counts sequence gaps."""
+    """Drops messages for a period older than the last one handled, counts sequence gaps.
 
-    def __init__(self, counters: Counters) -> None:
+    One entry per stream (kind, topic key, src, host), in an LRU table of at
+    most ``max_entries``: senders choose those values, so a flood of made-up
+    ones evicts the oldest entries (counted as ``filter_evicted``) instead of
+    growing memory. A message about this host (``host``) for a period more
+    than ``max_future_periods`` ahead of ``own_period()`` is rejected
+    (``rejected.period``), so a forged far-future period cannot make every
+    real one stale; a stream whose last period is that far ahead (this host's
+    wall clock stepped back) starts over. Other hosts (their own period
+    lengths) and guest reports (numbered by the agent's own period) are only
+    ordered, not compared with this clock.
+    """
+
+    def __init__(
+        self,
+        counters: Counters,
+        own_period: Callable[[], int] | None = None,
+        host: str = "",
+        max_entries: int = MAX_STREAMS,
+        max_future_periods: int = MAX_FUTURE_PERIODS,
+    ) -> None:
         self.counters = counters
-        self.last_period: dict[tuple[str, str, str], int] = {}
-        self.last_seq: dict[tuple[str, str, str], tuple[int, int]] = {}
+        self.own_period = own_period
+        self.host = host
+        self.max_entries = max_entries
+        self.max_future_periods = max_future_periods
+        # (kind, topic key, src, host) -> [epoch, seq, period]; hb from two services never collide
+        self.streams: collections.OrderedDict[tuple[str, str, str, str], list[int]] = collections.OrderedDict()
 
     def accept(self, env: Envelope) -> bool:
-        stream = (env.src, env.host, env.kind)
-        prev = self.last_seq.get(stream)
-        if prev is not None and prev[0] == env.epoch and env.seq > prev[1] + 1:
-            self.counters.inc("gaps", env.seq - prev[1] - 1)
-        self.last_seq[stream] = (env.epoch, env.seq)
-        key = (env.kind, env.topic_key, env.src)  # per stream: hb from two services never collide
-        last = self.last_period.get(key)
-        if last is not None and env.period < last:
+        horizon = None
+        if self.own_period is not None and env.host == self.host and env.kind != KIND_GUEST_MEM:
+            horizon = self.own_period() + self.max_future_periods
+            if env.period > horizon:
+                self.counters.reject(
+                    "period",
+                    f"{env.kind} from {env.src:.40}: period {env.period} is more than {self.max_future_periods} "
+                    f"ahead of this host's {horizon - self.max_future_periods}",
+                )
+                return False
+        key = (env.kind, env.topic_key, env.src, env.host)
+        entry = self.streams.get(key)
+        if entry is None:
+            self.streams[key] = [env.epoch, env.seq, env.period]
+            if len(self.streams) > self.max_entries:
+                self.streams.popitem(last=False)
+                self.counters.inc("filter_evicted")
+            return True
+        self.streams.move_to_end(key)
+        epoch, seq, last = entry
+        if epoch == env.epoch and env.seq > seq + 1:
+            self.counters.inc("gaps", env.seq - seq - 1)
+        entry[0], entry[1] = env.epoch, env.seq
+        if env.period < last and (horizon is None or last <= horizon):
             self.counters.inc("dropped_stale")
             return False
-        self.last_period[key] = env.period
+        entry[2] = env.period
         return True
 
 
@@ -136,6 +248,8 @@ def bus_sockets(
     """A PUB connected to the bus's XSUB side and a SUB connected to its XPUB side."""
     pub = ctx.socket(zmq.PUB)
     sub = ctx.socket(zmq.SUB)
+    pub.maxmsgsize = MAX_SUBSCRIPTION_BYTES  # a PUB only ever receives subscriptions
+    sub.maxmsgsize = MAX_FRAME_BYTES
     for sock in (pub, sub):
         sock.linger = 1000
         sock.sndhwm = cfg.bus.hwm
@@ -154,7 +268,15 @@ def bus_sockets(
 
 
 class ServiceLoop:
-    """Runs one stage until SIGTERM: receive, decode, filter, dispatch, tick, heartbeat."""
+    """Runs one stage until SIGTERM: receive, decode, filter, dispatch, tick, heartbeat.
+
+    Nothing one message or one tick does stops it: any exception while handling
+    a message (decode, filter, the stage's ``on_message``), a tick
+    (``on_period``, ``health``) or a flush is counted as ``rejected.<where>``
+    (``rejected.handler.KeyError``), logged (rate-limited, with its traceback)
+    and survived; a message the codec refuses to send is counted as
+    ``send_failed.<kind>``.
+    """
 
     MAX_BATCH = 1000  # messages handled before the clock is checked again
 
@@ -165,47 +287,54 @@ class ServiceLoop:
         counters: Counters,
         clock: Callable[[], float] = time.time,
         extra_sub_endpoints: Sequence[str] = (),
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stage = stage
         self.extra_sub_endpoints = list(extra_sub_endpoints)
         self.cfg = cfg
         self.counters = counters
-        self.clock = clock
-        self.filter = InputFilter(counters)
+        self.clock = clock  # wall: numbers periods
+        self.monotonic = monotonic  # paces them
+        self.filter = InputFilter(
+            counters, own_period=lambda: current_period(self.clock(), cfg.host.period_s), host=cfg.host.name
+        )
         self.stop = StopFlag()
         self.logger = logging.getLogger(f"rescoin.{stage.name}")
+
+    def make_pacer(self) -> PeriodPacer:
+        return PeriodPacer(self.cfg.host.period_s, self.clock, self.monotonic)
 
     def run(self) -> int:
         self.stop.install()
         ctx = zmq.Context()
         pub, sub = bus_sockets(ctx, self.cfg, self.stage.subscriptions(), self.extra_sub_endpoints)
         self.publisher = Publisher(pub, self.cfg.host.name, self.stage.name)
-        period_s = self.cfg.host.period_s
-        next_tick = (current_period(self.clock(), period_s) + 1) * period_s
+        pacer = self.make_pacer()
         poller = zmq.Poller()
         poller.register(sub, zmq.POLLIN)
         self.logger.info(
             "started: host %s, period %.3f s, bus %s / %s (config: %s)",
             self.cfg.host.name,
-            period_s,
+            self.cfg.host.period_s,
             self.cfg.bus.pub_endpoint,
             self.cfg.bus.sub_endpoint,
             self.cfg.source,
         )
         try:
             while not self.stop.stopping:
-                timeout_ms = max(0.0, (next_tick - self.clock()) * 1000)
-                if poller.poll(timeout_ms):
+                if poller.poll(pacer.timeout_s() * 1000):  # at most one period: SIGTERM is seen within one
                     self._drain(sub)
-                now = self.clock()
-                if now >= next_tick:
-                    ended = current_period(now, period_s) - 1
-                    next_tick = (ended + 2) * period_s
-                    self._publish(self.stage.on_period(ended))
-                    self._heartbeat(ended)
+                ended = pacer.due()
+                if ended is not None:
+                    self._tick(ended)
             self.logger.info("stopping on %s", self.stop.signal_name or "request")
-            self._publish(self.stage.close())
-            self._heartbeat(current_period(self.clock(), period_s), state="stopping")
+            try:
+                last_words = self.stage.close()
+            except Exception as exc:
+                self._failed("close", exc)
+                last_words = []
+            self._publish(last_words)
+            self._heartbeat(pacer.current(), state="stopping")
         finally:
             pub.close(linger=1000)
             sub.close(linger=0)
@@ -219,9 +348,31 @@ class ServiceLoop:
             except zmq.Again:
                 break
             self.handle_frames(frames)
+        self._flush()
+
+    def _flush(self) -> None:
         flush = getattr(self.stage, "flush", None)
-        if flush is not None:  # slow persistence runs once the answers are out
+        if flush is None:
+            return
+        try:  # slow persistence runs once the answers are out
             flush()
+        except Exception as exc:
+            self._failed("flush", exc)
+
+    def _tick(self, ended: int) -> None:
+        """Period ``ended`` just ended: the stage's tick, then this period's heartbeat, whatever the tick did."""
+        try:
+            outgoing = self.stage.on_period(ended)
+        except Exception as exc:
+            self._failed("period", exc)
+            outgoing = []
+        self._publish(outgoing)
+        self._heartbeat(ended)
+
+    def _failed(self, where: str, exc: BaseException) -> None:
+        """An exception nobody foresaw: counted by where and type, logged rate-limited, survived."""
+        name = type(exc).__name__
+        self.counters.reject(f"{where}.{name}", f"{name}: {exc}", self.logger, exc_info=exc)
 
     def handle_frames(self, frames: list[bytes]) -> None:
         self.counters.inc("received")
@@ -230,22 +381,37 @@ class ServiceLoop:
         except ProtocolError as exc:
             self.counters.reject(exc.field.split(".")[0] or "frame", str(exc), self.logger)
             return
-        if not self.filter.accept(env):
+        except Exception as exc:  # decode raises only ProtocolError; belt and braces
+            self._failed("decode", exc)
             return
         try:
+            if not self.filter.accept(env):
+                return
             outgoing = self.stage.on_message(env)
         except ProtocolError as exc:  # the core found the message inconsistent (unknown VM...)
             self.counters.reject(exc.field.split(".")[0] or env.kind, str(exc), self.logger)
             return
+        except Exception as exc:
+            self._failed("handler", exc)
+            return
         self._publish(outgoing)
 
-    def _publish(self, outgoing: list[Outgoing]) -> None:
-        for out in outgoing:
-            self.publisher.send(out.kind, out.period, out.body)
+    def _publish(self, outgoing: Sequence[Outgoing] | None) -> None:
+        for out in outgoing or ():
+            kind = getattr(out, "kind", "?")
+            try:
+                self.publisher.send(out.kind, out.period, out.body)
+            except Exception as exc:  # the codec refused it (NaN...): counted, logged, not sent
+                self.counters.fail("send_failed", str(kind)[:40], f"{type(exc).__name__}: {exc}", self.logger)
+                continue
             self.counters.inc("sent")
 
     def _heartbeat(self, period: int, state: str | None = None) -> None:
-        health = self.stage.health()
+        try:
+            health = self.stage.health()
+        except Exception as exc:
+            self._failed("health", exc)
+            health = Health("degraded")
         hb = Heartbeat(
             service=self.stage.name,
             state=state or health.state,
@@ -254,7 +420,10 @@ class ServiceLoop:
             info={"pid": os.getpid(), **health.info},
             errors=list(self.counters.recent_errors),
         )
-        self.publisher.send(KIND_HB, period, hb)
+        try:
+            self.publisher.send(KIND_HB, period, hb)
+        except Exception as exc:
+            self.counters.fail("send_failed", KIND_HB, f"{type(exc).__name__}: {exc}", self.logger)
         self.counters.end_period(self.logger)
 
 

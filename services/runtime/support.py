@@ -60,14 +60,28 @@ class Counters:
     def inc(self, name: str, n: int = 1) -> None:
         self.values[name] += n
 
-    def reject(self, cause: str, detail: str, logger: logging.Logger = log) -> None:
-        self.values["rejected"] += 1
-        self.values[f"rejected.{cause}"] += 1
+    def reject(
+        self, cause: str, detail: str, logger: logging.Logger = log, exc_info: BaseException | None = None
+    ) -> None:
+        """Bad input: counted as ``rejected`` and ``rejected.<cause>``, kept, logged (rate-limited)."""
+        self.fail("rejected", cause, detail, logger, exc_info)
+
+    def fail(
+        self,
+        counter: str,
+        cause: str,
+        detail: str,
+        logger: logging.Logger = log,
+        exc_info: BaseException | None = None,
+    ) -> None:
+        """Something went wrong: counted as ``<counter>`` and ``<counter>.<cause>``, kept, logged (rate-limited)."""
+        self.values[counter] += 1
+        self.values[f"{counter}.{cause}"] += 1
         text = f"{time.strftime('%H:%M:%S')} {cause}: {detail}"[:1000]
         self.recent_errors.append(text)
         if self._warned_this_period < self.max_warnings:
             self._warned_this_period += 1
-            logger.warning("rejected %s: %s", cause, detail)
+            logger.warning("%s %s: %s", counter, cause, detail, exc_info=exc_info)
         else:
             self._suppressed += 1
 

@@ -4,9 +4,10 @@ Socket-free: ``on_sample``/``on_estimate`` take decoded envelopes and return
 the `alloc` to publish; ``on_period`` lets a sample whose estimate never came
 fall back to its last use. The runtime (main.py) owns sockets and the clock.
 
-Around the policy (DESIGN §6): demand of a VM held at its last ceiling is
-raised (``unthrottled_demand``: its use cannot show more); floors after it;
-"fit" only after ``fit_after_periods`` fitting periods in a row.
+The period's decision (policy, floors, fit hysteresis, shares and ceilings
+per the enforcement mode) is ``step.decide``, the same function
+`rescoin evaluate` runs; this class pairs messages, keeps the coin ledger and
+the state ``decide`` needs from one period to the next.
 """
 
 from __future__ import annotations
@@ -19,40 +20,14 @@ import numpy as np
 from rescoin.proto import KIND_ALLOC, KIND_ESTIMATE, KIND_SAMPLE, Envelope, topic_prefix
 from rescoin.proto.messages import Alloc, Estimate, Sample
 
-from ..model.enforcement import ceilings
 from ..runtime.service import Health, Outgoing
 from ..runtime.support import Counters
 from .ledger import CoinLedger, LedgerStateError
-from .policy import POLICIES, fit_after_streak, fits_host, unthrottled_demand
 from .settings import SchedulerSettings
+from .step import decide
 
 log = logging.getLogger("rescoin.scheduler")
-CPU, MEM = 0, 1
-
-
-def apply_floors(
-    alloc: np.ndarray, usage: np.ndarray, capacity: np.ndarray, cpu_floor: float, mem_reserve: float
-) -> tuple[np.ndarray, bool]:
-    """Raise allocations to the floors (cpu minimum; memory ≥ use + reserve), then fit Σ ≤ C
-    by shrinking only what lies above the floors. Returns (alloc, floors_exceed_capacity)."""
-    floor = np.zeros_like(alloc)
-    floor[:, CPU] = cpu_floor
-    floor[:, MEM] = usage[:, MEM] + mem_reserve
-    floor = np.minimum(floor, capacity)  # no single floor above the whole host
-    alloc = np.maximum(alloc, floor)
-    total, floor_total = alloc.sum(axis=0), floor.sum(axis=0)
-    over = total > capacity
-    if not over.any():
-        return alloc, False
-    room = np.maximum(capacity - floor_total, 0.0)
-    above = alloc - floor
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.where(over, np.minimum(room / np.where(above.sum(axis=0) > 0, above.sum(axis=0), 1.0), 1.0), 1.0)
-    alloc = floor + above * scale
-    too_much = floor_total > capacity  # floors alone do not fit: share the host by floor
-    if too_much.any():
-        alloc = np.where(too_much, floor * (capacity / np.where(floor_total > 0, floor_total, 1.0)), alloc)
-    return alloc, bool(too_much.any())
+NO_LIMIT = -1.0  # on the wire: no ceiling
 
 
 @dataclass
@@ -69,7 +44,6 @@ class SchedulerCore:
         self.host = host
         self.settings = settings
         self.counters = counters
-        self.policy = POLICIES[settings.policy]
         self.ledger_path = state_dir / settings.ledger_file if state_dir else None
         self.ledger = self._restore()
         self.pending: dict[int, _Pending] = {}  # period of the sample -> it
@@ -142,26 +116,37 @@ class SchedulerCore:
         demand, source = sample.usage, "last_use"
         if estimate is not None:
             demand, source = self._demand_from(sample, estimate), "estimate"
-        probe = self.settings.throttled_probe
-        demand = unthrottled_demand(demand, sample.usage, self._last_ceilings(sample.vms), probe)
         coins = self.ledger.balances(sample.vms)
-        alloc = self.policy(
-            demand, sample.template, sample.capacity, coins, share_leftover=self.settings.share_leftover
+        decision = decide(
+            demand,
+            sample.usage,
+            sample.template,
+            sample.capacity,
+            coins,
+            self._last_ceilings(sample.vms),
+            self.fit_streak,
+            self.settings,
         )
-        alloc, self.floors_over_capacity = apply_floors(
-            alloc, sample.usage, sample.capacity, self.settings.cpu_floor_cores, self.settings.mem_reserve_bytes
-        )
+        self.fit_streak = decision.fit_streak
+        self.floors_over_capacity = decision.floors_over_capacity
         if self.floors_over_capacity:
             self.counters.inc("floors_over_capacity")
-        fits = fits_host(demand, sample.capacity, self.settings.fit_headroom)
-        self.fit_streak, fit_now = fit_after_streak(self.fit_streak, fits, self.settings.fit_after_periods)
-        mode = ["fit" if f else "contended" for f in fit_now]
-        enforced = ceilings(alloc, sample.template, sample.usage, self.settings.mem_reserve_bytes, fit_now)
-        self.last_alloc_ceilings = (sample.vms, enforced)
+        self.last_alloc_ceilings = (sample.vms, decision.ceiling_in_force)
         self.last_source = source
         self.counters.inc(f"alloc.{source}")
         body = Alloc(
-            sample.vms, alloc, coins, sample.template, sample.usage, sample.capacity, mode, self.settings.policy, source
+            vms=sample.vms,
+            alloc=decision.alloc,
+            coins=coins,
+            template=sample.template,
+            usage=sample.usage,
+            capacity=sample.capacity,
+            shares=decision.shares,
+            ceiling=np.where(np.isinf(decision.ceiling), NO_LIMIT, decision.ceiling),
+            enforcement=decision.enforcement,
+            mode=["fit" if f else "contended" for f in decision.fit],
+            policy=self.settings.policy,
+            estimate_source=source,
         )
         return Outgoing(KIND_ALLOC, sample_env.period + 1, body)
 

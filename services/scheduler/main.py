@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..runtime.config import use_schema
 from ..runtime.service import common_arguments, config_from_args, run_stage
 from ..runtime.support import Counters
+from ..schema import service_schema
 from .core import SchedulerCore
+from .settings import SchedulerSettings
+
+SCHEMA = service_schema(scheduler=SchedulerSettings)  # the config sections this program reads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     common_arguments(parser)
     parser.add_argument("--policy", help="allocation policy (scheduler.policy)")
     args = parser.parse_args(argv)
+    use_schema(SCHEMA)
     cfg = config_from_args(args, [f"scheduler.policy='{args.policy}'"] if args.policy else [])
     counters = Counters(max_warnings=cfg.log.max_warnings_per_period)
     core = SchedulerCore(cfg.host.name, cfg.scheduler, counters, Path(cfg.host.state_dir))

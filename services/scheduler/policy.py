@@ -13,10 +13,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..model.enforcement import MEM
+from ..model.enforcement import MEM, template_shares, tiebreak_weights
 from ..model.waterfill import waterfill, waterfill_loop
 
 N_RESOURCES = 4
+FLOOR_PASSES = 8
 
 
 class PolicyInputError(ValueError):
@@ -87,15 +88,9 @@ def coin_weight(coins: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.maximum(coins, 0.0), axis=1)
 
 
-def _tiebreak_weights(template: np.ndarray) -> np.ndarray:
-    """Template as weights, with a tiny floor so a VM with a zero template is served last, not never."""
-    scale = max(float(template.max(initial=0.0)), 1.0)
-    return np.maximum(template, 1e-9 * scale)
-
-
 def _share_leftover(alloc: np.ndarray, template: np.ndarray, capacity: np.ndarray) -> np.ndarray:
     left = np.maximum(capacity - alloc.sum(axis=0), 0.0)
-    weights = _tiebreak_weights(template)
+    weights = tiebreak_weights(template)
     return alloc + left * weights / weights.sum(axis=0)
 
 
@@ -111,13 +106,98 @@ def rescoin(
     if oversold.any():  # the host sold more than it has: entitlements shrink by template
         base = np.where(oversold, waterfill(capacity, base, template), base)
     excess = np.maximum(capacity - base.sum(axis=0), 0.0)
-    burst = np.maximum(demand - template, 0.0)
-    weights = np.repeat(coin_weight(coins)[:, None], N_RESOURCES, axis=1)
-    extra = waterfill(excess, burst, weights)  # tier 1: coins buy priority
-    rest = np.maximum(excess - extra.sum(axis=0), 0.0)
-    extra += waterfill(rest, burst - extra, _tiebreak_weights(template))  # tier 2: never withheld
-    alloc = base + extra
+    alloc = base + burst_extra(excess, np.maximum(demand - template, 0.0), template, coins)
     return _share_leftover(alloc, template, capacity) if share_leftover else alloc
+
+
+def burst_extra(amount: np.ndarray, burst: np.ndarray, template: np.ndarray, coins: np.ndarray) -> np.ndarray:
+    """Hand ``amount`` (4,) out over the ``burst`` demands (n, 4): tier 1 by coin weight
+    (coins buy priority), tier 2 by template for what is left (never withheld). (n, 4)."""
+    weights = np.repeat(coin_weight(coins)[:, None], N_RESOURCES, axis=1)
+    extra = waterfill(amount, burst, weights)
+    rest = np.maximum(amount - extra.sum(axis=0), 0.0)
+    return extra + waterfill(rest, burst - extra, tiebreak_weights(template))
+
+
+def unsold_shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray) -> np.ndarray:
+    """DESIGN §6 step 7: share = template + a split of the unsold capacity E = C − Σ tc, (n, 4).
+
+    E goes to the VMs predicted to burst, tier 1 by coin weight and tier 2 by
+    template (as in ``rescoin``), any remainder by template, so Σ share = C and
+    under full contention each VM gets C·share/Σshare ≥ its template. An
+    oversold resource (Σ tc > C) gets shares ∝ template.
+    """
+    demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
+    unsold = np.maximum(capacity - template.sum(axis=0), 0.0)
+    extra = burst_extra(unsold, np.maximum(demand - template, 0.0), template, coins)
+    rest = np.maximum(unsold - extra.sum(axis=0), 0.0)
+    share = template + extra + template_shares(template, rest)
+    oversold = template.sum(axis=0) > capacity
+    return np.where(oversold, template_shares(template, capacity), share)
+
+
+def seed_shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray) -> np.ndarray:
+    """The seed's literal form (DESIGN §6 step 7, allowed variant): share = tc + wr·C_e, (n, 4).
+
+    wr = coin weight / Σ coin weight, C_e = C − Σ min(d, tc): the capacity the
+    entitlements leave, promised to savers *before* anyone bursts. Σ share can
+    then exceed C, so the template's guarantee leans on the prediction; the
+    risk is bounded: no VM's share falls below what keeps C·share/Σshare ≥ its
+    predicted entitlement min(d, tc) (``entitlement_floor``). No coins
+    anywhere: shares = template. An oversold resource gets shares ∝ template.
+    """
+    demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
+    weight = coin_weight(coins)
+    total = weight.sum()
+    ratio = weight / total if total > 0 else np.zeros_like(weight)
+    entitled = np.minimum(demand, template)
+    spare = np.maximum(capacity - entitled.sum(axis=0), 0.0)
+    share = entitlement_floor(template + ratio[:, None] * spare[None, :], entitled, capacity)
+    oversold = template.sum(axis=0) > capacity
+    return np.where(oversold, template_shares(template, capacity), share)
+
+
+def entitlement_floor(share: np.ndarray, entitled: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    """Raise shares so each VM's part of C under full contention, C·share/Σshare, is ≥ ``entitled``.
+
+    With T = Σ share, the floor is entitled·T/C, and raising a share raises T:
+    the fixed point T = Σ max(share, entitled·T/C) is found by iterating from
+    T = Σ share (T only grows and converges while Σ entitled < C; a few passes
+    suffice in practice — what is left is rounding).
+    """
+    total = share.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(capacity > 0, 1.0 / capacity, 0.0)
+    for _ in range(FLOOR_PASSES):
+        raised = np.maximum(share, entitled * (total * scale))
+        new_total = raised.sum(axis=0)
+        if np.allclose(new_total, total, rtol=1e-12, atol=0.0):
+            return raised
+        total = new_total
+    return raised
+
+
+def coin_shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray) -> np.ndarray:
+    """share = template + the unsold capacity E = C − Σ tc split by coin weight alone, (n, 4).
+
+    No burst caps: a weight a VM does not use costs nobody anything (the kernel
+    passes it on), so a saver holds its priority even when its burst was not
+    predicted. Σ share = C (no coins anywhere: E by template); oversold: ∝ template.
+    """
+    demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
+    weight = coin_weight(coins)
+    total = weight.sum()
+    unsold = np.maximum(capacity - template.sum(axis=0), 0.0)
+    extra = weight[:, None] / total * unsold[None, :] if total > 0 else template_shares(template, unsold)
+    oversold = template.sum(axis=0) > capacity
+    return np.where(oversold, template_shares(template, capacity), template + extra)
+
+
+SHARE_FORMULAS: dict[str, Callable[..., np.ndarray]] = {
+    "unsold": unsold_shares,
+    "coins": coin_shares,
+    "seed": seed_shares,
+}
 
 
 def rescoin_loop(
@@ -128,7 +208,6 @@ def rescoin_loop(
     n = demand.shape[0]
     alloc = np.zeros((n, N_RESOURCES))
     weight = [float(np.sqrt(sum(max(c, 0.0) ** 2 for c in coins[i]))) for i in range(n)]
-    scale = max(float(template.max(initial=0.0)), 1.0)
     for r in range(N_RESOURCES):
         col = lambda values: np.array(values, dtype=float).reshape(n, 1)  # noqa: E731
         base = [min(demand[i, r], template[i, r]) for i in range(n)]
@@ -138,6 +217,7 @@ def rescoin_loop(
         burst = [max(demand[i, r] - template[i, r], 0.0) for i in range(n)]
         tier1 = waterfill_loop(np.array([excess]), col(burst), col(weight))[:, 0]
         rest = max(excess - tier1.sum(), 0.0)
+        scale = max(float(template[:, r].max(initial=0.0)), 1.0)
         tie = col([max(template[i, r], 1e-9 * scale) for i in range(n)])
         tier2 = waterfill_loop(np.array([rest]), col([burst[i] - tier1[i] for i in range(n)]), tie)[:, 0]
         for i in range(n):
@@ -160,7 +240,7 @@ def shares(
 ) -> np.ndarray:
     """CFS-like: water-fill the capacity over the demands with the templates as weights."""
     demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
-    alloc = waterfill(capacity, demand, _tiebreak_weights(template))
+    alloc = waterfill(capacity, demand, tiebreak_weights(template))
     return _share_leftover(alloc, template, capacity) if share_leftover else alloc
 
 
@@ -183,7 +263,7 @@ def credits(
     base = static(demand, template, capacity, coins)
     burst = np.where(coins > 0, np.maximum(demand - template, 0.0), 0.0)
     excess = np.maximum(capacity - base.sum(axis=0), 0.0)
-    alloc = base + waterfill(excess, burst, _tiebreak_weights(template))
+    alloc = base + waterfill(excess, burst, tiebreak_weights(template))
     return _share_leftover(alloc, template, capacity) if share_leftover else alloc
 
 

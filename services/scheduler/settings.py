@@ -18,6 +18,25 @@ class SchedulerSettings:
     coin_window: int = setting(
         288, "k: periods of unused template that count as coins (the seed used 10)", between(1, 100_000)
     )
+    enforcement: str = setting(
+        "shares",
+        "how allocations reach the kernel: shares (coin-weighted kernel weights, no rate ceilings: "
+        "work-conserving), ceilings (weights by template + caps at max(alloc, template): burstable instances), "
+        "both (the coin-weighted weights + those caps)",
+        one_of("shares", "ceilings", "both"),
+    )
+    share_formula: str = setting(
+        "seed",
+        "shares = template + a split of: unsold (C - sum of templates, to predicted bursts by coins then "
+        "template; sum of shares = C), coins (the same by coin weight alone) or seed (the seed's "
+        "C - sum of min(estimate, template) by coin weight, each share kept high enough that its part of C "
+        "covers its predicted entitlement; sum of shares may exceed C). seed serves savers best on the "
+        "Bitbrains month at contention 0.25 and 0 (docs/EVALUATION.md)",
+        one_of("unsold", "coins", "seed"),
+    )
+    release_when_fit: bool = setting(
+        True, "no ceilings on a resource whose predicted demand fits the host (alloc mode 'fit')"
+    )
     share_leftover: bool = setting(
         True, "hand capacity nobody asked for out by template, so ceilings never idle a host"
     )

@@ -24,6 +24,7 @@ from rescoin.proto import RESOURCES
 from rescoin.proto.simhost import NO_CEILING, HostInfo, HostStats, Tunables, WriteResult
 
 from ..model.enforcement import enforce
+from ..model.scenario import size_host
 from ..model.traces import load_bitbrains
 from .settings import SimhostSettings
 
@@ -80,13 +81,9 @@ def build_workload(settings: SimhostSettings) -> Workload:
     provisioned = np.stack([t.provisioned for t in traces])  # (n, 4)
     demand = np.stack([t.demand for t in traces], axis=1)  # (T, n, 4)
     demand = np.minimum(demand, provisioned[None, :, :])
-    template = provisioned * np.asarray(settings.template_fraction)[None, :]
+    template, capacity = size_host(provisioned, demand, settings.template_fraction, settings.contention)
     if settings.capacity:
         capacity = np.asarray(settings.capacity, dtype=float)
-    else:
-        low = template.sum(axis=0)
-        peak = demand.sum(axis=1).max(axis=0)
-        capacity = low + np.asarray(settings.contention) * np.maximum(peak - low, 0.0)
     return Workload(
         names=[f"bb-{t.vm_id}" for t in traces],
         traces=[Path(t.path).name for t in traces],

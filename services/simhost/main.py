@@ -28,11 +28,17 @@ from rescoin.proto.simhost import (
     encode_result,
 )
 
+from ..runtime.config import use_schema
 from ..runtime.service import Publisher, bus_sockets, common_arguments, config_from_args
 from ..runtime.support import Counters, StopFlag, atomic_write
+from ..schema import service_schema
 from .core import SimHost, build_workload
+from .settings import SimhostSettings
 
 log = logging.getLogger("rescoin.simhost")
+
+SCHEMA = service_schema(simhost=SimhostSettings)  # the config sections this program reads
+
 STATE_FILE = "simhost.json"
 
 
@@ -138,6 +144,7 @@ def _bind(sock: zmq.Socket, endpoint: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rescoin-simhost", description=__doc__.split("\n")[0])
     common_arguments(parser)
+    use_schema(SCHEMA)
     cfg = config_from_args(parser.parse_args(argv))
     settings = cfg.simhost
     try:

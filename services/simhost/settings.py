@@ -33,7 +33,7 @@ class SimhostSettings:
         _endpoint,
     )
     traces_dir: str = setting(
-        "", "directory of Bitbrains .csv.gz traces; empty = the shared traces next to the checkout"
+        "", "directory of Bitbrains .csv.gz traces; empty = $RESCOIN_TRACES, else the month shipped in the package"
     )
     traces: list[str] = setting([], "trace files (VM ids, e.g. '7') to replay, one VM each; empty = the first n_vms")
     n_vms: int = setting(

@@ -8,6 +8,7 @@ import json
 import sys
 
 from ..runtime.config import ConfigError, example_toml, load_config
+from ..schema import full_schema
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,10 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "example":
-        sys.stdout.write(example_toml())
+        sys.stdout.write(example_toml(full_schema()))
         return 0
     try:
-        cfg = load_config(args.file, args.set)
+        cfg = load_config(args.file, args.set, full_schema())
     except ConfigError as exc:
         print(f"rescoin: bad configuration: {exc}", file=sys.stderr)
         return 2

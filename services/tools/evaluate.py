@@ -8,15 +8,16 @@ sim host runs). Per period t of the trace:
 1. each VM *demands* its trace row d_t (cpu cores, memory bytes, disk and net bytes/s);
 2. the predictor, fed the use the VMs *achieved* so far (what a monitor
    measures), estimates the demand; the policy allocates from it and the coins;
-3. enforcement: ceilings max(alloc, template) and shares by template (the
-   ``shares`` baseline is pure CFS: no ceilings); memory gets min(d, balloon
-   target); achieved use follows;
+3. the period's decision is the scheduler's own ``step.decide`` (throttled
+   probe, policy, floors, fit hysteresis, shares and ceilings per enforcement
+   mode), with the scheduler's own settings; the enforcement model divides
+   the host by those weights up to those ceilings (memory: min(d, balloon
+   target)); achieved use follows;
 4. coins are credited from template − achieved use.
 
-Templates are a fraction of each VM's provisioned size (burstable-instance
-style; disk and net "size" = the VM's peak) and the host capacity lies
-``--contention`` of the way from Σ templates to the peak of Σ demand, so the
-host is contended but never oversold by default.
+The host is sized by services/model/scenario.py (as the sim host is):
+templates a fraction of each VM's provisioned size, capacity ``--contention``
+of the way from Σ templates to the peak of Σ demand.
 """
 
 from __future__ import annotations
@@ -25,92 +26,57 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..model.enforcement import ceilings, enforce
+from ..model.scenario import Scenario, build_scenario
 from ..model.traces import default_traces_dir, load_bitbrains
 from ..predictor.models import DEFAULT_PARAMS, PREDICTORS, make_predictor
-from ..scheduler.core import apply_floors
 from ..scheduler.ledger import CoinLedger
-from ..scheduler.policy import POLICIES, fit_after_streak, fits_host, unthrottled_demand
+from ..model.enforcement import ENFORCEMENT_MODES, enforce
+from ..scheduler.policy import POLICIES, SHARE_FORMULAS
+from ..scheduler.settings import SchedulerSettings
+from ..scheduler.step import decide
 
 RES = ("cpu", "mem", "disk", "net")
 EPS = 1e-9
 
 
 @dataclass
-class Scenario:
-    demand: np.ndarray  # (T, n, 4)
-    template: np.ndarray  # (n, 4)
-    capacity: np.ndarray  # (4,)
-    names: list[str]
-
-
-@dataclass
 class Options:
+    """What a run simulates: the scheduler's own settings, plus the predictors it feeds it."""
+
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     predictors: list[str] = field(default_factory=lambda: ["ewma_dev"] * 4)
-    coin_window: int = 288
     beta: float = 1.0
-    share_leftover: bool = True
-    mem_reserve_bytes: float = 64 * 2**20
-    cpu_floor_cores: float = 0.05
-    release_when_fit: bool = True
-    fit_headroom: float = 0.1
-    fit_after_periods: int = 5
-    throttled_probe: float = 0.25
-
-
-def build_scenario(
-    trace_dir: str | None, n_vms: int | None, periods: int | None, template_fraction: float, contention: float
-) -> Scenario:
-    traces = load_bitbrains(trace_dir, None, n_vms)
-    demand = np.stack([t.demand for t in traces], axis=1)
-    if periods:
-        demand = demand[:periods]
-    provisioned = np.stack([t.provisioned for t in traces])
-    demand = np.minimum(demand, provisioned[None])
-    template = provisioned * template_fraction
-    low, peak = template.sum(axis=0), demand.sum(axis=1).max(axis=0)
-    capacity = low + contention * np.maximum(peak - low, 0.0)
-    return Scenario(demand, template, capacity, [t.vm_id for t in traces])
 
 
 def simulate(sc: Scenario, policy: str, opts: Options) -> dict[str, np.ndarray]:
     """Run one policy over the scenario; returns per-period arrays (T, n, 4)."""
     T, n, _ = sc.demand.shape
+    settings = replace(opts.scheduler, policy=policy)
     models = [make_predictor(name, _params(name, r, opts)) for r, name in enumerate(opts.predictors)]
-    ledger = CoinLedger(opts.coin_window)
+    ledger = CoinLedger(settings.coin_window)
     vms = [str(i) for i in range(n)]
-    allocate = POLICIES[policy]
     achieved_all = np.zeros_like(sc.demand)
     alloc_all = np.zeros_like(sc.demand)
     coins_all = np.zeros_like(sc.demand)
+    shares_all = np.zeros_like(sc.demand)
     last_use = np.minimum(sc.demand[0], sc.template)
     estimate = last_use.copy()
-    fit_streak = np.full(4, opts.fit_after_periods)
+    fit_streak = np.full(4, settings.fit_after_periods)
     ceiling = np.full((n, 4), np.inf)
     for t in range(T):
         coins = ledger.balances(vms)
-        estimate = unthrottled_demand(estimate, last_use, ceiling, opts.throttled_probe)
-        alloc = allocate(estimate, sc.template, sc.capacity, coins, share_leftover=opts.share_leftover)
-        alloc, _ = apply_floors(alloc, last_use, sc.capacity, opts.cpu_floor_cores, opts.mem_reserve_bytes)
-        fit_streak, fits = fit_after_streak(
-            fit_streak, fits_host(estimate, sc.capacity, opts.fit_headroom), opts.fit_after_periods
-        )
-        if policy == "shares":
-            ceiling = np.full((n, 4), np.inf)  # pure CFS: weights, no caps
-        else:
-            ceiling = ceilings(
-                alloc, sc.template, last_use, opts.mem_reserve_bytes, fits if opts.release_when_fit else None
-            )
-        achieved = enforce(sc.demand[t], sc.template, ceiling, sc.capacity)
+        step = decide(estimate, last_use, sc.template, sc.capacity, coins, ceiling, fit_streak, settings)
+        fit_streak, ceiling = step.fit_streak, step.ceiling_in_force
+        achieved = enforce(sc.demand[t], step.shares, ceiling, sc.capacity)
         ledger.credit(t, vms, sc.template, achieved, sc.capacity)
         estimate = np.column_stack([m.update(achieved[:, r]) for r, m in enumerate(models)])
         last_use = achieved
-        achieved_all[t], alloc_all[t], coins_all[t] = achieved, alloc, coins
-    return {"achieved": achieved_all, "alloc": alloc_all, "coins": coins_all}
+        achieved_all[t], alloc_all[t], coins_all[t], shares_all[t] = achieved, step.alloc, coins, step.shares
+    return {"achieved": achieved_all, "alloc": alloc_all, "coins": coins_all, "shares": shares_all}
 
 
 def _params(name: str, resource: int, opts: Options) -> dict[str, float]:
@@ -175,16 +141,31 @@ def predictor_accuracy(sc: Scenario, opts: Options) -> dict[str, dict[str, dict[
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = SchedulerSettings()
     parser.add_argument("--trace", help=f"folder of Bitbrains-format .csv.gz files (default: {default_traces_dir()})")
     parser.add_argument("--vms", type=int, help="use the first N VMs (default: all)")
     parser.add_argument("--periods", type=int, help="use the first N 5-minute periods (default: all)")
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    parser.add_argument(
+        "--enforcement",
+        nargs="+",
+        default=[defaults.enforcement],
+        choices=ENFORCEMENT_MODES,
+        help="ResCoin's enforcement mode(s); each is a row (the baselines have their own mechanism)",
+    )
+    parser.add_argument(
+        "--share-formula",
+        nargs="+",
+        default=[defaults.share_formula],
+        choices=list(SHARE_FORMULAS),
+        help="ResCoin's shares formula(s); each is a row",
+    )
     parser.add_argument("--predictors", action="store_true", help="also report every predictor's accuracy")
     parser.add_argument(
         "--template-fraction", type=float, default=0.3, help="template = this fraction of the provisioned size"
     )
     parser.add_argument("--contention", type=float, default=0.25, help="capacity: 0 = Σ templates, 1 = peak Σ demand")
-    parser.add_argument("--coin-window", type=int, default=288, help="k, periods of coins")
+    parser.add_argument("--coin-window", type=int, default=defaults.coin_window, help="k, periods of coins")
     parser.add_argument("--beta", type=float, default=1.0, help="ewma_dev headroom in deviations")
     parser.add_argument("--no-leftover", action="store_true", help="do not hand unrequested capacity out by template")
     parser.add_argument(
@@ -194,16 +175,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="DIR", help="write PNG plots to DIR (matplotlib)")
 
 
+def variants(args: argparse.Namespace, base: SchedulerSettings) -> dict[str, tuple[str, SchedulerSettings]]:
+    """Report row -> (policy, settings): ResCoin once per enforcement mode × shares formula asked for,
+    named plainly for the defaults and ``rescoin[mode,formula]`` otherwise; each baseline once."""
+    rows: dict[str, tuple[str, SchedulerSettings]] = {}
+    for policy in args.policies:
+        if policy != "rescoin":
+            rows[policy] = (policy, base)
+            continue
+        for mode in args.enforcement:
+            for formula in args.share_formula if mode != "ceilings" else [base.share_formula]:
+                plain = mode == base.enforcement and formula == base.share_formula
+                label = "rescoin" if plain else f"rescoin[{mode}{'' if mode == 'ceilings' else ',' + formula}]"
+                rows[label] = (policy, replace(base, enforcement=mode, share_formula=formula))
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    sc = build_scenario(args.trace, args.vms, args.periods, args.template_fraction, args.contention)
-    opts = Options(
+    traces = load_bitbrains(args.trace, None, args.vms)
+    sc = build_scenario(traces, args.periods, args.template_fraction, args.contention)
+    base = replace(
+        SchedulerSettings(),
         coin_window=args.coin_window,
-        beta=args.beta,
         share_leftover=not args.no_leftover,
         release_when_fit=not args.keep_ceilings,
     )
-    runs = {p: simulate(sc, p, opts) for p in args.policies}
+    rows = variants(args, base)
+    progress = sys.stderr.isatty() and not args.json
+    runs = {}
+    for label, (policy, settings) in rows.items():
+        if progress:
+            print(f"  simulating {label} ...", file=sys.stderr, end="\r", flush=True)
+        runs[label] = simulate(sc, policy, Options(scheduler=settings, beta=args.beta))
     report: dict[str, object] = {
         "scenario": {
             "vms": sc.demand.shape[1],
@@ -214,11 +218,13 @@ def run(args: argparse.Namespace) -> int:
             "contention": args.contention,
             "coin_window": args.coin_window,
             "beta": args.beta,
+            "enforcement": base.enforcement,
+            "share_formula": base.share_formula,
         },
-        "policies": {p: metrics(sc, r) for p, r in runs.items()},
+        "policies": {label: metrics(sc, r) for label, r in runs.items()},
     }
     if args.predictors:
-        report["predictors"] = predictor_accuracy(sc, opts)
+        report["predictors"] = predictor_accuracy(sc, Options(scheduler=base, beta=args.beta))
     report["wall_s"] = round(time.monotonic() - started, 2)
     if args.plot:
         from .evaluate_plots import write_plots
@@ -246,9 +252,11 @@ def print_table(report: dict) -> None:
         "hog_burst_service",
         "unmet_p95",
     )
-    print(f"{'policy':<9}" + "".join(f"{c[:18]:>20}" for c in cols))
+    width = max(9, *(len(name) + 1 for name in report["policies"]))
+    print(f"{'policy':<{width}}" + "".join(f"{c[:18]:>20}" for c in cols))
     for name, m in report["policies"].items():
-        print(f"{name:<9}" + "".join(f"{m[c]:>20.4f}" if isinstance(m[c], float) else f"{m[c]:>20}" for c in cols))
+        cells = (f"{m[c]:>20.4f}" if isinstance(m[c], float) else f"{m[c]:>20}" for c in cols)
+        print(f"{name:<{width}}" + "".join(cells))
     for name, per_res in report.get("predictors", {}).items():
         print(
             f"{name:<9}"

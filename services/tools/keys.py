@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
         guests = trusted_guests(keys_dir)
         server = keys_dir / f"{SERVER}.key"
         print(f"server key: {server if server.exists() else 'none (run rescoin keys init)'}")
-        for public, vm in sorted(guests.items(), key=lambda kv: kv[1]):
-            print(f"{vm}  {public.decode()}")
+        for public_z85, guest in sorted(guests.items(), key=lambda kv: kv[1]):
+            print(f"{guest}  {public_z85.decode()}")
         return 0
     vm = (args.vm or "").lower()
     if not UUID_RE.match(vm):
@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         secret = add_guest(keys_dir, vm)
         print(f"{vm}: copy {secret} and {keys_dir / (SERVER + '.key')} into the guest (see guest_agent/README.md)")
         return 0
-    removed = [p for p in guests_dir(keys_dir).glob(f"{vm}.key*") if p.unlink() is None]
+    removed = sorted(guests_dir(keys_dir).glob(f"{vm}.key*"))
+    for path in removed:
+        path.unlink()
     print(f"{vm}: removed {len(removed)} files; restart rescoin-ingress to drop it")
     return 0 if removed else 1

@@ -26,6 +26,7 @@ from rescoin.proto.messages import decode
 from rescoin.services.runtime.simclient import SimhostClient
 
 from tests.support.bus import wait_for
+from tests.support.need import missing
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,7 +198,7 @@ def _missing_reason() -> str | None:
 def start_pipeline(tmp: Path) -> Pipeline:
     reason = _missing_reason()
     if reason:
-        pytest.skip(reason)
+        missing(reason)
     state = tmp / "state"
     (state / "logs").mkdir(parents=True)
     sim_endpoint = f"tcp://127.0.0.1:{free_port()}"

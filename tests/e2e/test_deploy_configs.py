@@ -12,6 +12,8 @@ from supervisor.options import ServerOptions
 
 from tests.e2e.conftest import DEPLOY
 
+pytestmark = pytest.mark.e2e
+
 PIPELINE = {"bus", "monitor", "predictor", "scheduler", "actuator", "exporter"}
 
 

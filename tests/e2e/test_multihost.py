@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.bus import wait_for
+from tests.support.need import missing
+
+pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("bus", "simhost", "monitor", "predictor", "scheduler", "actuator")
@@ -47,7 +50,7 @@ backend = "sim"
 @pytest.fixture
 def three_hosts(tmp_path):
     if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 to create network namespaces")
+        missing("needs root and iproute2 to create network namespaces")
     tag = uuid.uuid4().hex[:4]
     namespaces, procs = [], []
     try:

@@ -20,6 +20,8 @@ from rescoin.services.scheduler.core import SchedulerCore
 
 from tests.e2e.capture import load_stream
 
+pytestmark = pytest.mark.e2e
+
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "simhost_stream"  # .rec + .toml
 
 

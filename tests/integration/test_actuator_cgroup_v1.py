@@ -13,6 +13,10 @@ from rescoin.services.actuator.backend import NO_LIMIT, Change, Setting
 from rescoin.services.actuator.backend_cgroup import CgroupBackend, group_uuid
 from rescoin.services.runtime.config import load_config
 
+from tests.support.need import missing
+
+pytestmark = pytest.mark.root
+
 ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("cpu", "memory", "blkio")
 
@@ -20,7 +24,7 @@ CONTROLLERS = ("cpu", "memory", "blkio")
 @pytest.fixture
 def v1_group():
     if os.geteuid() != 0:
-        pytest.skip("needs root to create cgroups")
+        missing("needs root to create cgroups")
     if not all((ROOT / c / "cgroup.procs").exists() for c in CONTROLLERS):
         pytest.skip("cgroup v1 cpu, memory and blkio are not all mounted here")
     rel = f"rescoin-test-{os.getpid()}"

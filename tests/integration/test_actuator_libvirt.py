@@ -7,13 +7,13 @@ from pathlib import Path
 import libvirt
 import numpy as np
 import pytest
-from rescoin.proto import Envelope
-from rescoin.proto.messages import Alloc
 from rescoin.services.actuator.backend import NO_LIMIT, Change, Setting
 from rescoin.services.actuator.backend_libvirt import LibvirtActuatorBackend
 from rescoin.services.actuator.core import ActuatorCore
 from rescoin.services.runtime.config import load_config
 from rescoin.services.runtime.support import Counters
+
+from tests.support.messages import alloc_envelope, make_alloc
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "libvirt" / "host4.xml"
 VM1 = "11111111-1111-1111-1111-111111111111"
@@ -81,10 +81,8 @@ def test_a_domain_started_anew_gets_its_settings_again(backend, tmp_path):
     capacity = np.array([8.0, 16 * 2**30, 1e9, 1e9])
 
     def apply(period):
-        body = Alloc(
-            vms, alloc, np.zeros((n, 4)), template, template * 0.1, capacity, ["contended"] * 4, "x", "estimate"
-        )
-        return core.on_alloc(Envelope("alloc", "h1", "scheduler", 1, period, 0, period, body))
+        body = make_alloc(vms, alloc, template, template * 0.1, capacity)
+        return core.on_alloc(alloc_envelope(period, body))
 
     apply(1)
     dom = backend.conn.lookupByUUIDString(VM1)

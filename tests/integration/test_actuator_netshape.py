@@ -2,42 +2,77 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
-from rescoin.services.actuator.netshape import NetShaper
+from rescoin.services.actuator.netshape import DOWN_IFB, UP_IFB, NetShaper, SharedLinkShaper
+
+from tests.support.need import missing
+
+pytestmark = pytest.mark.root
 
 A_ADDR, B_ADDR = "10.250.0.1", "10.250.0.2"
-RECEIVER = """
+TIMED_RECEIVER = """
 import socket, sys, time
+start, stop = float(sys.argv[2]), float(sys.argv[3])
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], 5901)); s.listen(1); print("ready", flush=True)
-c, _ = s.accept(); total = 0; start = None
-while True:
-    b = c.recv(65536)
+s.bind((sys.argv[1], 5902)); s.listen(1); print("ready", flush=True)
+c, _ = s.accept(); c.settimeout(1.0); total = 0
+while time.time() < stop:
+    try:
+        b = c.recv(65536)
+    except socket.timeout:
+        continue
     if not b: break
-    if start is None: start = time.monotonic()
-    total += len(b)
-    if time.monotonic() - start > 4: break
-print(total / (time.monotonic() - start), flush=True)
+    if time.time() >= start: total += len(b)
+print(total / (stop - start), flush=True)
 """
-SENDER = """
+TIMED_SENDER = """
 import socket, sys, time
-c = socket.create_connection((sys.argv[1], 5901)); end = time.monotonic() + 5; chunk = b"x" * 65536
+at, end = float(sys.argv[2]), float(sys.argv[3])
+time.sleep(max(at - time.time(), 0))
+c = socket.create_connection((sys.argv[1], 5902)); chunk = b"x" * 65536
 try:
-    while time.monotonic() < end: c.sendall(chunk)
+    while time.time() < end: c.sendall(chunk)
 except OSError: pass
 """
+
+
+def timed_rates(*flows: tuple[str, str, str], secs: float = 6.0, settle: float = 2.0) -> list[float]:
+    """(sender ns, receiver ns, receiver address) flows sending at once for ``secs``; bytes/s each received
+    in a window common to all, after ``settle`` seconds (TCP slow start, htb's initial burst)."""
+    t0 = time.time() + 1.0
+    start, stop = t0 + settle, t0 + secs - 0.5
+    receivers = []
+    for _, dst, address in flows:
+        cmd = [sys.executable, "-c", TIMED_RECEIVER, address, str(start), str(stop)]
+        receivers.append(subprocess.Popen(["ip", "netns", "exec", dst, *cmd], stdout=subprocess.PIPE, text=True))
+        assert receivers[-1].stdout.readline().strip() == "ready"
+    senders = [
+        subprocess.Popen(
+            ["ip", "netns", "exec", src, sys.executable, "-c", TIMED_SENDER, address, str(t0), str(t0 + secs)]
+        )
+        for src, _, address in flows
+    ]
+    try:
+        return [float(r.stdout.readline()) for r in receivers]
+    finally:
+        for proc in receivers + senders:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture
 def veth_pair():
     if os.geteuid() != 0 or shutil.which("tc") is None:
-        pytest.skip("needs root and iproute2's tc")
+        missing("needs root and iproute2's tc")
     tag = uuid.uuid4().hex[:6]
     a, b = f"rcA{tag}", f"rcB{tag}"
     subprocess.run(["ip", "netns", "add", a], check=True)
@@ -58,30 +93,6 @@ def veth_pair():
         subprocess.run(["ip", "netns", "del", b])
 
 
-def start_receiver(ns: str, address: str) -> subprocess.Popen:
-    receiver = subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", RECEIVER, address], stdout=subprocess.PIPE, text=True
-    )
-    assert receiver.stdout.readline().strip() == "ready"
-    return receiver
-
-
-def start_sender(ns: str, address: str) -> subprocess.Popen:
-    return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SENDER, address])
-
-
-def transfer_rates(*flows: tuple[str, str, str]) -> list[float]:
-    """Run (sender ns, receiver ns, receiver address) flows at the same time; bytes/s each received."""
-    receivers = [start_receiver(dst, address) for _, dst, address in flows]
-    senders = [start_sender(src, address) for src, _, address in flows]
-    try:
-        return [float(r.stdout.readline()) for r in receivers]
-    finally:
-        for proc in receivers + senders:
-            proc.kill()
-            proc.wait()
-
-
 def test_shaping_holds_a_bulk_transfer_near_the_ceiling_and_clears(veth_pair):
     a, b = veth_pair
     shaper = NetShaper(netns=a)
@@ -91,20 +102,20 @@ def test_shaping_holds_a_bulk_transfer_near_the_ceiling_and_clears(veth_pair):
     for hook in ("ingress", "egress"):
         filters = subprocess.run(["tc", "-n", a, "filter", "show", "dev", "vtap", hook], capture_output=True, text=True)
         assert filters.stdout.count("mirred") == 1
-    (rate,) = transfer_rates((a, b, B_ADDR))
+    (rate,) = timed_rates((a, b, B_ADDR))
     assert 0.7e6 <= rate <= 1.15e6, f"ceiling 1 MB/s, measured {rate / 1e6:.2f} MB/s"
     shaper.clear("vtap")
     assert shaper.ceiling_bps("vtap") is None
     links = subprocess.run(["ip", "netns", "exec", a, "ip", "link"], capture_output=True, text=True).stdout
     assert shaper.ifb_name("vtap") not in links
-    assert transfer_rates((a, b, B_ADDR))[0] > 3e6  # unshaped again
+    assert timed_rates((a, b, B_ADDR))[0] > 3e6  # unshaped again
 
 
 def test_both_directions_share_one_ceiling(veth_pair):
     """A VM's network use is rx + tx: sending and receiving at once, it still gets the ceiling in all."""
     a, b = veth_pair
     NetShaper(netns=a).shape("vtap", rate_bps=250_000, ceil_bps=1_000_000)
-    out, back = transfer_rates((a, b, B_ADDR), (b, a, A_ADDR))
+    out, back = timed_rates((a, b, B_ADDR), (b, a, A_ADDR))
     assert 0.7e6 <= out + back <= 1.15e6, f"ceiling 1 MB/s in all, measured {out / 1e6:.2f} + {back / 1e6:.2f} MB/s"
 
 
@@ -114,3 +125,148 @@ def test_shaping_takes_over_an_explicit_noqueue_root_as_libvirt_leaves_on_its_ta
     shaper = NetShaper(netns=a)
     shaper.shape("vtap", rate_bps=250_000, ceil_bps=1_000_000)
     assert shaper.ceiling_bps("vtap") == pytest.approx(1_000_000)
+
+
+# -- SharedLinkShaper: one htb tree per direction shared by all VMs -------------------------------------------------
+
+LINK = 2_000_000  # bytes/s
+GUEST_MACS = ("52:54:00:00:00:01", "52:54:00:00:00:02")
+
+
+@pytest.fixture
+def host_and_guests():
+    """Namespace ``host`` with taps tap1, tap2; their peers eth0 (GUEST_MACS) in namespaces ``g1``, ``g2``.
+
+    host has 10.250.N.1 on tapN, guest N has 10.250.N.2: traffic stays on these veth pairs."""
+    if os.geteuid() != 0 or shutil.which("tc") is None:
+        missing("needs root and iproute2's tc")
+    tag = uuid.uuid4().hex[:6]
+    ns = {"host": f"rcH{tag}", "g1": f"rcG1{tag}", "g2": f"rcG2{tag}"}
+    for name in ns.values():
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for n, mac in ((1, GUEST_MACS[0]), (2, GUEST_MACS[1])):
+            guest = ns[f"g{n}"]
+            ip = lambda where, *cmd: subprocess.run(["ip", "-n", where, *cmd], check=True)  # noqa: E731
+            ip(ns["host"], "link", "add", f"tap{n}", "type", "veth", "peer", "name", "eth0", "netns", guest)
+            ip(guest, "link", "set", "eth0", "address", mac)
+            ip(ns["host"], "addr", "add", f"10.250.{n}.1/24", "dev", f"tap{n}")
+            ip(guest, "addr", "add", f"10.250.{n}.2/24", "dev", "eth0")
+            ip(ns["host"], "link", "set", f"tap{n}", "up")
+            ip(guest, "link", "set", "eth0", "up")
+        yield ns
+    finally:
+        for name in ns.values():
+            subprocess.run(["ip", "netns", "del", name])
+
+
+def shape_both(ns: dict[str, str], rates: tuple[float, float], ceils: tuple[float, float] = (math.inf, math.inf)):
+    """Two VMs on one link; ceil inf = the link (shares mode)."""
+    shaper = SharedLinkShaper(LINK, netns=ns["host"])
+    for n in (1, 2):
+        shaper.set_vm(f"vm{n}", [(f"tap{n}", GUEST_MACS[n - 1])], rate_bps=rates[n - 1], ceil_bps=ceils[n - 1])
+    return shaper
+
+
+def tc_state(netns: str) -> str:
+    out = []
+    for dev in ("tap1", "tap2", UP_IFB, DOWN_IFB):
+        for what in (["qdisc"], ["class"], ["filter", "parent", "1:"], ["filter", "parent", "ffff:"]):
+            shown = subprocess.run(["tc", "-n", netns, *what[:1], "show", "dev", dev, *what[1:]], capture_output=True)
+            out.append(f"{dev} {' '.join(what)}: {shown.stdout.decode()}{shown.stderr.decode()}")
+    # not state: `filter replace` makes a new mirred instance; the taps' htb counts what the ifb hands back
+    return re.sub(r"(index|direct_packets_stat) \d+", r"\1 N", "\n".join(out))
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_shares_split_a_contended_link(host_and_guests, direction):
+    """Two VMs at once through one tree, shares 3:1 of a 2 MB/s link: the rates follow the shares."""
+    ns = host_and_guests
+    shape_both(ns, rates=(0.75 * LINK, 0.25 * LINK))
+    if direction == "up":  # guests send to the host
+        flows = [(ns["g1"], ns["host"], "10.250.1.1"), (ns["g2"], ns["host"], "10.250.2.1")]
+    else:
+        flows = [(ns["host"], ns["g1"], "10.250.1.2"), (ns["host"], ns["g2"], "10.250.2.2")]
+    big, small = timed_rates(*flows)
+    print(f"\n{direction}: shares 3:1 of {LINK / 1e6:.1f} MB/s -> {big / 1e6:.3f} + {small / 1e6:.3f} MB/s, "
+          f"ratio {big / small:.2f}, total {(big + small) / LINK:.1%} of the link")  # fmt: skip
+    assert 2.0 <= big / small <= 4.0
+    assert 0.8 * LINK <= big + small <= 1.05 * LINK
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_an_idle_neighbour_leaves_the_link_to_the_busy_vm(host_and_guests, direction):
+    """Work-conserving: the VM with the small share gets (nearly) the whole link while the other is idle."""
+    ns = host_and_guests
+    shape_both(ns, rates=(0.75 * LINK, 0.25 * LINK))
+    flow = (ns["g2"], ns["host"], "10.250.2.1") if direction == "up" else (ns["host"], ns["g2"], "10.250.2.2")
+    (rate,) = timed_rates(flow)
+    print(f"\n{direction}: share 1/4 of {LINK / 1e6:.1f} MB/s, neighbour idle -> {rate / 1e6:.3f} MB/s "
+          f"({rate / LINK:.1%} of the link)")  # fmt: skip
+    assert 0.8 * LINK <= rate <= 1.05 * LINK
+
+
+def test_ceilings_mode_holds_a_vm_to_its_ceiling_on_an_idle_link(host_and_guests):
+    ns = host_and_guests
+    shape_both(ns, rates=(0.75 * LINK, 0.25 * LINK), ceils=(LINK, 0.5 * LINK))
+    (rate,) = timed_rates((ns["g2"], ns["host"], "10.250.2.1"))
+    print(f"\nceiling {0.5 * LINK / 1e6:.1f} MB/s, link idle -> {rate / 1e6:.3f} MB/s")
+    assert 0.35 * LINK <= rate <= 0.53 * LINK
+
+
+def test_shared_shaping_is_idempotent_and_survives_a_restart(host_and_guests):
+    ns = host_and_guests
+    shape_both(ns, rates=(0.75 * LINK, 0.25 * LINK))
+    first = tc_state(ns["host"])
+    assert "flowid 1:10" in first and "flowid 1:11" in first
+    shape_both(ns, rates=(0.75 * LINK, 0.25 * LINK))  # a new object: recovers the classes from tc
+    assert tc_state(ns["host"]) == first
+    again = SharedLinkShaper(LINK, netns=ns["host"])
+    again.set_vm("vm2", [("tap2", GUEST_MACS[1])], rate_bps=0.25 * LINK, ceil_bps=LINK)  # vm2 first this time
+    again.set_vm("vm1", [("tap1", GUEST_MACS[0])], rate_bps=0.75 * LINK, ceil_bps=LINK)
+    again.set_vm("vm1", [("tap1", GUEST_MACS[0])], rate_bps=0.75 * LINK, ceil_bps=LINK)
+    assert tc_state(ns["host"]) == first
+    for hook in ("parent 1:", "parent ffff:"):
+        shown = subprocess.run(f"tc -n {ns['host']} filter show dev tap1 {hook}".split(), capture_output=True)
+        assert shown.stdout.decode().count("mirred") == 1
+    room = LINK * 0.99  # the unclassified class keeps 1 %: Σ rates = the link is scaled to fit beside it
+    assert again.rate_bps("vm1") == pytest.approx(0.75 * room, rel=1e-3)
+    assert again.ceiling_bps("vm2") == pytest.approx(LINK, rel=1e-3)
+    assert again.ceiling_bps("vm3") is None
+    again.set_vm("vm2", [("tap2", GUEST_MACS[1])], rate_bps=0.75 * LINK, ceil_bps=LINK)  # Σ 1.5 links: scaled
+    assert again.rate_bps("vm1") == pytest.approx(room / 2, rel=1e-3)
+    assert again.rate_bps("vm2") == pytest.approx(room / 2, rel=1e-3)
+    again.remove_vm("vm2")
+    again.remove_vm("vm2")
+    assert again.rate_bps("vm2") is None
+    assert again.rate_bps("vm1") == pytest.approx(0.75 * LINK, rel=1e-3)  # fits alone: what was asked
+    assert "1:11" not in tc_state(ns["host"])
+    assert "ingress" not in subprocess.run(f"tc -n {ns['host']} qdisc show dev tap2".split(), capture_output=True,
+                                           text=True).stdout  # fmt: skip
+
+
+def test_after_a_restart_what_no_vm_claims_is_removed_as_stale(host_and_guests):
+    ns = host_and_guests
+    shape_both(ns, rates=(0.75 * LINK, 0.25 * LINK))
+    again = SharedLinkShaper(LINK, netns=ns["host"])
+    again.set_vm("vm1", [("tap1", GUEST_MACS[0])], rate_bps=0.75 * LINK, ceil_bps=LINK)  # vm2 went meanwhile
+    again.remove_stale()
+    state = tc_state(ns["host"])
+    assert "1:10" in state and "1:11" not in state
+    assert "mirred" not in state.split("tap2 filter parent ffff:")[1].split("tap2 filter", 1)[0]
+    assert again.rate_bps("vm1") == pytest.approx(0.75 * LINK, rel=1e-3)
+
+
+def test_clear_leaves_nothing_behind(host_and_guests):
+    ns = host_and_guests
+    before = {n: subprocess.run(f"tc -n {ns['host']} qdisc show dev tap{n}".split(), capture_output=True).stdout
+              for n in (1, 2)}  # fmt: skip
+    shape_both(ns, rates=(0.75 * LINK, 0.25 * LINK))
+    SharedLinkShaper(LINK, netns=ns["host"]).clear()  # a fresh object finds what an earlier one left
+    for n in (1, 2):
+        after = subprocess.run(f"tc -n {ns['host']} qdisc show dev tap{n}".split(), capture_output=True).stdout
+        assert after == before[n]
+    links = subprocess.run(["ip", "-n", ns["host"], "link"], capture_output=True, text=True).stdout
+    assert UP_IFB not in links and DOWN_IFB not in links
+    (rate,) = timed_rates((ns["g1"], ns["host"], "10.250.1.1"), secs=3.0, settle=1.0)
+    assert rate > 2 * LINK  # unshaped again

@@ -9,24 +9,21 @@ from contextlib import contextmanager
 
 import numpy as np
 import zmq
-from rescoin.proto.messages import Alloc, decode
+from rescoin.proto.messages import decode
 from rescoin.services.actuator.backend_cgroup import group_uuid
 from rescoin.services.runtime.service import Publisher
 
 from tests.support.bus import running_bus, wait_for
 from tests.support.cgroupfs import fake_v2_root, v2_files
+from tests.support.messages import make_alloc
 
 GROUPS = ["web", "batch"]
-ALLOC = Alloc(
+ALLOC = make_alloc(
     [group_uuid(g) for g in GROUPS],
     np.array([[1.0, 3e8, 0, 0], [0.7, 6e8, 0, 0]]),
-    np.zeros((2, 4)),
     np.array([[0.5, 1e9, 1e7, 1e7]] * 2),
     np.zeros((2, 4)),
     np.array([2.0, 8e9, 1e8, 1e8]),
-    ["contended"] * 4,
-    "rescoin",
-    "estimate",
 )
 
 

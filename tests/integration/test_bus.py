@@ -154,3 +154,20 @@ def test_a_curve_bus_serves_key_holders_and_nobody_else(ctx, tmp_path):
     finally:
         bus.terminate()
         bus.wait(timeout=10)
+
+
+def test_a_frame_larger_than_the_limit_is_not_forwarded_and_the_bus_carries_on(ctx):
+    from rescoin.proto.envelope import MAX_PAYLOAD_BYTES as MAX_FRAME_BYTES  # the runtime's and bus's limit
+
+    with running_bus() as bus:
+        sub = connect_sub(ctx, bus.sub_endpoint, b"estimate/")
+        honest = publisher(ctx, bus.pub_endpoint, "h1")
+        assert publish_until_seen(honest, sub)
+        rogue = ctx.socket(zmq.PUB)
+        rogue.connect(bus.pub_endpoint)
+        wait_for(lambda: False, 0.3)  # let it connect
+        rogue.send_multipart([b"estimate/h1/", b"\0" * (MAX_FRAME_BYTES + 1)])
+        wait_for(lambda: False, 0.5)
+        seen = drain(sub, 300)
+        assert all(len(f[1]) <= MAX_FRAME_BYTES for f in seen)  # never forwarded
+        assert publish_until_seen(honest, sub)  # and everyone else still gets through

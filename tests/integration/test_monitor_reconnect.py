@@ -14,6 +14,8 @@ from rescoin.services.monitor.backend_libvirt import LibvirtMonitorBackend
 
 from tests.support import libvirtd as libvirtd_support
 
+pytestmark = [pytest.mark.root, pytest.mark.libvirtd]
+
 
 def test_reads_fail_while_libvirtd_is_down_and_resume_when_it_is_back(libvirtd):
     backend = LibvirtMonitorBackend("qemu:///system")

@@ -118,3 +118,76 @@ def test_bad_config_refuses_to_start_and_names_the_key(tmp_path):
         timeout=30,
     )
     assert out.returncode == 2 and "host.period_s" in out.stderr
+
+
+# --- issue 14: hostile frames and a wall clock that steps back ---------------------------------------
+
+
+def test_a_structure_where_a_scalar_belongs_is_counted_and_the_stage_lives_on(echo_stage):
+    import msgpack
+
+    proc, pub, sub = echo_stage
+    collect(sub, lambda s: len(echo_beats(s)) >= 1)
+    frames = __import__("rescoin.proto.messages", fromlist=["encode"]).encode(pub.envelope("sample", 60, sample()))
+    payload = msgpack.unpackb(frames[1], raw=False, ext_hook=msgpack.ExtType)
+    for field in ("v", "kind"):  # an array extension where an int / a string belongs
+        bad = dict(payload, **{field: payload["body"]["tc"]})
+        pub.sock.send_multipart([frames[0], msgpack.packb(bad, use_bin_type=True)])
+    beats = echo_beats(collect(sub, lambda s: any(b.counters.get("rejected", 0) >= 2 for b in echo_beats(s))))
+    assert beats[-1].counters["rejected.v"] == 1 and beats[-1].counters["rejected.kind"] == 1
+    collect(sub, lambda s: any(e.kind == "estimate" for e in s) or not pub.send("sample", 61, sample()))
+    assert proc.poll() is None
+
+
+def clock_step_main() -> int:
+    """The echo stage, with a wall clock that steps back an hour 0.6 s after start (run in a subprocess)."""
+    import time
+
+    from rescoin.services.runtime.config import use_schema
+    from rescoin.services.runtime.service import ServiceLoop, common_arguments, config_from_args
+    from rescoin.services.runtime.support import Counters
+    from rescoin.services.schema import service_schema
+
+    from tests.support.echo_stage import EchoStage
+
+    parser = __import__("argparse").ArgumentParser()
+    common_arguments(parser)
+    use_schema(service_schema())
+    cfg = config_from_args(parser.parse_args())
+    step_at = time.monotonic() + 0.6
+
+    def wall() -> float:
+        return time.time() - (3600 if time.monotonic() >= step_at else 0)
+
+    return ServiceLoop(EchoStage(cfg.host.name), cfg, Counters(), clock=wall).run()
+
+
+def test_after_the_wall_clock_steps_back_an_hour_the_loop_beats_and_stops_on_sigterm():
+    import time
+
+    with running_bus(period_s=0.2) as bus:
+        code = "from tests.integration.test_service_loop import clock_step_main; raise SystemExit(clock_step_main())"
+        args = [sys.executable, "-c", code, "--host", "h1", "--period", "0.2"]
+        for item in bus.overrides():
+            args += ["--set", item]
+        ctx = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.connect(bus.sub_endpoint)
+        sub.subscribe(b"hb/h1/")
+        proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        try:
+            now_period = int(time.time() / 0.2)
+            beats = collect(
+                sub, lambda s: len([e for e in s if e.src == "echo" and e.period < now_period - 17_000]) >= 3
+            )
+            stepped = [e for e in beats if e.src == "echo" and e.period < now_period - 17_000]
+            assert stepped[-1].body.info["periods"] >= 3  # on_period keeps running after the step
+            proc.send_signal(signal.SIGTERM)
+            t0 = time.monotonic()
+            assert proc.wait(timeout=5) == 0
+            assert time.monotonic() - t0 < 1.0  # within a period or so, not an hour later
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            ctx.destroy(linger=0)

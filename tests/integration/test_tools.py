@@ -10,32 +10,30 @@ import threading
 import time
 import urllib.request
 import uuid
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import zmq
 from rescoin.proto import Heartbeat
-from rescoin.proto.messages import Alloc, Sample
+from rescoin.proto.messages import Sample
 from rescoin.services.runtime.service import Publisher
 from rescoin.services.tools.buses import MAGIC, read_records
 
 from tests.support.bus import running_bus, wait_for
+from tests.support.messages import make_alloc
+from tests.support.need import missing
 from tests.support.net import free_port
 
 VMS = [str(uuid.UUID(int=i + 1)) for i in range(2)]
 SAMPLE = Sample(
     np.array([2.0, 8e9, 1e8, 1e8]), VMS, ["web", "db"], np.ones((2, 4)), np.full((2, 4), 0.5), ["guest", "none"], 0.2
 )
-ALLOC = Alloc(
-    VMS,
-    np.ones((2, 4)),
-    np.full((2, 4), 0.1),
-    np.ones((2, 4)),
-    np.full((2, 4), 0.5),
-    np.array([2.0, 8e9, 1e8, 1e8]),
-    ["fit"] * 4,
-    "rescoin",
-    "estimate",
+ALLOC = replace(
+    make_alloc(
+        VMS, np.ones((2, 4)), np.ones((2, 4)), np.full((2, 4), 0.5), np.array([2.0, 8e9, 1e8, 1e8]), fit=[True] * 4
+    ),
+    coins=np.full((2, 4), 0.1),
 )
 
 
@@ -170,6 +168,6 @@ def test_exporter_serves_metrics_that_promtool_accepts(bus_with_chatter, tmp_pat
     assert 'rescoin_host_capacity_memory_bytes{host="h1"} 8e+09' in text
     assert 'rescoin_service_up{host="h1",service="monitor"} 1.0' in text
     if shutil.which("promtool") is None:
-        pytest.skip("promtool (Debian package prometheus) is not installed: deploy/install.sh --test installs it")
+        missing("promtool (Debian package prometheus) is not installed: deploy/install.sh --test installs it")
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr

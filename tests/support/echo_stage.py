@@ -14,7 +14,9 @@ from rescoin.services.runtime.service import (
     config_from_args,
     run_stage,
 )
+from rescoin.services.runtime.config import use_schema
 from rescoin.services.runtime.support import Counters
+from rescoin.services.schema import service_schema
 
 
 class EchoStage:
@@ -45,6 +47,7 @@ class EchoStage:
 def main() -> int:
     parser = argparse.ArgumentParser()
     common_arguments(parser)
+    use_schema(service_schema())
     cfg = config_from_args(parser.parse_args())
     return run_stage(EchoStage(cfg.host.name), cfg, Counters())
 

@@ -6,14 +6,13 @@ import uuid
 
 import numpy as np
 import pytest
-from rescoin.proto import Envelope
-from rescoin.proto.messages import Alloc
 from rescoin.services.actuator.backend_cgroup import CgroupBackend, group_uuid
 from rescoin.services.actuator.core import ActuatorCore
 from rescoin.services.runtime.config import load_config
 from rescoin.services.runtime.support import Counters
 
 from tests.support.cgroupfs import fake_v2_root, v2_files
+from tests.support.messages import alloc_envelope, make_alloc
 
 GROUPS = ["web", "batch"]
 VMS = [group_uuid(g) for g in GROUPS]
@@ -22,9 +21,8 @@ TC = np.array([[0.5, 1e9, 1e7, 1e7], [0.5, 1e9, 1e7, 1e7]])
 AU = np.array([[0.2, 2e8, 0, 0], [0.9, 5e8, 0, 0]])
 
 
-def alloc_env(period, alloc, vms=VMS, template=TC, usage=AU):
-    body = Alloc(vms, alloc, np.zeros_like(alloc), template, usage, C, ["contended"] * 4, "rescoin", "estimate")
-    return Envelope("alloc", "h1", "scheduler", 1, period, 0, period, body)
+def alloc_env(period, alloc, vms=VMS, template=TC, usage=AU, enforcement="ceilings", shares=None, fit=(False,) * 4):
+    return alloc_envelope(period, make_alloc(vms, alloc, template, usage, C, enforcement, shares, fit))
 
 
 class GuestNeedBackend(CgroupBackend):
@@ -59,17 +57,42 @@ def actuator(tmp_path):
     return make, root
 
 
-def test_ceiling_is_max_of_alloc_and_template_and_shares_follow_template(actuator):
+def test_ceilings_mode_sets_the_allocs_ceilings_and_its_shares_as_weights(actuator):
     make, root = actuator
     core = make()
     applied = core.on_alloc(alloc_env(5, np.array([[0.2, 3e8, 5e6, 1e6], [1.5, 6e8, 4e7, 1e6]])))
     files = v2_files(root, "batch")
-    assert files["cpu.max"] == "150000 100000" and files["cpu.weight"] == "50"
+    assert files["cpu.max"] == "150000 100000" and files["cpu.weight"] == "100"  # share 1 core of 2
     assert v2_files(root, "web")["cpu.max"] == "50000 100000"  # alloc 0.2 < template 0.5
     assert files["io.max"] == "8:0 rbps=40000000 wbps=40000000"
     assert int(files["memory.high"]) == int(1e9)  # alloc 6e8 is below the template
     assert applied.mode == "normal" and applied.set[1, 0] == pytest.approx(1.5)
     assert {e["resource"] for e in applied.errors} == {"net"}  # loudly unsupported on cgroups
+
+
+def test_shares_mode_sets_weights_and_no_cpu_quota_not_even_one_set_before(actuator):
+    make, root = actuator
+    core = make()
+    alloc = np.array([[0.2, 3e8, 5e6, 1e6], [1.5, 6e8, 4e7, 1e6]])
+    core.on_alloc(alloc_env(5, alloc))  # ceilings mode first: quotas in force
+    assert v2_files(root, "batch")["cpu.max"] == "150000 100000"
+    shares = np.array([[0.5, 0, 2e7, 5e7], [1.5, 0, 8e7, 5e7]])
+    applied = core.on_alloc(alloc_env(6, alloc, enforcement="shares", shares=shares))
+    web, batch = v2_files(root, "web"), v2_files(root, "batch")
+    assert web["cpu.max"] == batch["cpu.max"] == "max 100000"  # the quota ResCoin set is gone
+    assert (web["cpu.weight"], batch["cpu.weight"]) == ("50", "150")  # 1:3, as the shares
+    assert int(batch["memory.high"]) == int(1e9)  # memory is still a balloon (its ceiling)
+    assert (applied.set[:, 0] == -1).all()
+
+
+def test_disk_weights_fall_back_to_a_throttle_where_the_scheduler_ignores_them(actuator):
+    make, root = actuator
+    core = make()  # device 8:0 of the fake root is not a BFQ disk on this machine
+    alloc = np.array([[0.2, 3e8, 5e6, 1e6], [1.5, 6e8, 4e7, 1e6]])
+    shares = np.array([[0.5, 0, 2e7, 5e7], [1.5, 0, 8e7, 5e7]])
+    core.on_alloc(alloc_env(5, alloc, enforcement="shares", shares=shares))
+    assert v2_files(root, "batch")["io.max"] == "8:0 rbps=40000000 wbps=40000000"  # max(alloc, template)
+    assert core.backend.capabilities()["disk"].startswith("cgroup v2")
 
 
 def test_a_setting_the_backend_can_never_make_is_reported_once_and_shown_as_not_set(actuator):
@@ -82,12 +105,12 @@ def test_a_setting_the_backend_can_never_make_is_reported_once_and_shown_as_not_
     assert core.counters.values["write_errors"] == 2
 
 
-def test_memory_never_below_use_plus_reserve(actuator):
+def test_memory_ceiling_is_the_allocs_own_floor_included(actuator):
     make, root = actuator
-    core = make("actuator.mem_reserve_bytes=1e8")
+    core = make()
     usage = np.array([[0.2, 1.5e9, 0, 0], [0.2, 2e8, 0, 0]])
     core.on_alloc(alloc_env(5, np.array([[0.5, 1e6, 0, 0], [0.5, 1e6, 0, 0]]), usage=usage))
-    assert int(v2_files(root, "web")["memory.high"]) == int(1.5e9 + 1e8)  # above its template
+    assert int(v2_files(root, "web")["memory.high"]) == int(1.5e9 + 64 * 2**20)  # the scheduler's floor
 
 
 def test_a_shrinking_balloon_stops_at_what_the_guest_cannot_give_back_plus_reserve(actuator):
@@ -110,29 +133,9 @@ def test_a_shrinking_balloon_stops_at_what_the_guest_cannot_give_back_plus_reser
 def test_a_resource_that_fits_the_host_gets_no_ceiling(actuator):
     make, root = actuator
     core = make()
-    body = alloc_env(5, np.array([[0.2, 3e8, 5e6, 1e6], [1.5, 6e8, 4e7, 1e6]]))
-    body = Envelope(
-        "alloc",
-        "h1",
-        "scheduler",
-        1,
-        5,
-        0,
-        5,
-        Alloc(
-            body.body.vms,
-            body.body.alloc,
-            body.body.coins,
-            TC,
-            AU,
-            C,
-            ["fit", "contended", "contended", "contended"],
-            "rescoin",
-            "estimate",
-        ),
-    )
-    core.on_alloc(body)
-    assert v2_files(root, "batch")["cpu.max"] == "max 100000" and v2_files(root, "batch")["cpu.weight"] == "50"
+    alloc = np.array([[0.2, 3e8, 5e6, 1e6], [1.5, 6e8, 4e7, 1e6]])
+    core.on_alloc(alloc_env(5, alloc, fit=(True, False, False, False)))
+    assert v2_files(root, "batch")["cpu.max"] == "max 100000" and v2_files(root, "batch")["cpu.weight"] == "100"
 
 
 def test_hysteresis_makes_a_stable_allocation_cost_no_writes(actuator):
@@ -152,7 +155,8 @@ def test_silence_moves_to_failsafe_then_a_valid_alloc_resumes(actuator):
     (out,) = core.on_period(7)
     assert out.body.mode == "failsafe" and core.health().state == "failsafe"
     assert v2_files(root, "web")["cpu.max"] == "50000 100000"  # back to the template
-    assert core.on_period(8) == []  # entered once
+    (again,) = core.on_period(8)  # held every period (a VM started anew gets it too), at no cost
+    assert again.body.writes == 0 and core.counters.values["failsafe_entries"] == 1
     assert core.on_alloc(alloc_env(9, np.array([[1.5, 3e8, 5e7, 1e7], [0.4, 6e8, 2e7, 1e7]]))).mode == "normal"
 
 
@@ -160,13 +164,12 @@ def test_bad_allocs_are_rejected_and_counted(actuator):
     make, root = actuator
     core = make()
     before = v2_files(root, "web")
-    assert core.on_alloc(alloc_env(5, np.array([[1.5, 1e8, 0, 0], [1.5, 1e8, 0, 0]]))) is None  # Σ cpu 3 > 2
     core.on_alloc(alloc_env(6, np.array([[0.6, 3e8, 0, 0], [0.6, 3e8, 0, 0]])))
     assert core.on_alloc(alloc_env(6, np.array([[0.6, 3e8, 0, 0], [0.6, 3e8, 0, 0]]))) is None  # old period
     stranger = str(uuid.UUID(int=7))
     applied = core.on_alloc(alloc_env(7, np.array([[0.6, 3e8, 0, 0], [0.6, 3e8, 0, 0]]), vms=[VMS[0], stranger]))
     assert {"vm": stranger, "resource": "all", "error": "unknown VM"} in applied.errors
-    assert core.counters.values["rejected.alloc"] == 2 and core.counters.values["rejected.unknown_vm"] == 1
+    assert core.counters.values["rejected.alloc"] == 1 and core.counters.values["rejected.unknown_vm"] == 1
     assert before != v2_files(root, "web")
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from rescoin.services.runtime.config import ConfigError, example_toml, load_config
+from rescoin.services.runtime.settings import BusSettings
+from rescoin.services.schema import SECTION_NAMES, full_schema, service_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,10 +51,69 @@ def test_bad_config_is_refused_naming_the_key(tmp_path, text, key):
 
 def test_the_committed_example_is_the_schema_with_its_defaults():
     committed = (ROOT / "deploy" / "rescoin.example.toml").read_text()
-    assert committed == example_toml(), "regenerate: rescoin config example > deploy/rescoin.example.toml"
+    assert committed == example_toml(full_schema()), "regenerate: rescoin config example > deploy/rescoin.example.toml"
 
 
 def test_the_example_itself_loads(tmp_path):
     path = tmp_path / "example.toml"
-    path.write_text(example_toml())
+    path.write_text(example_toml(full_schema()))
     load_config(path)
+
+
+def test_the_full_schema_has_a_class_for_every_known_section():
+    assert tuple(full_schema()) == SECTION_NAMES
+
+
+def test_a_program_validates_the_sections_it_reads_and_accepts_the_others_by_name(tmp_path):
+    schema = service_schema()  # the bus: host, bus and log
+    path = tmp_path / "c.toml"
+    path.write_text("[bus]\nhwm = 5\n[scheduler]\npolicy = 'anything'\n")
+    cfg = load_config(path, sections=schema)
+    assert isinstance(cfg.bus, BusSettings) and cfg.bus.hwm == 5
+    with pytest.raises(AttributeError, match="scheduler"):
+        cfg.scheduler  # noqa: B018 - not read by this program, so not built
+    path.write_text("[shceduler]\npolicy = 'rescoin'\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, sections=schema)
+    assert err.value.key == "shceduler"
+    with pytest.raises(ValueError, match="nosuch"):
+        service_schema(nosuch=BusSettings)
+
+
+# Each entry point imports, then reads its config exactly as main() does (use_schema + load_config).
+_IMPORT_AND_LOAD = """
+import importlib, json, sys
+from rescoin.services.runtime.config import load_config, use_schema
+main = importlib.import_module(sys.argv[1])
+use_schema(main.SCHEMA)
+load_config(sys.argv[2])
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def _modules_after_config(module: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORT_AND_LOAD, module, str(ROOT / "deploy" / "demo.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return set(json.loads(out.stdout))
+
+
+@pytest.mark.parametrize("module", ["rescoin.services.bus.main", "rescoin.services.ingress.main"])
+def test_reading_its_config_loads_no_other_stage(module):
+    """The full demo config, every section in it, read without the scheduler, predictor or sim host."""
+    loaded = _modules_after_config(module)
+    for other in ("scheduler", "predictor", "simhost", "monitor", "actuator", "model"):
+        assert not {m for m in loaded if m.startswith(f"rescoin.services.{other}")}, other
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="runtime/service.py imports proto.messages, which imports numpy (proto/arrays.py) for every stage",
+)
+@pytest.mark.parametrize("module", ["rescoin.services.bus.main", "rescoin.services.ingress.main"])
+def test_the_bus_and_the_ingress_do_not_load_numpy(module):
+    assert "numpy" not in _modules_after_config(module)

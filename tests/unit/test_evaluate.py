@@ -9,6 +9,8 @@ import sys
 import pytest
 from rescoin.services.model.traces import default_traces_dir
 
+from tests.support.need import missing
+
 KEYS = {
     "entitlement_violations",
     "entitlement_violation_rate",
@@ -24,7 +26,7 @@ KEYS = {
 @pytest.fixture(scope="module")
 def report():
     if not default_traces_dir().is_dir():
-        pytest.skip(f"the shared traces are not at {default_traces_dir()} (set RESCOIN_TRACES)")
+        missing(f"the Bitbrains traces are not at {default_traces_dir()} (a broken install, or a wrong RESCOIN_TRACES)")
     out = subprocess.run(
         [
             sys.executable,

@@ -9,7 +9,8 @@ from rescoin.proto import Envelope
 from rescoin.proto.messages import Estimate, Sample
 from rescoin.services.runtime.config import load_config
 from rescoin.services.runtime.support import Counters
-from rescoin.services.scheduler.core import SchedulerCore, apply_floors
+from rescoin.services.scheduler.core import SchedulerCore
+from rescoin.services.scheduler.step import apply_floors
 from rescoin.services.scheduler.ledger import CoinLedger
 
 VMS = [str(uuid.UUID(int=i + 1)) for i in range(3)]
@@ -81,8 +82,8 @@ def test_a_contended_resource_turns_fit_only_after_its_demand_fit_several_period
     assert modes == ["fit", "contended", "contended", "contended", "contended"] + ["contended"] * 2 + ["fit"] * 2
 
 
-def test_a_vm_held_at_its_ceiling_asks_for_more_and_coins_decide_who_gets_it(tmp_path):
-    sched = core(tmp_path, throttled_probe=0.25, coin_window=50)
+def test_in_ceilings_mode_a_vm_held_at_its_ceiling_asks_for_more_and_coins_decide_who_gets_it(tmp_path):
+    sched = core(tmp_path, throttled_probe=0.25, coin_window=50, enforcement="'ceilings'")
     saving = np.vstack([TC[0] * 0.05, TC[1] * 2.0, TC[2]])  # VM 0 saves; VM 1 burns; VM 2 uses its template
     for p in range(10, 30):
         sched.on_message(sample(p, saving))

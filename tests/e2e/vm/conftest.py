@@ -32,6 +32,7 @@ from tests.e2e.conftest import BusWatcher, leftover_pids
 from tests.e2e.vm.domains import GuestSpec, domain_xml
 from tests.e2e.vm.timings import TIMINGS
 from tests.support.bus import wait_for
+from tests.support.need import missing
 from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -61,7 +62,7 @@ def _missing() -> str | None:
 def guest_image() -> Path:
     reason = _missing()
     if reason:
-        pytest.skip(reason)
+        missing(reason)
     t0 = time.monotonic()
     out = subprocess.run([str(DEPLOY / "guest" / "build.sh")], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -23,7 +23,7 @@ from tests.e2e.vm.conftest import HONEST, MEM_RESERVE, PERIOD_S, SAVER_IDLE_S
 from tests.e2e.vm.timings import TIMINGS
 from tests.support.bus import wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.vm]
+pytestmark = [pytest.mark.e2e, pytest.mark.vm, pytest.mark.root, pytest.mark.libvirtd]
 CPU, MEM, DISK, NET = 0, 1, 2, 3
 MIB = 2**20
 

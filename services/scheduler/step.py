@@ -1,0 +1,135 @@
+"""One scheduling period as a pure function: the scheduler service and `rescoin evaluate` both run it.
+
+    estimate ─► demand (a VM pinned at its last ceiling asks for more)
+             ─► policy allocation ─► floors ─► fit hysteresis
+             ─► what the kernel gets: shares (weights) and ceilings, per the enforcement mode
+
+Every policy, the baselines included, goes through the same step with its own
+weights and ceilings (``KERNEL_FORM``). Socket-free, clock-free, no state
+(the caller keeps ``fit_streak`` and the last ceilings). Shapes: (n, 4) per VM
+and resource (cpu, mem, disk, net), capacity (4,).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..model.enforcement import ceilings, in_force
+from .policy import (
+    POLICIES,
+    SHARE_FORMULAS,
+    fit_after_streak,
+    fits_host,
+    template_shares,
+    unthrottled_demand,
+)
+from .settings import SchedulerSettings
+
+CPU, MEM = 0, 1
+
+# How each policy's allocation reaches the kernel: (weights from coins, fixed enforcement mode).
+# A fixed mode is the baseline's own mechanism; None = `[scheduler] enforcement`.
+KERNEL_FORM: dict[str, tuple[bool, str | None]] = {
+    "rescoin": (True, None),
+    "shares": (False, "shares"),  # plain CFS: weights by template, no caps
+    "static": (False, "ceilings"),
+    "maxmin": (False, "ceilings"),
+    "credits": (False, "ceilings"),
+    "karma": (False, "ceilings"),
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one period decided for the VMs of a sample, in its row order."""
+
+    demand: np.ndarray  # (n, 4): what the policy was asked (the estimate, raised where pinned)
+    alloc: np.ndarray  # (n, 4): the allocation after floors
+    shares: np.ndarray  # (n, 4): kernel weights in resource units, Σ = C per resource (memory: not enforced)
+    ceiling: np.ndarray  # (n, 4): the allocation's ceilings, inf = none (in shares mode: memory's and fallbacks)
+    enforcement: str  # shares | ceilings | both
+
+    @property
+    def ceiling_in_force(self) -> np.ndarray:
+        """The ceilings the kernel gets under ``enforcement`` (inf = none)."""
+        return in_force(self.ceiling, self.enforcement)
+
+    fit: np.ndarray  # (4,) bool: the resource counts as fit (no ceilings)
+    fit_streak: np.ndarray  # (4,): periods in a row each resource fit (the caller keeps it)
+    floors_over_capacity: bool  # the floors alone did not fit the host
+
+
+def apply_floors(
+    alloc: np.ndarray, usage: np.ndarray, capacity: np.ndarray, cpu_floor: float, mem_reserve: float
+) -> tuple[np.ndarray, bool]:
+    """Raise allocations to the floors (cpu minimum; memory ≥ use + reserve), then fit Σ ≤ C
+    by shrinking only what lies above the floors. Returns (alloc, floors_exceed_capacity)."""
+    floor = np.zeros_like(alloc)
+    floor[:, CPU] = cpu_floor
+    floor[:, MEM] = usage[:, MEM] + mem_reserve
+    floor = np.minimum(floor, capacity)  # no single floor above the whole host
+    alloc = np.maximum(alloc, floor)
+    total, floor_total = alloc.sum(axis=0), floor.sum(axis=0)
+    over = total > capacity
+    if not over.any():
+        return alloc, False
+    room = np.maximum(capacity - floor_total, 0.0)
+    above = alloc - floor
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(over, np.minimum(room / np.where(above.sum(axis=0) > 0, above.sum(axis=0), 1.0), 1.0), 1.0)
+    alloc = floor + above * scale
+    too_much = floor_total > capacity  # floors alone do not fit: share the host by floor
+    if too_much.any():
+        alloc = np.where(too_much, floor * (capacity / np.where(floor_total > 0, floor_total, 1.0)), alloc)
+    return alloc, bool(too_much.any())
+
+
+def within_capacity(matrix: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    """Scale columns whose float sum exceeds C by rounding down to exactly Σ ≤ C (the wire's rule)."""
+    total = matrix.sum(axis=0)
+    over = total > capacity
+    if not over.any():
+        return matrix
+    scale = np.where(over, capacity / np.where(total > 0, total, 1.0), 1.0)
+    scaled = matrix * scale
+    # one more ulp-level step down where the product still rounds above C
+    still = scaled.sum(axis=0) > capacity
+    return np.where(still, np.nextafter(scaled, 0.0), scaled)
+
+
+def decide(
+    estimate: np.ndarray,
+    usage: np.ndarray,
+    template: np.ndarray,
+    capacity: np.ndarray,
+    coins: np.ndarray,
+    last_ceiling: np.ndarray,
+    fit_streak: np.ndarray,
+    settings: SchedulerSettings,
+) -> Decision:
+    """One period for one host (DESIGN §6, §7). ``last_ceiling``: the ceilings in force last period
+    (inf where nothing was capped)."""
+    demand = unthrottled_demand(estimate, usage, last_ceiling, settings.throttled_probe)
+    alloc = POLICIES[settings.policy](demand, template, capacity, coins, share_leftover=settings.share_leftover)
+    alloc, floors_over = apply_floors(alloc, usage, capacity, settings.cpu_floor_cores, settings.mem_reserve_bytes)
+    alloc = within_capacity(alloc, capacity)
+    fit_streak, fit = fit_after_streak(
+        fit_streak, fits_host(demand, capacity, settings.fit_headroom), settings.fit_after_periods
+    )
+    coin_weights, fixed_mode = KERNEL_FORM[settings.policy]
+    mode = fixed_mode or settings.enforcement
+    if coin_weights and mode != "ceilings":
+        shares = SHARE_FORMULAS[settings.share_formula](demand, template, capacity, coins)
+    else:
+        shares = template_shares(template, capacity)
+    ceiling = ceilings(
+        alloc,
+        template,
+        usage,
+        settings.mem_reserve_bytes,
+        fit if settings.release_when_fit else None,
+        settings.cpu_floor_cores,
+    )
+    return Decision(demand, alloc, shares, ceiling, mode, fit, fit_streak, floors_over)
