@@ -14,14 +14,41 @@ if [ ! -d "$TRACES" ]; then   # the sim host replays them: without them it canno
 fi
 CONF=deploy/supervisord.conf
 CTL=(.venv/bin/supervisorctl -c "$CONF")
-mkdir -p state/logs
-chmod 700 state
+
+# Least privilege (docs/SECURITY.md): the monitor and the actuator run as root, the rest as the
+# user `rescoin` (made by install.sh) -- if it can run this checkout's venv. A checkout under
+# /root, or a venv whose Python lives there, is not readable by it: then every program runs as
+# root, from a copy of the config in state/ that says so.
+RUN_AS=rescoin
+if ! id rescoin >/dev/null 2>&1; then
+    RUN_AS=root; why="there is no user rescoin (run deploy/install.sh as root)"
+elif ! runuser -u rescoin -- "$PWD/.venv/bin/python" -c "import rescoin.services.cli" 2>/dev/null; then
+    RUN_AS=root; why="user rescoin cannot read $PWD/.venv or the checkout (a directory above is not readable by others)"
+fi
+START_CONF=$CONF
+# state/ 1770 root:rescoin: the services may write their state files (sticky: each only its own);
+# logs/ is supervisord's; bus/ holds the bus's ipc sockets, 0750 rescoin:rescoin.
+mkdir -p state/logs state/bus
+chmod 700 state/logs
+if [ "$RUN_AS" = rescoin ]; then
+    chown root:rescoin state && chmod 1770 state
+    chown rescoin:rescoin state/bus && chmod 750 state/bus
+    for f in state/scheduler-ledger.npz state/simhost.json; do   # written by a root run before?
+        if [ -e "$f" ]; then chown rescoin:rescoin "$f"; fi
+    done
+else
+    echo "demo.sh: every program runs as root: $why" >&2
+    chmod 700 state state/bus
+    sed -e 's|RESCOIN_USER="rescoin"|RESCOIN_USER="root"|' -e "s|%(here)s|$PWD/deploy|g" \
+        -e "s| supervisor.d/| $PWD/deploy/supervisor.d/|g" "$CONF" >state/supervisord.conf
+    START_CONF=state/supervisord.conf
+fi
 
 if [ -f state/supervisord.pid ] && kill -0 "$(cat state/supervisord.pid)" 2>/dev/null; then
     echo "demo.sh: supervisord is already running (pid $(cat state/supervisord.pid)); starting what is stopped"
     "${CTL[@]}" start 'rescoin:*' >/dev/null || true
 else
-    .venv/bin/supervisord -c "$CONF"
+    .venv/bin/supervisord -c "$START_CONF"
 fi
 
 echo -n "demo.sh: waiting for every program to be RUNNING "
@@ -44,7 +71,8 @@ import sys, time
 import zmq
 from rescoin.proto.messages import decode
 from rescoin.services.runtime.config import load_config
-cfg = load_config("deploy/demo.toml")
+from rescoin.services.schema import service_schema
+cfg = load_config("deploy/demo.toml", sections=service_schema())
 sub = zmq.Context.instance().socket(zmq.SUB)
 sub.connect(cfg.bus.sub_endpoint)
 for kind in ("sample", "applied"):

@@ -3,7 +3,9 @@
 #   deploy/install.sh          runtime: apt build deps for libvirt-python, a venv in .venv, the package
 #   deploy/install.sh --test   also what the test suite drives for real: libvirtd + QEMU (TCG),
 #                              busybox and a guest kernel for tiny VMs, promtool, iproute2
-# Run as root (apt). VENV=/path overrides the venv location.
+# Also the system user and group `rescoin`: every service but the monitor and the actuator
+# runs as it (docs/SECURITY.md).
+# Run as root (apt, useradd). VENV=/path overrides the venv location.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -42,4 +44,17 @@ extras=""
 "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT$extras" 2>&1 | grep -v "is ignored" || true
 "$VENV/bin/python" -c "import rescoin.services.cli, libvirt, zmq, numpy" \
     || { echo "install.sh: the install did not import" >&2; exit 1; }
+
+# The unprivileged user the services run as (supervisor.d/*.conf: user=%(ENV_RESCOIN_USER)s).
+if [ "$(id -u)" = 0 ]; then
+    getent group rescoin >/dev/null || groupadd --system rescoin
+    id rescoin >/dev/null 2>&1 || useradd --system -g rescoin --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin rescoin
+    if ! runuser -u rescoin -- "$VENV/bin/python" -c "import rescoin.services.cli" 2>/dev/null; then
+        echo "install.sh: note: user rescoin cannot run $VENV (a directory above the checkout or the" \
+             "venv's Python is not readable by others); demo.sh then runs every service as root" >&2
+    fi
+elif ! id rescoin >/dev/null 2>&1; then
+    echo "install.sh: no user rescoin (run as root once to create it)" >&2
+fi
 echo "install.sh: ready ($VENV)"

@@ -12,8 +12,10 @@ list the controller).
 | cpu shares | cpu.shares = 1024 × template cores | cpu.weight = 100 × template cores (1…10000) |
 | mem | memory.soft_limit_in_bytes (reclaimed to it under pressure, never OOM-killed) | memory.high |
 | disk weight | blkio.bfq.weight (1…1000) where the device runs BFQ | io.bfq.weight |
-| disk ceiling | blkio.throttle.read_bps_device + write_bps_device, each at the ceiling (or the fallback where the device ignores weights) | io.max rbps= wbps= |
+| disk ceiling | blkio.throttle.read_bps_device + write_bps_device | io.max rbps= wbps= |
 | net | unsupported: reported in every `applied` and in `hb` | unsupported |
+
+A disk weight needs BFQ on the device; elsewhere the disk is throttled at the Setting's fallback.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import os
 import uuid
 from pathlib import Path
 
-from .blockdev import WEIGHTED_SCHEDULERS, active_scheduler_of
 from .backend import (
     NO_LIMIT,
     RESOURCES,
@@ -35,6 +36,7 @@ from .backend import (
     UnenforceableError,
     change_error,
 )
+from .blockdev import WEIGHTED_SCHEDULERS, active_scheduler_of
 from .settings import ActuatorSettings
 
 log = logging.getLogger("rescoin.actuator.cgroup")

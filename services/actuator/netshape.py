@@ -177,8 +177,9 @@ class SharedLinkShaper:
             self._found[mac] = (node, minor)
 
     def _used(self) -> tuple[set[int], set[int]]:
-        minors = {vm.minor for vm in self._vms.values()} | {m for _, m in self._found.values()}
-        nodes = {n for vm in self._vms.values() for n in vm.macs.values()} | {n for n, _ in self._found.values()}
+        found = self._found or {}
+        minors = {vm.minor for vm in self._vms.values()} | {m for _, m in found.values()}
+        nodes = {n for vm in self._vms.values() for n in vm.macs.values()} | {n for n, _ in found.values()}
         return minors, nodes
 
     def _targets(self) -> dict[str, tuple[int, int]]:

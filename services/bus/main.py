@@ -29,6 +29,7 @@ from ..runtime.service import (
 )
 from ..runtime.support import StopFlag, load_curve_keypair
 from ..schema import service_schema
+from .ipc import PUBLISH_MODE, SUBSCRIBE_MODE, prepare_socket_dir, restrict_socket
 
 log = logging.getLogger("rescoin.bus")
 
@@ -68,8 +69,12 @@ class Bus:
                 sock.curve_server = True
                 sock.curve_publickey = public
                 sock.curve_secretkey = secret
+        for endpoint in (cfg.bus.pub_endpoint, cfg.bus.sub_endpoint):
+            prepare_socket_dir(endpoint)  # ipc://: who may connect is decided by Unix permissions
         self.xsub.bind(cfg.bus.pub_endpoint)
         self.xpub.bind(cfg.bus.sub_endpoint)
+        restrict_socket(cfg.bus.pub_endpoint, PUBLISH_MODE)  # the pipeline's own services publish
+        restrict_socket(cfg.bus.sub_endpoint, SUBSCRIBE_MODE)  # group rescoin may subscribe
         control_addr = f"inproc://bus-control-{id(self)}"
         self.control = ctx.socket(zmq.PAIR)
         self.control.bind(control_addr)
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = zmq.Context()
     try:
         bus = Bus(ctx, cfg)
-    except zmq.ZMQError as exc:
+    except (zmq.ZMQError, OSError) as exc:
         log.error("cannot bind %s / %s: %s", cfg.bus.pub_endpoint, cfg.bus.sub_endpoint, exc)
         return 1
     bus.start()

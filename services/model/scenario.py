@@ -10,6 +10,7 @@ contended), so by default the host is contended but not oversold.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,10 @@ from .traces import Trace
 
 
 def size_host(
-    provisioned: np.ndarray, demand: np.ndarray, template_fraction: float | np.ndarray, contention: float | np.ndarray
+    provisioned: np.ndarray,
+    demand: np.ndarray,
+    template_fraction: float | Sequence[float] | np.ndarray,
+    contention: float | Sequence[float] | np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(template (n, 4), capacity (4,)) for VMs of ``provisioned`` size (n, 4) with ``demand`` (T, n, 4)."""
     template = provisioned * np.asarray(template_fraction, dtype=float)

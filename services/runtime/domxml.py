@@ -71,6 +71,11 @@ def _devs(root: ET.Element, path: str) -> list[str]:
     return [dev for t in root.findall(path) if (dev := t.get("dev"))]
 
 
+def _mac(interface: ET.Element) -> str:
+    mac = interface.find("mac")
+    return "" if mac is None else mac.get("address", "").lower()
+
+
 def _disk_source(disk: ET.Element) -> str:
     source = disk.find("source")
     if source is None:
@@ -109,11 +114,9 @@ def parse_domain_xml(xml: str) -> DomainFacts:
         mem_max_bytes=_memory_bytes(root.find("memory")),
         disks=_devs(root, "devices/disk[@device='disk']/target"),
         interfaces=_devs(root, "devices/interface/target"),
-        disk_sources=[_disk_source(d) for d in root.findall("devices/disk[@device='disk']") if d.find("target") is not None],
-        macs=[
-            (i.find("mac").get("address", "") if i.find("mac") is not None else "").lower()
-            for i in root.findall("devices/interface")
-            if i.find("target") is not None
+        disk_sources=[
+            _disk_source(d) for d in root.findall("devices/disk[@device='disk']") if d.find("target") is not None
         ],
+        macs=[_mac(i) for i in root.findall("devices/interface") if i.find("target") is not None],
         template=(template[0], template[1], template[2], template[3]),
     )

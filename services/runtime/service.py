@@ -322,7 +322,7 @@ class ServiceLoop:
         )
         try:
             while not self.stop.stopping:
-                if poller.poll(pacer.timeout_s() * 1000):  # at most one period: SIGTERM is seen within one
+                if poller.poll(round(pacer.timeout_s() * 1000)):  # at most one period: SIGTERM is seen within one
                     self._drain(sub)
                 ended = pacer.due()
                 if ended is not None:
@@ -334,7 +334,7 @@ class ServiceLoop:
                 self._failed("close", exc)
                 last_words = []
             self._publish(last_words)
-            self._heartbeat(pacer.current(), state="stopping")
+            self._heartbeat(pacer.current() - 1, state="stopping")  # like every hb: the last period that ended
         finally:
             pub.close(linger=1000)
             sub.close(linger=0)

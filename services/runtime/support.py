@@ -42,6 +42,9 @@ class StopFlag:
         self.signal_name = signal.Signals(signum).name
 
 
+BASE_COUNTERS = ("received", "sent", "dropped_stale", "gaps", "rejected")
+
+
 class Counters:
     """Monotone counters for `hb`, plus a bounded sample of rejected input.
 
@@ -51,7 +54,8 @@ class Counters:
     """
 
     def __init__(self, keep: int = 20, max_warnings: int = 10) -> None:
-        self.values: collections.Counter[str] = collections.Counter()
+        # the counters proto/README.md names are present from the first heartbeat
+        self.values: collections.Counter[str] = collections.Counter(dict.fromkeys(BASE_COUNTERS, 0))
         self.recent_errors: collections.deque[str] = collections.deque(maxlen=keep)
         self.max_warnings = max_warnings
         self._warned_this_period = 0

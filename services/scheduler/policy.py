@@ -17,7 +17,6 @@ from ..model.enforcement import MEM, template_shares, tiebreak_weights
 from ..model.waterfill import waterfill, waterfill_loop
 
 N_RESOURCES = 4
-FLOOR_PASSES = 8
 
 
 class PolicyInputError(ValueError):
@@ -141,10 +140,10 @@ def seed_shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, 
 
     wr = coin weight / Σ coin weight, C_e = C − Σ min(d, tc): the capacity the
     entitlements leave, promised to savers *before* anyone bursts. Σ share can
-    then exceed C, so the template's guarantee leans on the prediction; the
-    risk is bounded: no VM's share falls below what keeps C·share/Σshare ≥ its
-    predicted entitlement min(d, tc) (``entitlement_floor``). No coins
-    anywhere: shares = template. An oversold resource gets shares ∝ template.
+    then exceed C, so the template's guarantee leans on the prediction (on the
+    Bitbrains month it was never broken; bounding it cost savers more than it
+    saved: docs/EVALUATION.md). No coins anywhere: shares = template. An
+    oversold resource gets shares ∝ template.
     """
     demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
     weight = coin_weight(coins)
@@ -152,29 +151,9 @@ def seed_shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, 
     ratio = weight / total if total > 0 else np.zeros_like(weight)
     entitled = np.minimum(demand, template)
     spare = np.maximum(capacity - entitled.sum(axis=0), 0.0)
-    share = entitlement_floor(template + ratio[:, None] * spare[None, :], entitled, capacity)
+    share = template + ratio[:, None] * spare[None, :]
     oversold = template.sum(axis=0) > capacity
     return np.where(oversold, template_shares(template, capacity), share)
-
-
-def entitlement_floor(share: np.ndarray, entitled: np.ndarray, capacity: np.ndarray) -> np.ndarray:
-    """Raise shares so each VM's part of C under full contention, C·share/Σshare, is ≥ ``entitled``.
-
-    With T = Σ share, the floor is entitled·T/C, and raising a share raises T:
-    the fixed point T = Σ max(share, entitled·T/C) is found by iterating from
-    T = Σ share (T only grows and converges while Σ entitled < C; a few passes
-    suffice in practice — what is left is rounding).
-    """
-    total = share.sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scale = np.where(capacity > 0, 1.0 / capacity, 0.0)
-    for _ in range(FLOOR_PASSES):
-        raised = np.maximum(share, entitled * (total * scale))
-        new_total = raised.sum(axis=0)
-        if np.allclose(new_total, total, rtol=1e-12, atol=0.0):
-            return raised
-        total = new_total
-    return raised
 
 
 def coin_shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray) -> np.ndarray:

@@ -26,12 +26,11 @@ class SchedulerSettings:
         one_of("shares", "ceilings", "both"),
     )
     share_formula: str = setting(
-        "seed",
+        "unsold",
         "shares = template + a split of: unsold (C - sum of templates, to predicted bursts by coins then "
         "template; sum of shares = C), coins (the same by coin weight alone) or seed (the seed's "
-        "C - sum of min(estimate, template) by coin weight, each share kept high enough that its part of C "
-        "covers its predicted entitlement; sum of shares may exceed C). seed serves savers best on the "
-        "Bitbrains month at contention 0.25 and 0 (docs/EVALUATION.md)",
+        "C - sum of min(estimate, template) by coin weight; sum of shares may exceed C, so the template "
+        "guarantee leans on the prediction). docs/EVALUATION.md compares them",
         one_of("unsold", "coins", "seed"),
     )
     release_when_fit: bool = setting(

@@ -30,11 +30,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..model.enforcement import ENFORCEMENT_MODES, enforce
 from ..model.scenario import Scenario, build_scenario
 from ..model.traces import default_traces_dir, load_bitbrains
 from ..predictor.models import DEFAULT_PARAMS, PREDICTORS, make_predictor
 from ..scheduler.ledger import CoinLedger
-from ..model.enforcement import ENFORCEMENT_MODES, enforce
 from ..scheduler.policy import POLICIES, SHARE_FORMULAS
 from ..scheduler.settings import SchedulerSettings
 from ..scheduler.step import decide

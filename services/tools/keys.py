@@ -1,7 +1,7 @@
 """`rescoin keys`: CURVE keys for the guest ingress (and the bus).
 
-rescoin keys init               the host's key pair (secret readable only by root)
-rescoin keys add VM_UUID        a key pair for one guest: copy its .key_secret and server.key into the VM
+rescoin keys init               the host's key pair (secret 0600: root's, or the rescoin user's if it exists)
+rescoin keys add VM_UUID        a key pair for one guest (secret 0600): copy it and server.key into the VM
 rescoin keys list               who is trusted
 rescoin keys remove VM_UUID     stop trusting a guest (restart the ingress)
 """

@@ -44,8 +44,7 @@ def demo_like_config(state: Path, sim_endpoint: str) -> str:
     text = text.replace('name = "demo"', f'name = "{HOST}"')
     text = text.replace("period_s = 1.0", f"period_s = {PERIOD_S}")
     text = text.replace('state_dir = "state"', f'state_dir = "{state}"')
-    text = text.replace("tcp://127.0.0.1:7710", f"tcp://127.0.0.1:{free_port()}")
-    text = text.replace("tcp://127.0.0.1:7711", f"tcp://127.0.0.1:{free_port()}")
+    text = text.replace('"ipc://state/bus/', f'"ipc://{state}/bus/')  # the bus's sockets, in this state dir
     text = text.replace("tcp://127.0.0.1:7720", sim_endpoint)
     text = text.replace("n_vms = 8", f"n_vms = {N_VMS}\nstart_sample = {START_SAMPLE}")
     text = text.replace("listen_port = 9810", f"listen_port = {free_port()}")  # the exporter
@@ -59,6 +58,8 @@ def supervisord_config(state: Path, config: Path) -> str:
     text = text.replace("%(here)s/demo.toml", str(config))
     text = text.replace("files = supervisor.d/", f"files = {DEPLOY}/supervisor.d/")
     text = text.replace(" supervisor.d/demo/", f" {DEPLOY}/supervisor.d/demo/")
+    # every program as root, as before: the checkout or its venv may not be readable by `rescoin`
+    text = text.replace('RESCOIN_USER="rescoin"', 'RESCOIN_USER="root"')
     return text.replace("%(here)s", str(DEPLOY))
 
 

@@ -7,6 +7,7 @@ import argparse
 
 from rescoin.proto import Envelope, topic_prefix
 from rescoin.proto.messages import Estimate
+from rescoin.services.runtime.config import use_schema
 from rescoin.services.runtime.service import (
     Health,
     Outgoing,
@@ -14,7 +15,6 @@ from rescoin.services.runtime.service import (
     config_from_args,
     run_stage,
 )
-from rescoin.services.runtime.config import use_schema
 from rescoin.services.runtime.support import Counters
 from rescoin.services.schema import service_schema
 

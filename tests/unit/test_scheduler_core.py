@@ -10,8 +10,8 @@ from rescoin.proto.messages import Estimate, Sample
 from rescoin.services.runtime.config import load_config
 from rescoin.services.runtime.support import Counters
 from rescoin.services.scheduler.core import SchedulerCore
-from rescoin.services.scheduler.step import apply_floors
 from rescoin.services.scheduler.ledger import CoinLedger
+from rescoin.services.scheduler.step import apply_floors
 
 VMS = [str(uuid.UUID(int=i + 1)) for i in range(3)]
 C = np.array([4.0, 8e9, 1e8, 1e8])

@@ -227,6 +227,8 @@ disk_bps = {3 * 2**20}
 net_bps = {HOST_NET_BPS}
 [scheduler]
 coin_window = 30
+# these guests are measured against quotas, balloons, throttles and tc ceilings: burstable-instance mode
+enforcement = "ceilings"
 [actuator]
 backend = "libvirt"
 uri = "qemu:///system"
