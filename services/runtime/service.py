@@ -25,6 +25,7 @@ from rescoin.proto.envelope import MAX_PAYLOAD_BYTES
 from rescoin.proto.messages import decode, encode
 
 from .config import Config, ConfigError, load_config
+from .owners import from_owner
 from .support import Counters, StopFlag, secure_client, setup_logging
 
 log = logging.getLogger("rescoin.runtime")
@@ -385,7 +386,7 @@ class ServiceLoop:
             self._failed("decode", exc)
             return
         try:
-            if not self.filter.accept(env):
+            if not from_owner(env, self.counters) or not self.filter.accept(env):
                 return
             outgoing = self.stage.on_message(env)
         except ProtocolError as exc:  # the core found the message inconsistent (unknown VM...)

@@ -109,11 +109,9 @@ def test_stop_all_leaves_no_process_and_the_actuator_restored_the_tunables(fresh
     assert wait_running(pipeline), pipeline.logs()
     info = pipeline.sim.describe()
 
-    def changed() -> bool:  # shares from the start, ceilings once the host is contended
+    def changed() -> bool:  # weights from the first alloc (ceilings only where a balloon or a mode asks)
         now = pipeline.sim.tunables()
-        return not (
-            np.array_equal(now.shares, info.initial_shares) or np.array_equal(now.ceiling, info.initial_ceiling)
-        )
+        return not np.array_equal(now.shares, info.initial_shares)
 
     assert wait_for(changed, 30, 0.05), pipeline.logs()
     pids = [pid for _, pid in pipeline.status().values()]
