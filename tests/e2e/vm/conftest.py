@@ -277,6 +277,7 @@ def host_pipeline(lab):
         "files = supervisor.d/", f"files = {DEPLOY}/supervisor.d/"
     )
     text = text.replace(" supervisor.d/host/", f" {DEPLOY}/supervisor.d/host/").replace("%(here)s", str(DEPLOY))
+    text = text.replace('RESCOIN_USER="rescoin"', 'RESCOIN_USER="root"')  # the venv lives where rescoin cannot read
     conf = lab.tmp / "supervisord.conf"
     conf.write_text(text)
     sub = [ln for ln in config.read_text().splitlines() if ln.startswith("sub_endpoint")][0].split('"')[1]
