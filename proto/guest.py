@@ -16,7 +16,7 @@ from .envelope import (
     require_keys,
     unpack_frames,
 )
-from .errors import ProtocolError
+from .errors import ProtocolError, only_protocol_errors
 
 # No guest has a petabyte of RAM: larger numbers are a broken or lying agent.
 MAX_GUEST_BYTES = 2**50
@@ -63,20 +63,11 @@ def encode_guest_mem(env: Envelope) -> list[bytes]:
 
 def decode_guest_mem(frames: Sequence[bytes]) -> Envelope:
     """Decode and validate a ``guest.mem`` message; anything else is a ProtocolError (and only that)."""
-    try:
+    with only_protocol_errors():
         kind, key, payload = unpack_frames(frames)
         if kind != KIND_GUEST_MEM:
             raise ProtocolError(f"expected guest.mem, got {kind!r}", "kind")
         return envelope_from_payload(payload, GuestMem.from_wire(payload["body"]), key)
-    except ProtocolError:
-        raise
-    except Exception as exc:  # a check this decoder lacks: still a rejection, never a crash
-        raise internal_error(exc) from exc
-
-
-def internal_error(exc: BaseException) -> ProtocolError:
-    """What a decoder raises for an exception its checks did not foresee (a bug to fix, counted meanwhile)."""
-    return ProtocolError(f"internal decoder error {type(exc).__name__}: {exc}"[:300], "decoder")
 
 
 def envelope_from_payload(payload: Mapping[str, Any], body: Any, topic_key: str) -> Envelope:

@@ -37,7 +37,7 @@ import numpy as np
 from rescoin.proto import KIND_ALLOC, KIND_APPLIED, Envelope, topic_prefix
 from rescoin.proto.messages import Alloc, Applied
 
-from ..model.enforcement import ceilings, template_shares
+from ..model.enforcement import ceilings, in_force, template_shares
 from ..runtime.service import Health, Outgoing
 from ..runtime.support import Counters, atomic_write
 from .backend import (
@@ -54,7 +54,7 @@ from .settings import ActuatorSettings
 
 log = logging.getLogger("rescoin.actuator")
 GUEST_NEED_MAX_AGE_S = 30.0  # how long the backend's word on a guest's memory floor holds
-CPU, MEM, DISK, NET = range(4)
+MEM, DISK = 1, 2
 
 
 BFQ_WEIGHT_MAX = 1000.0  # the kernel's largest BFQ weight (libvirt accepts 100-1000)
@@ -171,21 +171,15 @@ class ActuatorCore:
         weights (``weights``) and its ceilings where its enforcement mode applies them; in
         ``shares`` mode a disk ceiling is the fallback for devices that ignore weights.
         Nothing is re-derived here."""
-        ceiling = alloc.ceiling
-        if alloc.enforcement == "shares":
-            ceiling = ceiling.copy()
-            ceiling[:, [CPU, DISK, NET]] = NO_LIMIT
+        ceiling = in_force(alloc.ceiling, alloc.enforcement, none=NO_LIMIT)
         return self._settings(ceiling, weights(alloc.shares), alloc.ceiling[:, DISK])
 
     def failsafe_targets(self, last: Alloc) -> list[list[Setting]]:
         """The safe state: shares by template; ceilings at template unless the last alloc's
         enforcement was ``shares``; memory never below the VM's last use + reserve."""
         ceiling = ceilings(last.template, last.template, last.usage, self.settings.mem_reserve_bytes)
-        fallback = ceiling[:, DISK].copy()
-        if last.enforcement == "shares":
-            ceiling[:, [CPU, DISK, NET]] = NO_LIMIT
         shares = weights(template_shares(last.template, last.capacity))
-        return self._settings(ceiling, shares, fallback)
+        return self._settings(in_force(ceiling, last.enforcement, none=NO_LIMIT), shares, ceiling[:, DISK])
 
     @staticmethod
     def _settings(ceiling: np.ndarray, weight: np.ndarray, disk_fallback: np.ndarray) -> list[list[Setting]]:

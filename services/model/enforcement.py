@@ -53,13 +53,14 @@ def ceilings(
     return ceiling
 
 
-def in_force(ceiling: np.ndarray, mode: str) -> np.ndarray:
+def in_force(ceiling: np.ndarray, mode: str, none: float = np.inf) -> np.ndarray:
     """The ceilings the kernel gets under an enforcement mode: all of them in ``ceilings`` and
-    ``both``; in ``shares`` only memory's (a balloon), rate resources are left to the weights."""
+    ``both``; in ``shares`` only memory's (a balloon), rate resources are left to the weights.
+    ``none`` is how "no ceiling" is written (inf here, -1 on the wire)."""
     if mode != "shares":
         return ceiling
     out = np.array(ceiling, dtype=float)
-    out[:, RATE] = np.inf
+    out[:, RATE] = none
     return out
 
 

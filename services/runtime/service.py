@@ -398,14 +398,18 @@ class ServiceLoop:
         self._publish(outgoing)
 
     def _publish(self, outgoing: Sequence[Outgoing] | None) -> None:
-        for out in outgoing or ():
-            kind = getattr(out, "kind", "?")
-            try:
-                self.publisher.send(out.kind, out.period, out.body)
-            except Exception as exc:  # the codec refused it (NaN...): counted, logged, not sent
-                self.counters.fail("send_failed", str(kind)[:40], f"{type(exc).__name__}: {exc}", self.logger)
-                continue
-            self.counters.inc("sent")
+        for out in outgoing or ():  # a stage that returned None has nothing to say
+            if self._send(out.kind, out.period, out.body):
+                self.counters.inc("sent")
+
+    def _send(self, kind: str, period: int, body: Any) -> bool:
+        """Publish one body; one the codec refuses (NaN...) is counted as ``send_failed.<kind>``, not sent."""
+        try:
+            self.publisher.send(kind, period, body)
+        except Exception as exc:
+            self.counters.fail("send_failed", str(kind)[:40], f"{type(exc).__name__}: {exc}", self.logger)
+            return False
+        return True
 
     def _heartbeat(self, period: int, state: str | None = None) -> None:
         try:
@@ -421,10 +425,7 @@ class ServiceLoop:
             info={"pid": os.getpid(), **health.info},
             errors=list(self.counters.recent_errors),
         )
-        try:
-            self.publisher.send(KIND_HB, period, hb)
-        except Exception as exc:
-            self.counters.fail("send_failed", KIND_HB, f"{type(exc).__name__}: {exc}", self.logger)
+        self._send(KIND_HB, period, hb)
         self.counters.end_period(self.logger)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from rescoin.proto import KIND_ALLOC, KIND_ESTIMATE, KIND_SAMPLE, Envelope, topic_prefix
-from rescoin.proto.messages import Alloc, Estimate, Sample
+from rescoin.proto.messages import NO_LIMIT, Alloc, Estimate, Sample
 
 from ..runtime.service import Health, Outgoing
 from ..runtime.support import Counters
@@ -27,7 +27,6 @@ from .settings import SchedulerSettings
 from .step import decide
 
 log = logging.getLogger("rescoin.scheduler")
-NO_LIMIT = -1.0  # on the wire: no ceiling
 
 
 @dataclass

@@ -16,6 +16,7 @@ from rescoin.proto import envelope as envelope_mod
 from rescoin.proto.arrays import EXT_NDARRAY
 from rescoin.proto.messages import Alloc, Applied, Estimate, Sample, decode, encode
 from rescoin.services.runtime.config import load_config
+from rescoin.services.runtime.owners import OWNERS
 from rescoin.services.runtime.service import (
     Health,
     InputFilter,
@@ -86,7 +87,9 @@ BODIES = {kind: make_body(kind) for kind in ("guest.mem", "sample", "estimate", 
 
 
 def envelope(kind: str, body, host: str = "h1", period: int = 100) -> Envelope:
-    return Envelope(kind, host, "test", 1_700_000_000_000_000_000, 5, 1_700_000_000_500_000_000, period, body)
+    """As the kind's own service sends it (stages accept a kind only from its owner)."""
+    src = OWNERS.get(kind, "test")
+    return Envelope(kind, host, src, 1_700_000_000_000_000_000, 5, 1_700_000_000_500_000_000, period, body)
 
 
 def repack(frames, mutate):
