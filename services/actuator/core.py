@@ -183,10 +183,10 @@ class ActuatorCore:
 
     @staticmethod
     def _settings(ceiling: np.ndarray, weight: np.ndarray, disk_fallback: np.ndarray) -> list[list[Setting]]:
-        rows = np.stack([ceiling, weight], axis=2).tolist()  # (n, 4, 2): one conversion, not n × 4
+        rows = np.stack([ceiling, weight], axis=2).tolist()  # (n, 4, 2): one conversion, not n × 4; memory weight 0
         fallback = disk_fallback.tolist()
         return [
-            [Setting(c, 0.0 if r == MEM else w, fallback[i] if r == DISK else NO_LIMIT) for r, (c, w) in enumerate(row)]
+            [Setting(c, w, fallback[i] if r == DISK else NO_LIMIT) for r, (c, w) in enumerate(row)]
             for i, row in enumerate(rows)
         ]
 
