@@ -16,6 +16,10 @@ def waterfill(amount: np.ndarray, caps: np.ndarray, weights: np.ndarray) -> np.n
     """Water-fill ``amount`` (m,) over ``caps`` (n, m) with ``weights`` (n, m); returns (n, m)."""
     amount = np.maximum(np.asarray(amount, dtype=float), 0.0)
     weights = np.maximum(np.asarray(weights, dtype=float), 0.0)
+    # only ratios within a column matter: scaled to a largest weight of 1, tiny weights (1e-308)
+    # cannot overflow λ = amount / Σ weight to inf while some VM is still unsaturated
+    top = weights.max(axis=0, initial=0.0)
+    weights = weights / np.where(top > 0, top, 1.0)
     caps = np.where(weights > 0, np.maximum(np.asarray(caps, dtype=float), 0.0), 0.0)
     n = caps.shape[0]
     if n == 0:

@@ -142,3 +142,10 @@ def test_invalid_input_raises_a_clear_error(demand, template, capacity, coins):
 def test_waterfill_matches_its_loop_reference(h):
     demand, template, capacity, _coins = h
     assert np.allclose(waterfill(capacity, demand, template), waterfill_loop(capacity, demand, template), atol=1e-6)
+
+
+def test_waterfill_with_the_tiniest_weights_still_hands_out_only_the_amount():
+    """Found by hypothesis in CI: weights of 2.2e-308 overflowed λ to inf and every cap was granted."""
+    caps = np.array([[1.0], [5.0], [5.0], [5.0]])
+    weights = np.full((4, 1), np.finfo(float).tiny)
+    assert waterfill(np.array([13.0]), caps, weights)[:, 0] == pytest.approx([1.0, 4.0, 4.0, 4.0])
