@@ -12,14 +12,18 @@ from __future__ import annotations
 import numpy as np
 
 
+def relative(weights: np.ndarray) -> np.ndarray:
+    """Weights ≥ 0 scaled per column to a largest of 1: only ratios matter, and then the tiniest
+    weights (1e-308) cannot overflow λ = amount / Σ weight to inf while a VM is still unsaturated."""
+    weights = np.maximum(np.asarray(weights, dtype=float), 0.0)
+    top = weights.max(axis=0, initial=0.0)
+    return weights / np.where(top > 0, top, 1.0)
+
+
 def waterfill(amount: np.ndarray, caps: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Water-fill ``amount`` (m,) over ``caps`` (n, m) with ``weights`` (n, m); returns (n, m)."""
     amount = np.maximum(np.asarray(amount, dtype=float), 0.0)
-    weights = np.maximum(np.asarray(weights, dtype=float), 0.0)
-    # only ratios within a column matter: scaled to a largest weight of 1, tiny weights (1e-308)
-    # cannot overflow λ = amount / Σ weight to inf while some VM is still unsaturated
-    top = weights.max(axis=0, initial=0.0)
-    weights = weights / np.where(top > 0, top, 1.0)
+    weights = relative(weights)
     caps = np.where(weights > 0, np.maximum(np.asarray(caps, dtype=float), 0.0), 0.0)
     n = caps.shape[0]
     if n == 0:
@@ -60,6 +64,7 @@ def waterfill(amount: np.ndarray, caps: np.ndarray, weights: np.ndarray) -> np.n
 def waterfill_loop(amount: np.ndarray, caps: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """The obviously-correct reference: raise λ through each saturation point, one VM at a time."""
     result = np.zeros_like(np.asarray(caps, dtype=float))
+    weights = relative(weights)
     with np.errstate(over="ignore"):  # a tiny weight's λ or step is inf: that VM simply saturates
         for r in range(result.shape[1]):
             left = max(float(amount[r]), 0.0)

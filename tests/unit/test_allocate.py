@@ -149,3 +149,10 @@ def test_waterfill_with_the_tiniest_weights_still_hands_out_only_the_amount():
     caps = np.array([[1.0], [5.0], [5.0], [5.0]])
     weights = np.full((4, 1), np.finfo(float).tiny)
     assert waterfill(np.array([13.0]), caps, weights)[:, 0] == pytest.approx([1.0, 4.0, 4.0, 4.0])
+
+
+def test_the_loop_reference_with_the_tiniest_weights_hands_out_only_the_amount():
+    """Found by hypothesis in CI too: the reference itself granted 15 of 12."""
+    caps = np.full((3, 1), 5.0)
+    weights = np.full((3, 1), np.finfo(float).tiny)
+    assert waterfill_loop(np.array([12.0]), caps, weights)[:, 0] == pytest.approx([4.0, 4.0, 4.0])
