@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.unit's frame mutators
 
 from common import ms, timed, write_section  # noqa: E402
-from rescoin.proto.messages import encode  # noqa: E402
+from rescoin.proto.codec import encode  # noqa: E402
 
 from tests.unit.test_fuzz_frames import Outcome, base_frames, byte_mutant, structure_mutants  # noqa: E402
 from tests.unit.test_hostile_input import envelope, make_alloc  # noqa: E402
@@ -47,7 +47,7 @@ def main() -> None:
         f"all {len(structure):,}: each value anywhere in the map tree replaced by an array extension, a list, "
         "a map, nil, bools, huge and negative ints, NaN/inf, a long string, bytes, or a field removed), the "
         "rest seeded byte mutants (1–4 bit flips, byte sets, truncations, insertions, deletions, duplicated "
-        "chunks, sometimes another topic). Each frame is timed around `rescoin.proto.messages.decode`; one "
+        "chunks, sometimes another topic). Each frame is timed around `rescoin.proto.codec.decode`; one "
         "that still decodes is re-encoded (with validation), so decoder and encoder agree. *Via safety net*: "
         "ProtocolErrors that only `decode()`'s last-line conversion of an unforeseen exception caught (a "
         "missing check); CI runs the same mutators on fewer frames (`tests/unit/test_fuzz_frames.py`).\n\n"

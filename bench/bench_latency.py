@@ -11,7 +11,7 @@ import numpy as np
 import zmq
 from common import start_sim_pipeline, stop, write_section
 from rescoin.proto import ProtocolError
-from rescoin.proto.messages import decode
+from rescoin.proto.codec import decode
 
 PERIOD_S = 0.2
 PERIODS = 220

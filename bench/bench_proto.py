@@ -10,7 +10,8 @@ import uuid
 import numpy as np
 from common import ms, timed, write_section
 from rescoin.proto import Envelope
-from rescoin.proto.messages import Alloc, _check_vms, decode, encode
+from rescoin.proto.codec import decode, encode
+from rescoin.proto.messages import Alloc, _check_vms
 
 REPEAT = 30
 
@@ -75,7 +76,7 @@ def main() -> None:
         + f"\n\nPayload: `alloc` with n random (uuid4) VM ids, four (n, 4) float64 matrices (alloc, coins, "
         f"template, usage), capacity and the per-resource modes; size counts both frames. {REPEAT} runs each "
         "after 2 warm-ups. Encoding packs the matrices as raw bytes (msgpack ext type 1); decoding validates "
-        "everything (`rescoin.proto.messages.decode`).\n\n"
+        "everything (`rescoin.proto.codec.decode`).\n\n"
         f"Where the 10k-VM decode goes (cProfile, 20 decodes, {per_decode * 1e3:.1f} ms each under the profiler):\n\n"
         + "\n".join(prof_rows)
         + f"\n\nThe VM ids are checked in one pass (`proto/envelope.py check_uuids`: join, `bytes.translate` to "

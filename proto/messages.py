@@ -1,11 +1,8 @@
-"""The batch bodies (sample, estimate, alloc, applied) and the full codec.
+"""The batch bodies: sample, estimate, alloc, applied (the codec is ``rescoin.proto.codec``).
 
 Every batch body is column-wise for one host and one period: ``vms`` lists
 the VM UUIDs and every matrix has one row per VM, columns in RESOURCES order
 (cpu cores, mem bytes, disk bytes/s, net bytes/s).
-
-    frames = encode(env)          # [topic, payload]
-    env = decode(frames)          # validated Envelope, or ProtocolError
 """
 
 from __future__ import annotations
@@ -17,30 +14,23 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .arrays import check_matrix, ext_hook, pack_default
+from .arrays import check_matrix
 from .envelope import (
     KIND_ALLOC,
     KIND_APPLIED,
     KIND_ESTIMATE,
-    KIND_GUEST_MEM,
-    KIND_HB,
     KIND_SAMPLE,
     RESOURCES,
-    Envelope,
     check_int,
     check_map,
     check_name,
     check_one_of,
     check_str,
     check_uuids,
-    pack_frames,
     require_keys,
-    unpack_frames,
 )
 from .envelope import MAX_VMS as MAX_VMS  # re-exported: callers import it from here
-from .errors import ProtocolError, only_protocol_errors
-from .guest import GuestMem, envelope_from_payload
-from .heartbeat import Heartbeat
+from .errors import ProtocolError
 
 MEM_SOURCES = ("guest", "balloon", "none")
 MODES = ("fit", "contended")
@@ -315,41 +305,9 @@ class Applied:
         )
 
 
-BODY_TYPES: dict[str, Any] = {
-    KIND_GUEST_MEM: GuestMem,
+BATCH_BODIES: dict[str, Any] = {
     KIND_SAMPLE: Sample,
     KIND_ESTIMATE: Estimate,
     KIND_ALLOC: Alloc,
     KIND_APPLIED: Applied,
-    KIND_HB: Heartbeat,
 }
-
-
-def encode(env: Envelope, validate: bool = True) -> list[bytes]:
-    """Envelope -> ``[topic, payload]`` frames.
-
-    With ``validate`` (the default, what every publisher uses) the frames are
-    decoded again before they are returned, so nothing a receiver would reject
-    (NaN, a negative use, n not matching ``vms``...) is ever sent: the sender
-    gets the ProtocolError instead. Costs about one decode (~1 ms at 10k VMs).
-    """
-    body_type = BODY_TYPES.get(env.kind)
-    if body_type is None or not isinstance(env.body, body_type):
-        raise ProtocolError(f"body of a {env.kind!r} message must be {getattr(body_type, '__name__', '?')}", "body")
-    try:
-        frames = pack_frames(env, env.body.to_wire(), default=pack_default)
-    except ProtocolError:
-        raise
-    except Exception as exc:  # a value msgpack cannot carry (an int above 2**64, an object...)
-        raise ProtocolError(f"cannot encode: {type(exc).__name__}: {exc}"[:300], "body") from exc
-    if validate:
-        decode(frames)
-    return frames
-
-
-def decode(frames: Sequence[bytes]) -> Envelope:
-    """``[topic, payload]`` frames -> validated Envelope. Raises only ProtocolError."""
-    with only_protocol_errors():  # the fuzz tests find nothing that needs this net
-        kind, key, payload = unpack_frames(frames, ext_hook)
-        body = BODY_TYPES[kind].from_wire(payload["body"])
-        return envelope_from_payload(payload, body, key)

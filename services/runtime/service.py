@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 import zmq
 from rescoin.proto import KIND_GUEST_MEM, KIND_HB, Envelope, Heartbeat, ProtocolError
+from rescoin.proto.codec import decode, encode
 from rescoin.proto.envelope import MAX_PAYLOAD_BYTES
-from rescoin.proto.messages import decode, encode
 
 from .config import Config, ConfigError, load_config
 from .owners import from_owner

@@ -25,7 +25,7 @@ from typing import BinaryIO
 import msgpack
 import zmq
 from rescoin.proto import Envelope, ProtocolError
-from rescoin.proto.messages import decode
+from rescoin.proto.codec import decode
 
 MAGIC = b"RESCOIN-RECORD 1\n"
 LENGTH = struct.Struct(">I")

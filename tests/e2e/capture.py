@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from rescoin.proto import Envelope
-from rescoin.proto.messages import decode
+from rescoin.proto.codec import decode
 from rescoin.services.tools.buses import RecordWriter, read_records
 
 from tests.e2e.conftest import start_pipeline, stop_pipeline

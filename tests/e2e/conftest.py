@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import zmq
 from rescoin.proto import Envelope, ProtocolError
-from rescoin.proto.messages import decode
+from rescoin.proto.codec import decode
 from rescoin.services.runtime.simclient import SimhostClient
 
 from tests.support.bus import wait_for

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from rescoin.proto import KIND_ALLOC, KIND_APPLIED, Envelope
-from rescoin.proto.messages import encode
+from rescoin.proto.codec import encode
 from rescoin.services.bus.ipc import DIR_MODE, PUBLISH_MODE, SUBSCRIBE_MODE
 
 from tests.e2e.conftest import VENV_BIN, start_pipeline, stop_pipeline, wait_running

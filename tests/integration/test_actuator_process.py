@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import zmq
-from rescoin.proto.messages import decode
+from rescoin.proto.codec import decode
 from rescoin.services.actuator.backend_cgroup import group_uuid
 from rescoin.services.runtime.service import Publisher
 

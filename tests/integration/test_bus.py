@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import zmq
 from rescoin.proto import Heartbeat
-from rescoin.proto.messages import Estimate, decode
+from rescoin.proto.codec import decode
+from rescoin.proto.messages import Estimate
 from rescoin.services.runtime.service import Publisher
 
 from tests.support.bus import running_bus, wait_for

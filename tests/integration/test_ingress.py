@@ -12,7 +12,7 @@ import zmq
 import zmq.auth
 from rescoin.guest_agent.agent import wait_subscribed
 from rescoin.proto import Envelope, GuestMem, encode_guest_mem
-from rescoin.proto.messages import decode
+from rescoin.proto.codec import decode
 from rescoin.services.ingress.keys import add_guest, init_server
 
 from tests.support.bus import running_bus, wait_for

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import zmq
 from rescoin.proto import ProtocolError
-from rescoin.proto.messages import Sample, decode
+from rescoin.proto.codec import decode, encode
+from rescoin.proto.messages import Sample
 from rescoin.services.runtime.service import Publisher
 
 from tests.support.bus import running_bus, wait_for
@@ -128,7 +129,7 @@ def test_a_structure_where_a_scalar_belongs_is_counted_and_the_stage_lives_on(ec
 
     proc, pub, sub = echo_stage
     collect(sub, lambda s: len(echo_beats(s)) >= 1)
-    frames = __import__("rescoin.proto.messages", fromlist=["encode"]).encode(pub.envelope("sample", 60, sample()))
+    frames = encode(pub.envelope("sample", 60, sample()))
     payload = msgpack.unpackb(frames[1], raw=False, ext_hook=msgpack.ExtType)
     for field in ("v", "kind"):  # an array extension where an int / a string belongs
         bad = dict(payload, **{field: payload["body"]["tc"]})

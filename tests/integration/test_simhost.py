@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from rescoin.proto.messages import decode
+from rescoin.proto.codec import decode
 from rescoin.services.actuator.backend import Change, Setting
 from rescoin.services.actuator.backend_sim import SimActuatorBackend
 from rescoin.services.monitor.backend_sim import SimMonitorBackend

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import zmq
 from rescoin.proto import Envelope
-from rescoin.proto.messages import decode
+from rescoin.proto.codec import decode
 
 from .net import free_port
 

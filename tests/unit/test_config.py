@@ -110,10 +110,6 @@ def test_reading_its_config_loads_no_other_stage(module):
         assert not {m for m in loaded if m.startswith(f"rescoin.services.{other}")}, other
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime/service.py imports proto.messages, which imports numpy (proto/arrays.py) for every stage",
-)
 @pytest.mark.parametrize("module", ["rescoin.services.bus.main", "rescoin.services.ingress.main"])
 def test_the_bus_and_the_ingress_do_not_load_numpy(module):
     assert "numpy" not in _modules_after_config(module)

@@ -20,7 +20,7 @@ import msgpack
 import numpy as np
 from rescoin.proto import PROTOCOL_VERSION, ProtocolError
 from rescoin.proto.arrays import EXT_NDARRAY
-from rescoin.proto.messages import decode, encode
+from rescoin.proto.codec import decode, encode
 from rescoin.services.tools.buses import read_records
 
 from tests.unit.test_hostile_input import BODIES, envelope, make_body

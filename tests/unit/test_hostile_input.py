@@ -14,7 +14,8 @@ import zmq
 from rescoin.proto import Envelope, GuestMem, Heartbeat, ProtocolError, decode_guest_mem, encode_guest_mem
 from rescoin.proto import envelope as envelope_mod
 from rescoin.proto.arrays import EXT_NDARRAY
-from rescoin.proto.messages import Alloc, Applied, Estimate, Sample, decode, encode
+from rescoin.proto.codec import decode, encode
+from rescoin.proto.messages import Alloc, Applied, Estimate, Sample
 from rescoin.services.runtime.config import load_config
 from rescoin.services.runtime.owners import OWNERS
 from rescoin.services.runtime.service import (
@@ -151,7 +152,7 @@ def test_any_unexpected_decoder_exception_becomes_an_internal_protocol_error(mon
             raise KeyError("surprise")
 
     frames = encode(envelope("estimate", BODIES["estimate"]))
-    monkeypatch.setitem(messages.BODY_TYPES, "estimate", Boom)
+    monkeypatch.setitem(messages.BATCH_BODIES, "estimate", Boom)
     with pytest.raises(ProtocolError, match="internal decoder error") as err:
         decode(frames)
     assert err.value.field == "decoder"

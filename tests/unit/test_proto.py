@@ -24,7 +24,8 @@ from rescoin.proto import (
     parse_topic,
 )
 from rescoin.proto.arrays import EXT_NDARRAY
-from rescoin.proto.messages import Alloc, Applied, Estimate, Sample, decode, encode
+from rescoin.proto.codec import decode, encode
+from rescoin.proto.messages import Alloc, Applied, Estimate, Sample
 
 VMS = [str(uuid.UUID(int=i + 1)) for i in range(3)]
 RNG = np.random.default_rng(7)
