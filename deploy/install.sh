@@ -2,7 +2,7 @@
 # Install what ResCoin needs on Debian 12, from nothing; idempotent.
 #   deploy/install.sh          runtime: apt build deps for libvirt-python, a venv in .venv, the package
 #   deploy/install.sh --test   also what the test suite drives for real: libvirtd + QEMU (TCG),
-#                              busybox and a guest kernel for tiny VMs, promtool, iproute2
+#                              busybox and a guest kernel for tiny VMs, prometheus + promtool, tmux, iproute2
 # Also the system user and group `rescoin`: every service but the monitor and the actuator
 # runs as it (docs/SECURITY.md).
 # Run as root (apt, useradd). VENV=/path overrides the venv location.
@@ -19,7 +19,7 @@ PKGS="python3 python3-venv python3-dev libvirt-dev pkg-config gcc iproute2"
 if [ "$WANT_TEST" = 1 ]; then
     # libvirt-daemon-system is left out on purpose: it pulls systemd; we start libvirtd by hand.
     PKGS="$PKGS libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
-          busybox-static prometheus debootstrap cpio kmod procps psmisc"
+          busybox-static prometheus tmux debootstrap cpio kmod procps psmisc"
 fi
 missing=$(dpkg-query -W -f='${Package} ${Status}\n' $PKGS 2>/dev/null | awk '$4 != "installed" {print $1}' || true)
 for p in $PKGS; do dpkg-query -W "$p" >/dev/null 2>&1 || missing="$missing $p"; done
