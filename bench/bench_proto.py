@@ -21,7 +21,8 @@ def message(n: int, rng: np.random.Generator) -> Envelope:
     a, c, t, u = (rng.uniform(0, 1e9, (n, 4)) for _ in range(4))
     s, ceil = (rng.uniform(0, 1e9, (n, 4)) for _ in range(2))
     mode = ["contended", "fit", "fit", "contended"]
-    body = Alloc(vms, a, c, t, u, np.full(4, 1e12), s, ceil, "shares", mode, "rescoin", "estimate")
+    capacity = a.sum(axis=0) * 1.01  # Σ alloc ≤ C, as every real alloc
+    body = Alloc(vms, a, c, t, u, capacity, s, ceil, "shares", mode, "rescoin", "estimate")
     return Envelope("alloc", "h1", "scheduler", 1_700_000_000_000_000_000, 2, 1_700_000_000_000_000_000, 3, body)
 
 

@@ -11,6 +11,7 @@ or the VM UUID for guest reports), payload is one msgpack map.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ _UUID_SHAPE = bytes(
     ord("x") if chr(b) in "0123456789abcdef" else b if chr(b) in "-\n" else ord("?") for b in range(256)
 )
 _UUID_LINE = b"xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx\n"
-_INT64_MAX = 2**63 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # every integer on the wire fits a signed 64-bit one
 
 ENVELOPE_FIELDS = ("v", "kind", "host", "src", "epoch", "seq", "ts", "period", "body")
 
@@ -93,6 +94,18 @@ def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def check_scalar(value: object, field: str) -> None:
+    """A free-form value (``params``, ``info``): a string, a 64-bit integer, a finite float or a bool."""
+    if isinstance(value, float):
+        ok = math.isfinite(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        ok = INT64_MIN <= value <= INT64_MAX
+    else:
+        ok = isinstance(value, str | bool)
+    if not ok:
+        raise ProtocolError("must be a string, a 64-bit integer, a finite float or a boolean", field)
+
+
 def check_one_of(value: object, field: str, allowed: Sequence[str]) -> str:
     """A string from a closed list; typed first, so an array or a list is refused, never compared."""
     if not isinstance(value, str) or value not in allowed:
@@ -101,7 +114,7 @@ def check_one_of(value: object, field: str, allowed: Sequence[str]) -> str:
     return value
 
 
-def check_int(value: object, field: str, lo: int = 0, hi: int = _INT64_MAX) -> int:
+def check_int(value: object, field: str, lo: int = 0, hi: int = INT64_MAX) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ProtocolError(f"must be an integer in [{lo}, {hi}], got {value!r:.80}", field)
     return value
@@ -221,6 +234,7 @@ def unpack_frames(
             max_array_len=MAX_ARRAY_LEN,
             max_map_len=MAX_MAP_LEN,
             max_ext_len=MAX_EXT_BYTES,
+            object_pairs_hook=_map_without_repeats,
         )
     except ProtocolError:
         raise
@@ -245,6 +259,14 @@ def unpack_frames(
         raise ProtocolError(f"topic host {topic_key!r} does not match payload host {payload['host']!r}", "topic")
     check_map(payload["body"], "body")
     return kind, topic_key, payload
+
+
+def _map_without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # msgpack would keep the last of a repeated key; other decoders keep the first or refuse: refuse
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ProtocolError("a map repeats a key", "payload")
+    return result
 
 
 def _reject_ext(code: int, data: bytes) -> Any:

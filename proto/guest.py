@@ -48,8 +48,8 @@ class GuestMem:
             raise ProtocolError("mem_total is 0", "body.mem_total")
         if sizes["mem_available"] > sizes["mem_total"]:
             raise ProtocolError("mem_available exceeds mem_total", "body.mem_available")
-        if sizes["mem_used"] > sizes["mem_total"]:
-            raise ProtocolError("mem_used exceeds mem_total", "body.mem_used")
+        if sizes["mem_used"] != sizes["mem_total"] - sizes["mem_available"]:
+            raise ProtocolError("mem_used is not mem_total - mem_available", "body.mem_used")
         if sizes["swap_free"] > sizes["swap_total"]:
             raise ProtocolError("swap_free exceeds swap_total", "body.swap_free")
         return cls(vm=vm, agent=check_str(body["agent"], "body.agent", 64), **sizes)

@@ -7,12 +7,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .envelope import MAX_MAP_LEN, check_int, check_map, check_name, check_one_of, check_str, require_keys
+from .envelope import (
+    MAX_MAP_LEN,
+    check_int,
+    check_map,
+    check_name,
+    check_one_of,
+    check_scalar,
+    check_str,
+    require_keys,
+)
 from .errors import ProtocolError
 
 SERVICE_STATES = ("ok", "starting", "degraded", "failsafe", "disconnected", "stopping")
 MAX_HB_ERRORS = 20
 MAX_HB_ENTRIES = MAX_MAP_LEN
+MIN_PERIOD_S, MAX_PERIOD_S = 1e-3, 3600.0  # every period_s on the wire, `sample`'s too
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +54,9 @@ class Heartbeat:
         if (
             isinstance(period_s, bool)
             or not isinstance(period_s, int | float)
-            or not (math.isfinite(period_s) and 0 < period_s <= 3600)
+            or not (math.isfinite(period_s) and MIN_PERIOD_S <= period_s <= MAX_PERIOD_S)
         ):
-            raise ProtocolError("period_s must be a number in (0, 3600]", "body.period_s")
+            raise ProtocolError(f"period_s must be a number in [{MIN_PERIOD_S}, {MAX_PERIOD_S}]", "body.period_s")
         counters = check_map(body["counters"], "body.counters")
         info = check_map(body["info"], "body.info")
         errors = body["errors"]
@@ -55,13 +65,7 @@ class Heartbeat:
         for name, value in counters.items():
             check_int(value, f"body.counters.{name:.40}")
         for name, value in info.items():
-            if not isinstance(value, str | int | float | bool) or (
-                isinstance(value, float) and not math.isfinite(value)
-            ):
-                raise ProtocolError(
-                    "info values are strings, integers, finite floats or booleans",
-                    f"body.info.{name:.40}",
-                )
+            check_scalar(value, f"body.info.{name:.40}")
         if not isinstance(errors, list) or len(errors) > MAX_HB_ERRORS:
             raise ProtocolError(f"errors must be a list of at most {MAX_HB_ERRORS} strings", "body.errors")
         for i, text in enumerate(errors):

@@ -23,14 +23,16 @@ from .envelope import (
     RESOURCES,
     check_int,
     check_map,
-    check_name,
     check_one_of,
+    check_scalar,
     check_str,
+    check_uuid,
     check_uuids,
     require_keys,
 )
 from .envelope import MAX_VMS as MAX_VMS  # re-exported: callers import it from here
 from .errors import ProtocolError
+from .heartbeat import MAX_PERIOD_S, MIN_PERIOD_S
 
 MEM_SOURCES = ("guest", "balloon", "none")
 MODES = ("fit", "contended")
@@ -38,6 +40,12 @@ ESTIMATE_SOURCES = ("estimate", "last_use")
 ENFORCEMENT_MODES = ("shares", "ceilings", "both")
 POLICY_NAMES = ("rescoin", "static", "shares", "maxmin", "credits", "karma")
 APPLY_MODES = ("normal", "failsafe", "dry-run", "restore")
+BACKENDS = ("libvirt", "cgroup", "sim")
+ERROR_RESOURCES = (*RESOURCES, "all")
+ALL_VMS = "*"  # an `applied` error's vm when it concerns the whole host (the backend is down)
+MAX_PARAMS = 64
+MAX_NAME_CHARS = 256  # a domain name in `sample`, a predictor's name in `estimate`
+MAX_ERROR_CHARS = 2000  # an `applied` error text
 NO_LIMIT = -1.0  # in `applied`: this resource has no ceiling set
 
 
@@ -55,7 +63,7 @@ def _check_str_list(value: Any, field_name: str, n: int, allowed: Sequence[str] 
         raise ProtocolError(f"must be a list of {n} strings", field_name)
     for i, item in enumerate(value):
         if allowed is None:
-            check_str(item, f"{field_name}[{i}]", 256)
+            check_str(item, f"{field_name}[{i}]", MAX_NAME_CHARS)
         else:
             check_one_of(item, f"{field_name}[{i}]", allowed)
     return value
@@ -74,14 +82,19 @@ def _check_float(value: Any, field_name: str, lo: float = 0.0, hi: float = math.
 
 def _check_params(value: Any, field_name: str) -> dict[str, Any]:
     params = check_map(value, field_name)
-    if len(params) > 64:
-        raise ProtocolError("at most 64 parameters", field_name)
+    if len(params) > MAX_PARAMS:
+        raise ProtocolError(f"at most {MAX_PARAMS} parameters", field_name)
     for key, item in params.items():
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ProtocolError("parameters must be finite", f"{field_name}.{key:.40}")
-        if not isinstance(item, str | int | float | bool):
-            raise ProtocolError("parameters are strings or numbers", f"{field_name}.{key:.40}")
+        check_scalar(item, f"{field_name}.{key:.40}")
     return dict(params)
+
+
+def _check_ceilings(value: Any, field_name: str, n: int) -> np.ndarray:
+    """A (n, 4) matrix of ceilings: each NO_LIMIT (-1) or >= 0, nothing between."""
+    ceiling = check_matrix(value, field_name, n, lo=NO_LIMIT)
+    if ((ceiling < 0) & (ceiling != NO_LIMIT)).any():
+        raise ProtocolError("a ceiling is -1 (none) or >= 0", field_name)
+    return ceiling
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +134,7 @@ class Sample:
             template=check_matrix(body["tc"], "body.tc", n),
             usage=check_matrix(body["au"], "body.au", n),
             mem_source=_check_str_list(body["mem_src"], "body.mem_src", n, MEM_SOURCES),
-            period_s=_check_float(body["period_s"], "body.period_s", 1e-3, 3600),
+            period_s=_check_float(body["period_s"], "body.period_s", MIN_PERIOD_S, MAX_PERIOD_S),
         )
 
 
@@ -219,9 +232,7 @@ class Alloc:
         if over.any():
             names = ", ".join(RESOURCES[r] for r in np.flatnonzero(over))
             raise ProtocolError(f"sum of allocations exceeds capacity for {names}", "body.alloc")
-        ceiling = check_matrix(body["ceil"], "body.ceil", n, lo=NO_LIMIT)
-        if ((ceiling < 0) & (ceiling != NO_LIMIT)).any():
-            raise ProtocolError("a ceiling is -1 (none) or >= 0", "body.ceil")
+        ceiling = _check_ceilings(body["ceil"], "body.ceil", n)
         return cls(
             vms=vms,
             alloc=alloc,
@@ -288,19 +299,20 @@ class Applied:
         for i, err in enumerate(errors):
             err = check_map(err, f"body.errors[{i}]")
             require_keys(err, ("vm", "resource", "error"), (), f"body.errors[{i}]")
-            check_str(err["vm"], f"body.errors[{i}].vm", 64)
-            check_one_of(err["resource"], f"body.errors[{i}].resource", RESOURCES + ("all",))
-            check_str(err["error"], f"body.errors[{i}].error", 2000)
+            if not (isinstance(err["vm"], str) and err["vm"] == ALL_VMS):
+                check_uuid(err["vm"], f"body.errors[{i}].vm")
+            check_one_of(err["resource"], f"body.errors[{i}].resource", ERROR_RESOURCES)
+            check_str(err["error"], f"body.errors[{i}].error", MAX_ERROR_CHARS)
         mode = check_one_of(body["mode"], "body.mode", APPLY_MODES)
         return cls(
             vms=vms,
-            set=check_matrix(body["set"], "body.set", n, lo=NO_LIMIT),
-            before=check_matrix(body["before"], "body.before", n, lo=NO_LIMIT),
+            set=_check_ceilings(body["set"], "body.set", n),
+            before=_check_ceilings(body["before"], "body.before", n),
             weight=check_matrix(body["weight"], "body.weight", n),
             errors=[dict(e) for e in errors],
             latency_s=_check_float(body["latency_s"], "body.latency_s", 0.0, 3600.0),
             mode=mode,
-            backend=check_name(body["backend"], "body.backend"),
+            backend=check_one_of(body["backend"], "body.backend", BACKENDS),
             writes=check_int(body["writes"], "body.writes"),
         )
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from rescoin.proto import (
     KINDS,
     PROTOCOL_VERSION,
+    SERVICE_STATES,
     Envelope,
     GuestMem,
     Heartbeat,
@@ -25,7 +26,25 @@ from rescoin.proto import (
 )
 from rescoin.proto.arrays import EXT_NDARRAY
 from rescoin.proto.codec import decode, encode
-from rescoin.proto.messages import Alloc, Applied, Estimate, Sample
+from rescoin.proto.guest import MAX_GUEST_BYTES
+from rescoin.proto.heartbeat import MAX_HB_ERRORS, MAX_PERIOD_S, MIN_PERIOD_S
+from rescoin.proto.messages import (
+    APPLY_MODES,
+    BACKENDS,
+    ENFORCEMENT_MODES,
+    ERROR_RESOURCES,
+    ESTIMATE_SOURCES,
+    MAX_ERROR_CHARS,
+    MAX_NAME_CHARS,
+    MAX_PARAMS,
+    MEM_SOURCES,
+    MODES,
+    POLICY_NAMES,
+    Alloc,
+    Applied,
+    Estimate,
+    Sample,
+)
 
 VMS = [str(uuid.UUID(int=i + 1)) for i in range(3)]
 RNG = np.random.default_rng(7)
@@ -355,3 +374,130 @@ def test_spec_document_and_code_agree_on_version_and_kinds():
         wire = body.to_wire()
         for key in wire:
             assert f"| `{key}` |" in spec, f"{key} is not documented in proto/README.md"
+
+
+def spec_rows(key: str) -> list[str]:
+    """Every table row of proto/README.md that documents the field ``key``."""
+    spec = (Path(__file__).resolve().parents[2] / "proto" / "README.md").read_text()
+    return [line for line in spec.splitlines() if line.startswith(f"| `{key}` |")]
+
+
+@pytest.mark.parametrize(
+    ("key", "values"),
+    [
+        ("kind", KINDS),
+        ("mem_src", MEM_SOURCES),
+        ("enforce", ENFORCEMENT_MODES),
+        ("mode", MODES),
+        ("mode", APPLY_MODES),
+        ("policy", POLICY_NAMES),
+        ("est_src", ESTIMATE_SOURCES),
+        ("backend", BACKENDS),
+        ("state", SERVICE_STATES),
+        ("errors", ERROR_RESOURCES),
+    ],
+)
+def test_spec_states_every_closed_list_as_closed_with_its_values(key, values):
+    assert any(
+        "closed list" in row and all(f"{v}`" in row or f'"{v}"' in row for v in values) for row in spec_rows(key)
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [
+        ("params", f"at most {MAX_PARAMS}"),
+        ("names", f"≤ {MAX_NAME_CHARS} chars"),
+        ("predictor", f"≤ {MAX_NAME_CHARS} chars"),
+        ("errors", f'error": str ≤ {MAX_ERROR_CHARS} chars'),
+        ("errors", f"at most {MAX_HB_ERRORS}, each ≤ 1000 chars"),
+        ("agent", "≤ 64 chars"),
+        ("mem_total", "2^50"),
+        ("swap_total", "2^50"),
+        ("period_s", f"{MIN_PERIOD_S}–{MAX_PERIOD_S:.0f}"),
+    ],
+)
+def test_spec_states_the_limits_the_decoder_enforces(key, text):
+    assert MAX_GUEST_BYTES == 2**50
+    assert any(text in row for row in spec_rows(key)), f"{key}: {text!r}"
+
+
+def test_a_map_that_repeats_a_key_is_rejected():
+    topic, payload = encode(envelope("hb", BODIES["hb"]))
+    assert payload.startswith(b"\x89\xa1v\x02")  # a fixmap of 9: v first
+    repeated = b"\x8a\xa1v\x02" + payload[1:]  # ten entries, "v" twice
+    with pytest.raises(ProtocolError, match="repeats a key"):
+        decode([topic, repeated])
+
+
+@pytest.mark.parametrize("key", ["set", "before"])
+def test_an_applied_ceiling_is_minus_one_or_non_negative(key):
+    frames = encode(envelope("applied", BODIES["applied"]))
+    for value, accepted in ((-1.0, True), (0.0, True), (-0.5, False), (-1.5, False)):
+        a = np.full((3, 4), value)
+        mutated = repack(frames, lambda p, a=a: p["body"].update({key: arr_ext(a)}))
+        if accepted:
+            assert decode(mutated).kind == "applied"
+        else:
+            with pytest.raises(ProtocolError, match=f"body.{key}"):
+                decode(mutated)
+
+
+def test_an_applied_error_names_a_vm_or_the_whole_host():
+    frames = encode(envelope("applied", BODIES["applied"]))
+    host_wide = {"vm": "*", "resource": "all", "error": "backend unavailable"}
+    assert decode(repack(frames, lambda p: p["body"].update(errors=[host_wide]))).body.errors == [host_wide]
+    for vm in ("vm-1", "", VMS[0].replace("0", "A"), "**"):
+        bad = {"vm": vm, "resource": "cpu", "error": "x"}
+        with pytest.raises(ProtocolError, match=r"errors\[0\]\.vm"):
+            decode(repack(frames, lambda p, bad=bad: p["body"].update(errors=[bad])))
+
+
+def test_applied_backend_is_a_closed_list():
+    frames = encode(envelope("applied", BODIES["applied"]))
+    for backend in BACKENDS:
+        assert decode(repack(frames, lambda p, b=backend: p["body"].update(backend=b))).body.backend == backend
+    with pytest.raises(ProtocolError, match="body.backend"):
+        decode(repack(frames, lambda p: p["body"].update(backend="qemu")))
+
+
+def test_guest_mem_used_is_exactly_total_minus_available():
+    frames = encode(envelope("guest.mem", BODIES["guest.mem"]))
+    for used in (1_500_001, 1_499_999, 0):
+        with pytest.raises(ProtocolError, match="mem_used"):
+            decode(repack(frames, lambda p, u=used: p["body"].update(mem_used=u)))
+    huge = {"swap_total": 2**50 + 1, "swap_free": 0}
+    with pytest.raises(ProtocolError, match="swap_total"):
+        decode(repack(frames, lambda p: p["body"].update(huge)))
+
+
+def test_a_period_is_at_least_a_millisecond_and_may_travel_as_an_integer():
+    for kind in ("hb", "sample"):
+        frames = encode(envelope(kind, BODIES[kind]))
+        assert decode(repack(frames, lambda p: p["body"].update(period_s=2))).body.period_s == 2.0
+        assert decode(repack(frames, lambda p: p["body"].update(period_s=MIN_PERIOD_S))).kind == kind
+        with pytest.raises(ProtocolError, match="period_s"):
+            decode(repack(frames, lambda p: p["body"].update(period_s=MIN_PERIOD_S / 2)))
+
+
+@pytest.mark.parametrize(("kind", "key"), [("estimate", "params"), ("hb", "info")])
+def test_free_form_integers_fit_64_bits(kind, key):
+    frames = encode(envelope(kind, BODIES[kind]))
+    for value in (2**63 - 1, -(2**63)):
+        assert getattr(decode(repack(frames, lambda p, v=value: p["body"].update({key: {"x": v}}))).body, key) == {
+            "x": value
+        }
+    with pytest.raises(ProtocolError, match=f"body.{key}.x"):
+        decode(repack(frames, lambda p: p["body"].update({key: {"x": 2**63}})))
+
+
+def test_the_allocation_sum_adds_rows_in_order():
+    """1 + 2^-53 rounds to 1 at each step, so in row order Σ = 1 = C (the exact sum is above C)."""
+    frames = encode(envelope("alloc", BODIES["alloc"]))
+    alloc = np.zeros((3, 4))
+    alloc[:, 0] = [1.0, 2**-53, 2**-53]
+    capacity = np.array([1.0, 1, 1, 1])
+    assert decode(repack(frames, lambda p: p["body"].update(alloc=arr_ext(alloc), C=arr_ext(capacity)))).kind == "alloc"
+    below = np.array([np.nextafter(1.0, 0), 1, 1, 1])
+    with pytest.raises(ProtocolError, match="body.alloc"):
+        decode(repack(frames, lambda p: p["body"].update(alloc=arr_ext(alloc), C=arr_ext(below))))
