@@ -1,33 +1,72 @@
-"""The guest ingress's logic: which guest frames may reach the bus.
+"""The guest ingress's logic: which guest reports may reach the bus, and how often.
 
-A frame is forwarded only if it is a valid ``guest.mem`` message whose VM
-UUID (topic and body) is the one the sender's CURVE key was issued for (the
-ZAP User-Id). Everything else is dropped with a cause, which the process
-counts in its `hb`: ``unauthenticated``, ``forbidden_topic``, ``malformed``,
-``wrong_vm``. Socket-free: it takes frames and the authenticated identity.
+A frame is accepted only if it is a valid ``guest.mem`` message whose VM UUID
+(topic and body) is the one the sender's CURVE key was issued for (the ZAP
+User-Id), and only as often as ``GuestRateLimit`` allows. Everything else is
+dropped with a cause, which the process counts in its `hb`:
+``unauthenticated``, ``forbidden_topic``, ``malformed``, ``wrong_vm``,
+``rate_limited``. An accepted report's body is published again under the
+ingress's own envelope (this host, src ``ingress``, this host's period): a
+guest chooses none of what the stages key their tables on. Socket-free: it
+takes frames, the authenticated identity and the time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from rescoin.proto import KIND_GUEST_MEM, ProtocolError, decode_guest_mem, parse_topic
+from rescoin.proto import KIND_GUEST_MEM, GuestMem, ProtocolError, decode_guest_mem, parse_topic
 
 
-def check_guest_frames(frames: Sequence[bytes], authenticated_vm: str | None) -> tuple[bool, str, str]:
-    """(forward?, cause, detail) for one message received from a guest."""
+@dataclass(frozen=True)
+class Verdict:
+    report: GuestMem | None  # the body to publish, None if dropped
+    cause: str = ""  # the reject counter's name
+    detail: str = ""
+
+
+def check_guest_frames(frames: Sequence[bytes], authenticated_vm: str | None) -> Verdict:
+    """The report in one message received from a guest, or why it is dropped."""
     if not authenticated_vm:
-        return False, "unauthenticated", "no CURVE identity on the message"
+        return Verdict(None, "unauthenticated", "no CURVE identity on the message")
     try:
         kind, _key = parse_topic(frames[0] if frames else b"")
     except ProtocolError as exc:
-        return False, "malformed", str(exc)
+        return Verdict(None, "malformed", str(exc))
     if kind != KIND_GUEST_MEM:
-        return False, "forbidden_topic", f"VM {authenticated_vm} tried to publish {kind!r}"
+        return Verdict(None, "forbidden_topic", f"VM {authenticated_vm} tried to publish {kind!r}")
     try:
         env = decode_guest_mem(frames)
     except ProtocolError as exc:
-        return False, "malformed", f"VM {authenticated_vm}: {exc}"
+        return Verdict(None, "malformed", f"VM {authenticated_vm}: {exc}")
     if env.body.vm != authenticated_vm:
-        return False, "wrong_vm", f"VM {authenticated_vm} reported as {env.body.vm}"
-    return True, "", ""
+        return Verdict(None, "wrong_vm", f"VM {authenticated_vm} reported as {env.body.vm}")
+    return Verdict(env.body)
+
+
+class GuestRateLimit:
+    """A token bucket per VM: ``per_period`` reports a period on average, bursts of ``burst``.
+
+    An agent reports once a period; a flood from one guest is dropped here
+    (counted ``rate_limited``) before it costs the bus or the monitor anything.
+    Keyed by the authenticated VM, so the table holds at most one entry per
+    guest key.
+    """
+
+    def __init__(
+        self, per_period: float, burst: float, period_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = per_period / period_s  # tokens per second
+        self.burst = burst
+        self.clock = clock
+        self.buckets: dict[str, tuple[float, float]] = {}  # vm -> (tokens, when)
+
+    def allow(self, vm: str) -> bool:
+        now = self.clock()
+        tokens, then = self.buckets.get(vm, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.rate)
+        allowed = tokens >= 1.0
+        self.buckets[vm] = (tokens - 1.0 if allowed else tokens, now)
+        return allowed

@@ -3,28 +3,28 @@
 A CURVE-server SUB socket (bound for agents that connect, and/or connected to
 agents that bind behind NAT) authenticates every agent through ZAP against
 the key store; each message's User-Id is the VM its key was issued for, and
-only that VM's own ``guest.mem`` reports are forwarded, unchanged, to the bus.
+only that VM's own ``guest.mem`` reports, at most ``reports_per_period`` a
+period each, are published on the bus under the ingress's own envelope
+(services/ingress/core.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
-import time
 from pathlib import Path
 
 import zmq
-from rescoin.proto import KIND_HB, Heartbeat
+from rescoin.proto import KIND_GUEST_MEM, KIND_HB, Heartbeat, ProtocolError
 from rescoin.proto.envelope import MAX_GUEST_PAYLOAD_BYTES
 from zmq.auth.thread import ThreadAuthenticator
 
 from ..runtime.config import use_schema
-from ..runtime.service import Publisher, common_arguments, config_from_args, current_period
+from ..runtime.service import PeriodPacer, Publisher, common_arguments, config_from_args
 from ..runtime.support import Counters, StopFlag, load_curve_keypair
 from ..schema import service_schema
-from .core import check_guest_frames
+from .core import GuestRateLimit, check_guest_frames
 from .keys import SERVER, trusted_guests
 from .settings import IngressSettings
 
@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     publisher = Publisher(bus, cfg.host.name, "ingress")
     counters = Counters(max_warnings=cfg.log.max_warnings_per_period)
     period_s = cfg.host.period_s
-    next_tick = (math.floor(time.time() / period_s) + 1) * period_s
+    pacer = PeriodPacer(period_s)
+    limit = GuestRateLimit(cfg.ingress.reports_per_period, cfg.ingress.report_burst, period_s)
     log.info(
         "ingress up: %d guest keys, bind %s, %d agents to dial",
         len(guests),
@@ -97,16 +98,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         while not stop.stopping:
-            if guest_sock.poll(max(0, int((next_tick - time.time()) * 1000))):
+            if guest_sock.poll(round(pacer.timeout_s() * 1000)):  # at most a period: SIGTERM seen within one
                 frames = guest_sock.recv_multipart(copy=False)
                 counters.inc("received")
-                ok, cause, detail = check_guest_frames([f.bytes for f in frames], _curve_user_id(frames))
-                if ok:
-                    bus.send_multipart([f.bytes for f in frames])
-                    counters.inc("forwarded")
+                verdict = check_guest_frames([f.bytes for f in frames], _curve_user_id(frames))
+                if verdict.report is None:
+                    counters.reject(verdict.cause, verdict.detail, log)
+                elif not limit.allow(verdict.report.vm):
+                    counters.reject("rate_limited", f"VM {verdict.report.vm}: more reports than allowed", log)
                 else:
-                    counters.reject(cause, detail, log)
-            if time.time() >= next_tick:
+                    try:
+                        publisher.send(KIND_GUEST_MEM, pacer.current(), verdict.report)
+                        counters.inc("forwarded")
+                    except ProtocolError as exc:  # decoded a moment ago: only a bug lands here
+                        counters.reject("malformed", f"VM {verdict.report.vm}: {exc}", log)
+            ended = pacer.due()
+            if ended is not None:
                 counters.values["rejected.zap_denied"] = auth.denied
                 hb = Heartbeat(
                     "ingress",
@@ -116,9 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                     {"pid": os.getpid(), "guest_keys": len(guests)},
                     list(counters.recent_errors),
                 )
-                publisher.send(KIND_HB, current_period(time.time(), period_s) - 1, hb)
+                publisher.send(KIND_HB, ended, hb)
                 counters.end_period(log)
-                next_tick += period_s
     finally:
         auth.stop()
         ctx.destroy(linger=200)

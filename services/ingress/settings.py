@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..runtime.config import setting
+from ..runtime.config import positive, setting
 
 
 @dataclass
@@ -18,3 +18,7 @@ class IngressSettings:
     agents: dict[str, str] = setting(
         {}, "bind mode: VM UUID = agent endpoint the ingress connects to, e.g. a per-VM hostfwd port"
     )
+    reports_per_period: float = setting(
+        2.0, "per VM: reports forwarded per period on average (an agent sends one); more are dropped", positive
+    )
+    report_burst: float = setting(4.0, "per VM: reports forwarded back to back before the average applies", positive)

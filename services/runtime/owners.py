@@ -5,15 +5,15 @@ publish socket is an ``ipc://`` socket only the bus's user and root may open
 (`services/bus/ipc.py`, docs/SECURITY.md), so the envelope's ``src`` is set by
 trusted code, and this table keeps one stage's bug or a replayed recording
 from standing in for another: an ``alloc`` is obeyed only if the scheduler
-sent it. ``hb`` (every service sends its own) and ``guest.mem`` (forwarded by
-the ingress, which authenticates each guest by its CURVE key) have no single
-owner here.
+sent it. ``guest.mem`` is the ingress's: it authenticates each guest by its
+CURVE key and publishes the report under its own envelope. ``hb`` (every
+service sends its own) has no single owner.
 """
 
 from __future__ import annotations
 
 from rescoin.proto import Envelope
-from rescoin.proto.envelope import KIND_ALLOC, KIND_APPLIED, KIND_ESTIMATE, KIND_SAMPLE
+from rescoin.proto.envelope import KIND_ALLOC, KIND_APPLIED, KIND_ESTIMATE, KIND_GUEST_MEM, KIND_SAMPLE
 
 from .support import Counters
 
@@ -22,6 +22,7 @@ OWNERS: dict[str, str] = {
     KIND_ESTIMATE: "predictor",
     KIND_ALLOC: "scheduler",
     KIND_APPLIED: "actuator",
+    KIND_GUEST_MEM: "ingress",
 }
 
 

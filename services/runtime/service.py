@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import zmq
-from rescoin.proto import KIND_GUEST_MEM, KIND_HB, Envelope, Heartbeat, ProtocolError
+from rescoin.proto import KIND_HB, Envelope, Heartbeat, ProtocolError
 from rescoin.proto.codec import decode, encode
 from rescoin.proto.envelope import MAX_PAYLOAD_BYTES
 
@@ -158,26 +159,19 @@ class Publisher:
         self.src = src
         self.clock_ns = clock_ns
         self.epoch = clock_ns()
-        self.seq: dict[str, int] = {}  # per topic, so a subscriber to one topic sees no false gaps
+        self.seq: dict[bytes, int] = {}  # per topic, so a subscriber to one topic sees no false gaps
 
     def envelope(self, kind: str, period: int, body: Any) -> Envelope:
         """The next envelope for ``kind``; its seq is used up only once it is sent."""
-        return Envelope(
-            kind=kind,
-            host=self.host,
-            src=self.src,
-            epoch=self.epoch,
-            seq=self.seq.get(kind, 0),
-            ts=self.clock_ns(),
-            period=period,
-            body=body,
-        )
+        env = Envelope(kind=kind, host=self.host, src=self.src, epoch=self.epoch, seq=0, ts=self.clock_ns(),
+                       period=period, body=body)  # fmt: skip
+        return dataclasses.replace(env, seq=self.seq.get(env.topic, 0))
 
     def send(self, kind: str, period: int, body: Any) -> Envelope:
         """Encode (validating: ProtocolError for anything a receiver would reject, nothing sent) and send."""
         env = self.envelope(kind, period, body)
         self.sock.send_multipart(encode(env), copy=False)
-        self.seq[kind] = env.seq + 1  # a refused message leaves no gap for subscribers to count
+        self.seq[env.topic] = env.seq + 1  # a refused message leaves no gap for subscribers to count
         return env
 
 
@@ -192,8 +186,7 @@ class InputFilter:
     (``rejected.period``), so a forged far-future period cannot make every
     real one stale; a stream whose last period is that far ahead (this host's
     wall clock stepped back) starts over. Other hosts (their own period
-    lengths) and guest reports (numbered by the agent's own period) are only
-    ordered, not compared with this clock.
+    lengths) are only ordered, not compared with this clock.
     """
 
     def __init__(
@@ -214,7 +207,7 @@ class InputFilter:
 
     def accept(self, env: Envelope) -> bool:
         horizon = None
-        if self.own_period is not None and env.host == self.host and env.kind != KIND_GUEST_MEM:
+        if self.own_period is not None and env.host == self.host:
             horizon = self.own_period() + self.max_future_periods
             if env.period > horizon:
                 self.counters.reject(

@@ -141,6 +141,27 @@ def test_own_uuid_is_forwarded_everything_else_is_dropped_and_counted(ingress):
     forwarded = [e for e in seen if e.kind == "guest.mem"]
     assert forwarded and all(e.body.vm == VM_A for e in forwarded)
     assert not any(e.kind == "alloc" for e in seen)
+    # under the ingress's own envelope: the guest said host "guest", src "agent", period 0
+    assert {(e.host, e.src) for e in forwarded} == {("h1", "ingress")}
+    assert min(e.period for e in forwarded) > 10**6  # this host's period number, not the guest's 0
+
+
+def test_a_flooding_guest_is_rate_limited_and_an_honest_one_still_gets_through(ingress):
+    ctx, keys, sub = ingress["ctx"], ingress["keys"], ingress["sub"]
+    flood, honest = agent(ctx, keys, ingress["endpoint"], VM_A), agent(ctx, keys, ingress["endpoint"], VM_B)
+    assert wait_subscribed(flood, 10) and wait_subscribed(honest, 10)
+    frames = guest_frames(VM_A)
+    for _ in range(2000):  # as fast as the socket takes them
+        flood.send_multipart(frames)
+    honest.send_multipart(guest_frames(VM_B))
+    seen = collect(sub, lambda s: ingress_counters(s).get("rejected.rate_limited", 0) > 0 and any(
+        e.kind == "guest.mem" and e.body.vm == VM_B for e in s))  # fmt: skip
+    c = ingress_counters(seen)
+    from_flood = [e for e in seen if e.kind == "guest.mem" and e.body.vm == VM_A]
+    print(f"flood of 2000: {len(from_flood)} forwarded, counters {c}")
+    # the default: 4 back to back, then 2 a period (0.2 s here); the flood lasts a few periods at most
+    assert len(from_flood) <= 4 + 2 * 20
+    assert c["rejected.rate_limited"] > 0 and c.get("rejected.malformed", 0) == 0
 
 
 def test_agent_process_once_reaches_the_bus(ingress, tmp_path):

@@ -299,11 +299,11 @@ def test_after_the_wall_clock_steps_back_streams_recover():
     assert filt.accept(est_env("scheduler", now[0]))  # not dropped as stale forever
 
 
-def test_other_hosts_and_guest_reports_keep_their_own_period_numbers():
+def test_other_hosts_keep_their_own_period_numbers_guest_reports_are_this_hosts():
     filt = InputFilter(Counters(), own_period=lambda: 100, host="h1")
     assert filt.accept(est_env("predictor", 10_000, host="h2"))  # another host may use a shorter period
-    guest = Envelope("guest.mem", "guest", "agent", 1, 0, 0, 10_000, BODIES["guest.mem"])
-    assert filt.accept(guest)  # an agent numbers periods with its own --period
+    guest = Envelope("guest.mem", "h1", "ingress", 1, 0, 0, 10_000, BODIES["guest.mem"])
+    assert not filt.accept(guest)  # the ingress numbers a report with this host's period
 
 
 # --- time: monotonic pacing, wall-clock numbering -------------------------------------------------
