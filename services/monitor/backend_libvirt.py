@@ -23,6 +23,7 @@ import time
 import libvirt
 
 from ..runtime.domxml import DomainFacts, DomainXMLError, parse_domain_xml
+from ..runtime.libvirt_conn import LibvirtConnection, LibvirtDown
 from .backend import BackendError, DomainReading, HostCapacity, HostReading
 
 log = logging.getLogger("rescoin.monitor.libvirt")
@@ -46,45 +47,21 @@ def host_memory_bytes(meminfo: str = "/proc/meminfo") -> float:
     raise BackendError(f"no MemTotal in {meminfo}")
 
 
-def _quiet_libvirt_errors(_ctx: object, _err: object) -> None:
-    """libvirt prints every error to stderr by default; we log ours once, our way."""
-
-
 class LibvirtMonitorBackend:
     name = "libvirt"
 
     def __init__(self, uri: str, xml_refresh_periods: int = 60) -> None:
         self.uri = uri
         self.xml_refresh_periods = xml_refresh_periods
-        self.conn: libvirt.virConnect | None = None
+        self.libvirt = LibvirtConnection(uri, read_only=True)
         self.facts: dict[str, tuple[int, DomainFacts]] = {}  # uuid -> (reads since parsed, facts)
         self.fallbacks: set[str] = set()
-        self.reconnects = 0
-        libvirt.registerErrorHandler(_quiet_libvirt_errors, None)
-
-    def _connection(self) -> libvirt.virConnect:
-        if self.conn is not None and self.conn.isAlive():
-            return self.conn
-        if self.conn is not None:
-            self._drop()
-        try:
-            self.conn = libvirt.openReadOnly(self.uri)
-        except libvirt.libvirtError as exc:
-            raise BackendError(f"cannot connect to {self.uri}: {exc}") from exc
-        self.reconnects += 1
-        log.info("connected to %s", self.uri)
-        return self.conn
-
-    def _drop(self) -> None:
-        try:
-            if self.conn is not None:
-                self.conn.close()
-        except libvirt.libvirtError:
-            pass
-        self.conn = None
 
     def read(self) -> HostReading:
-        conn = self._connection()
+        try:
+            conn = self.libvirt.get()
+        except LibvirtDown as exc:
+            raise BackendError(str(exc)) from exc
         try:
             stats = conn.getAllDomainStats(STATS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING)
             ts_ns = time.time_ns()
@@ -96,8 +73,7 @@ class LibvirtMonitorBackend:
                 if reading is not None:
                     domains.append(reading)
         except libvirt.libvirtError as exc:
-            if self.conn is None or not self.conn.isAlive():
-                self._drop()
+            if self.libvirt.failed(exc):
                 raise BackendError(f"lost {self.uri}: {exc}") from exc
             raise BackendError(f"getAllDomainStats on {self.uri}: {exc}") from exc
         live = {d.uuid for d in domains}
@@ -167,11 +143,11 @@ class LibvirtMonitorBackend:
             "backend": "libvirt",
             "uri": self.uri,
             "fallback_groups": ",".join(sorted(self.fallbacks)) or "none",
-            "connects": self.reconnects,
+            "connects": self.libvirt.connects,
         }
 
     def close(self) -> None:
-        self._drop()
+        self.libvirt.drop()
 
 
 def _get(st: dict, key: str, default: float = 0.0) -> float:

@@ -124,6 +124,18 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
         os.close(dir_fd)
 
 
+def move_aside(path: str | os.PathLike[str]) -> Path | None:
+    """Rename a damaged state file to ``<name>.damaged-<unix time>`` (kept for a person to look at, never
+    read again); None if even that failed."""
+    source = Path(path)
+    target = source.with_name(f"{source.name}.damaged-{int(time.time())}")
+    try:
+        os.replace(source, target)
+    except OSError:
+        return None
+    return target
+
+
 def load_curve_keypair(path: str) -> tuple[bytes, bytes]:
     """(public, secret) from a ZeroMQ certificate file written by `rescoin keys`."""
     public, secret = zmq.auth.load_certificate(path)

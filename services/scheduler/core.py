@@ -21,7 +21,7 @@ from rescoin.proto import KIND_ALLOC, KIND_ESTIMATE, KIND_SAMPLE, Envelope, topi
 from rescoin.proto.messages import NO_LIMIT, Alloc, Estimate, Sample
 
 from ..runtime.service import Health, Outgoing
-from ..runtime.support import Counters
+from ..runtime.support import Counters, move_aside
 from .ledger import CoinLedger, LedgerStateError
 from .settings import SchedulerSettings
 from .step import decide
@@ -65,7 +65,10 @@ class SchedulerCore:
             )
             return ledger
         except LedgerStateError as exc:
-            self.counters.reject("ledger", f"corrupt state file, starting with an empty ledger: {exc}", log)
+            kept = move_aside(self.ledger_path)
+            self.counters.reject(
+                "ledger", f"corrupt state file (kept as {kept or 'nothing'}), starting with an empty ledger: {exc}", log
+            )
             return CoinLedger(self.settings.coin_window)
 
     def subscriptions(self) -> list[bytes]:

@@ -44,7 +44,7 @@ def test_shares_memory_disk_and_net_are_set_and_read_back(backend):
         ]
     )
     assert errors == []
-    dom1, dom2 = backend.conn.lookupByUUIDString(VM1), backend.conn.lookupByUUIDString(VM2)
+    dom1, dom2 = backend.libvirt.get().lookupByUUIDString(VM1), backend.libvirt.get().lookupByUUIDString(VM2)
     # libvirt 9.0's test driver accepts a weight but keeps reporting 50: no read-back possible
     assert set(dom1.schedulerParameters()) == {"weight"}
     assert dom1.info()[2] == 512 * 1024  # KiB
@@ -59,7 +59,7 @@ def test_a_quota_the_driver_cannot_express_is_an_error_for_that_vm_only(backend)
     errors = backend.write([Change(VM1, 0, Setting(1.5, 1.0)), Change(VM2, 1, Setting(1024 * 2**20, 0.0))])
     assert [(e.vm, e.resource) for e in errors] == [(VM1, "cpu")]
     assert "quota" in errors[0].error
-    assert backend.conn.lookupByUUIDString(VM2).info()[2] == 1024 * 1024
+    assert backend.libvirt.get().lookupByUUIDString(VM2).info()[2] == 1024 * 1024
 
 
 def test_unknown_vm_is_an_error_not_a_crash(backend):
@@ -85,7 +85,7 @@ def test_a_domain_started_anew_gets_its_settings_again(backend, tmp_path):
         return core.on_alloc(alloc_envelope(period, body))
 
     apply(1)
-    dom = backend.conn.lookupByUUIDString(VM1)
+    dom = backend.libvirt.get().lookupByUUIDString(VM1)
     assert dom.info()[2] == 768 * 1024
     dom.destroy()  # a new instance starts from its XML: 1 GiB, nothing of ours
     dom.create()

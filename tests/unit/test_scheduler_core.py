@@ -135,6 +135,18 @@ def test_ledger_survives_restart_and_corruption(tmp_path):
     (tmp_path / "scheduler-ledger.npz").write_bytes(b"garbage")
     broken = core(tmp_path)
     assert np.allclose(broken.ledger.balances(VMS), 0) and broken.counters.values["rejected.ledger"] == 1
+    (kept,) = tmp_path.glob("scheduler-ledger.npz.damaged-*")  # moved aside for a person, not overwritten
+    assert kept.read_bytes() == b"garbage" and not (tmp_path / "scheduler-ledger.npz").exists()
+
+
+def test_a_ledger_that_cannot_be_saved_is_counted_and_the_scheduler_goes_on(tmp_path):
+    sched = core(tmp_path)
+    (tmp_path / "scheduler-ledger.npz").mkdir()  # os.replace onto a directory fails, as a full disk would
+    for p in range(3):
+        sched.on_message(sample(p, TC * 0.2))
+        assert sched.on_message(estimate(p + 1, TC * 0.2))  # still allocates
+        sched.flush()
+    assert sched.counters.values["rejected.ledger"] == 3
 
 
 def test_vms_that_come_and_go_keep_their_own_coins(tmp_path):
