@@ -1,16 +1,28 @@
 """Bus messages → Prometheus metrics, socket-free.
 
-``ExporterCore.on_message`` keeps the latest sample, estimate, alloc and hb of
-every host; ``collect(now)`` turns them into metric families. A VM that leaves
-a host's sample leaves the metrics with it. Names carry their unit, following
-Prometheus conventions:
+``ExporterCore.on_message`` keeps the latest sample, estimate, alloc, applied
+and hb of every host; ``collect(now)`` turns them into metric families. A VM
+that leaves a host's sample leaves the metrics with it; every per-VM series
+carries the domain name the host's latest sample gives it. Names carry their
+unit, following Prometheus conventions (<unit> below = cpu_cores,
+memory_bytes, disk_bytes_per_second, network_bytes_per_second):
 
-| metric | labels | meaning |
+| metric | labels | meaning (message it comes from) |
 | --- | --- | --- |
-| rescoin_vm_{usage,estimate,allocation,template}_<unit> | host, vm, name | per VM and resource; <unit> = |
-|   cpu_cores, memory_bytes, disk_bytes_per_second, network_bytes_per_second | | |
-| rescoin_vm_coins | host, vm, resource | coin balance (unitless, capacity-normalized) |
-| rescoin_host_capacity_{cpu_cores,…} | host | C |
+| rescoin_vm_{usage,template}_<unit> | host, vm, name | measured use, template (sample) |
+| rescoin_vm_estimate_<unit> | host, vm, name | predicted demand (estimate) |
+| rescoin_vm_allocation_<unit> | host, vm, name | allocation (alloc) |
+| rescoin_vm_entitlement_<unit> | host, vm, name | min(demand, template), demand = the estimate the alloc was |
+|   | | made from, or its use where it says `est_src` last_use (alloc + estimate of its period) |
+| rescoin_vm_shares_<unit> | host, vm, name | kernel weights in resource units, cpu/disk/net only (alloc) |
+| rescoin_vm_ceiling_<unit> | host, vm, name | ceiling in force; absent = none (applied `set`) |
+| rescoin_vm_coins | host, vm, resource | coin balance (unitless, capacity-normalized) (alloc) |
+| rescoin_host_capacity_<unit> | host | C (sample) |
+| rescoin_host_period_seconds | host | the host's control period (sample) |
+| rescoin_message_age_seconds | host, kind | seconds since the last sample/estimate/alloc/applied arrived |
+| rescoin_control_loop_latency_seconds | host | histogram: end of the measured period → `applied` sent |
+|   | | (applied ts − its period's start; normal and dry-run applies) |
+| rescoin_actuator_apply_latency_seconds | host | histogram of applied `latency_s`: alloc received → last write |
 | rescoin_service_up | host, service | 1 while heartbeats arrive |
 | rescoin_service_state | host, service, state | 1 for the current state |
 | rescoin_service_events_total | host, service, counter | the service's hb counters |
@@ -19,21 +31,71 @@ Prometheus conventions:
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+import numpy as np
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from rescoin.proto import RESOURCES, SERVICE_STATES, Envelope
+from rescoin.proto.messages import Alloc, Estimate
 
 from ..runtime.service import Health, Outgoing
 
+LABELS = ["host", "vm", "name"]  # of every per-VM gauge
 UNIT_SUFFIX = ("cpu_cores", "memory_bytes", "disk_bytes_per_second", "network_bytes_per_second")
+RATE_RESOURCES = (0, 2, 3)  # cpu, disk, net: the resources kernel weights apply to (memory's share is not enforced)
 VM_MATRICES = {
     "sample": (("usage", "usage"), ("template", "template")),
     "estimate": (("estimate", "estimate"),),
     "alloc": (("allocation", "alloc"),),
 }
+AGED_KINDS = ("sample", "estimate", "alloc", "applied")
+LOOP_MODES = ("normal", "dry-run")  # applies that close the loop (failsafe and restore answer no sample)
+# seconds; a period is 1 s by default, so the interesting range is a few ms to a few periods
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+KEEP_ESTIMATES = 4  # estimates kept per host to pair with the alloc of the same period
+
+
+class LatencyHistogram:
+    """Cumulative counts of observations, Prometheus-style (buckets are upper bounds, then +Inf)."""
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        for bound, count in zip((*(repr(b) for b in self.bounds), "+Inf"), self.counts, strict=True):
+            running += count
+            out.append((bound, float(running)))
+        return out
+
+
+def entitlement(alloc: Alloc, estimate: Estimate | None) -> np.ndarray | None:
+    """min(demand, template) per VM and resource, (n, 4), with the demand the scheduler started from.
+
+    The estimate of the alloc's period where it says ``est_src`` estimate (a VM
+    the estimate lacks: its use, as the scheduler does), the use where it says
+    last_use; None if the estimate it was made from never reached us. The
+    scheduler may raise a pinned VM's demand above its estimate, so this is a
+    lower bound of the entitlement it honoured: never one it did not promise.
+    """
+    demand = np.array(alloc.usage, dtype=float)
+    if alloc.estimate_source == "estimate":
+        if estimate is None:
+            return None
+        index = {vm: i for i, vm in enumerate(estimate.vms)}
+        for row, vm in enumerate(alloc.vms):
+            if vm in index:
+                demand[row] = estimate.estimate[index[vm]]
+    return np.minimum(demand, alloc.template)
 
 
 class ExporterCore:
@@ -43,23 +105,69 @@ class ExporterCore:
         self.down_after = down_after_misses
         self.lock = threading.Lock()
         self.latest: dict[tuple[str, str], Envelope] = {}  # (host, kind) -> last message
+        self.seen: dict[tuple[str, str], float] = {}  # (host, kind) -> when it arrived (monotonic)
         self.beats: dict[tuple[str, str], tuple[float, Envelope]] = {}  # (host, service) -> (seen, hb)
+        self.estimates: dict[str, dict[int, Estimate]] = {}  # host -> period -> estimate for it
+        self.entitled: dict[str, tuple[list[str], np.ndarray]] = {}  # host -> (vms, entitlement (n, 4))
+        self.loop_latency: dict[str, LatencyHistogram] = {}
+        self.apply_latency: dict[str, LatencyHistogram] = {}
 
     def subscriptions(self) -> list[bytes]:
-        return [b"sample/", b"estimate/", b"alloc/", b"hb/"]
+        return [b"sample/", b"estimate/", b"alloc/", b"applied/", b"hb/"]
 
     def on_message(self, env: Envelope, now: float | None = None) -> list[Outgoing]:
+        now = now if now is not None else time.monotonic()
         with self.lock:
             if env.kind == "hb":
-                self.beats[(env.host, env.body.service)] = (now if now is not None else time.monotonic(), env)
-            else:
-                self.latest[(env.host, env.kind)] = env
+                self.beats[(env.host, env.body.service)] = (now, env)
+                return []
+            self.latest[(env.host, env.kind)] = env
+            self.seen[(env.host, env.kind)] = now
+            if env.kind == "estimate":
+                kept = self.estimates.setdefault(env.host, {})
+                kept[env.period] = env.body
+                for old in sorted(kept)[:-KEEP_ESTIMATES]:
+                    del kept[old]
+            elif env.kind == "alloc":
+                matrix = entitlement(env.body, self.estimates.get(env.host, {}).get(env.period))
+                if matrix is None:
+                    self.entitled.pop(env.host, None)  # no pair, no claim
+                else:
+                    self.entitled[env.host] = (list(env.body.vms), matrix)
+            elif env.kind == "applied":
+                self._observe_applied(env)
         return []
+
+    def _observe_applied(self, env: Envelope) -> None:
+        if env.body.mode not in LOOP_MODES:
+            return
+        self.apply_latency.setdefault(env.host, LatencyHistogram()).observe(float(env.body.latency_s))
+        loop = self.loop_latency.setdefault(env.host, LatencyHistogram())  # from 0, so rate() sees the first
+        sample = self.latest.get((env.host, "sample"))
+        if sample is None:
+            return  # the period length comes from the host's sample
+        period_s = float(sample.body.period_s)
+        # applied for p+1 answers the sample of p: the loop starts when p ends, at (p+1) × period_s
+        loop_s = env.ts / 1e9 - env.period * period_s
+        if loop_s >= 0:  # a wall clock stepped back between the two says nothing about latency
+            loop.observe(loop_s)
 
     def collect(self, now: float) -> Iterator[Metric]:
         with self.lock:
             latest = dict(self.latest)
+            seen = dict(self.seen)
             beats = dict(self.beats)
+            entitled = dict(self.entitled)
+            histograms = {
+                "rescoin_control_loop_latency_seconds": (
+                    "end of the measured period to the applied settings (applied ts - its period's start)",
+                    {h: (hist.buckets(), hist.total) for h, hist in self.loop_latency.items()},
+                ),
+                "rescoin_actuator_apply_latency_seconds": (
+                    "the actuator's own latency: alloc received to last backend write (applied latency_s)",
+                    {h: (hist.buckets(), hist.total) for h, hist in self.apply_latency.items()},
+                ),
+            }
         families: dict[str, GaugeMetricFamily] = {}
 
         def gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
@@ -67,30 +175,36 @@ class ExporterCore:
                 families[name] = GaugeMetricFamily(name, doc, labels=labels)
             return families[name]
 
+        def per_vm(
+            host: str, label: str, doc: str, vms: list[str], matrix: np.ndarray, columns: Sequence[int] = range(4)
+        ) -> None:
+            """One gauge per resource in ``columns``; negative values (-1: no limit) and gone VMs left out."""
+            sample = latest.get((host, "sample"))
+            names = dict(zip(sample.body.vms, sample.body.names, strict=True)) if sample else {}
+            for r in columns:
+                fam = gauge(f"rescoin_vm_{label}_{UNIT_SUFFIX[r]}", f"per-VM {doc} of {RESOURCES[r]}", LABELS)
+                for i, vm in enumerate(vms):
+                    if (not sample or vm in names) and matrix[i, r] >= 0:
+                        fam.add_metric([host, vm, names.get(vm, "")], float(matrix[i, r]))
+
         for (host, kind), env in sorted(latest.items()):
             body = env.body
-            names = getattr(body, "names", None)
-            current_vms = latest[(host, "sample")].body.vms if (host, "sample") in latest else body.vms
-            keep = set(current_vms)  # VMs that left the host's sample leave the metrics
             for label, attr in VM_MATRICES.get(kind, ()):
-                matrix = getattr(body, attr)
-                for r, suffix in enumerate(UNIT_SUFFIX):
-                    fam = gauge(
-                        f"rescoin_vm_{label}_{suffix}", f"per-VM {label} of {RESOURCES[r]}", ["host", "vm", "name"]
-                    )
-                    for i, vm in enumerate(body.vms):
-                        if vm in keep:
-                            fam.add_metric([host, vm, names[i] if names else ""], float(matrix[i, r]))
+                per_vm(host, label, label, body.vms, getattr(body, attr))
             if kind == "alloc":
+                per_vm(host, "shares", "kernel weight (resource units)", body.vms, body.shares, RATE_RESOURCES)
                 fam = gauge(
                     "rescoin_vm_coins",
                     "coin balance per VM and resource (capacity-normalized, unitless)",
                     ["host", "vm", "resource"],
                 )
+                keep = set(latest[(host, "sample")].body.vms) if (host, "sample") in latest else set(body.vms)
                 for i, vm in enumerate(body.vms):
                     if vm in keep:
                         for r, res in enumerate(RESOURCES):
                             fam.add_metric([host, vm, res], float(body.coins[i, r]))
+            if kind == "applied":
+                per_vm(host, "ceiling", "ceiling in force (absent: none)", body.vms, body.set)
             if kind == "sample":
                 for r, suffix in enumerate(UNIT_SUFFIX):
                     gauge(
@@ -98,15 +212,26 @@ class ExporterCore:
                         f"host capacity of {RESOURCES[r]} after the reserve",
                         ["host"],
                     ).add_metric([host], float(body.capacity[r]))
+                gauge("rescoin_host_period_seconds", "the host's control period", ["host"]).add_metric(
+                    [host], float(body.period_s)
+                )
+            if kind in AGED_KINDS:
+                gauge(
+                    "rescoin_message_age_seconds",
+                    "seconds since the host's last message of this kind",
+                    ["host", "kind"],
+                ).add_metric([host, kind], max(now - seen[(host, kind)], 0.0))
+        for host, (vms, matrix) in sorted(entitled.items()):
+            per_vm(host, "entitlement", "entitlement min(demand, template)", vms, matrix)
         up = gauge("rescoin_service_up", "1 while the service's heartbeats arrive", ["host", "service"])
         state = gauge("rescoin_service_state", "1 for the state the service reports", ["host", "service", "state"])
         last = gauge("rescoin_service_last_period", "last period the service reported", ["host", "service"])
         events = CounterMetricFamily(
             "rescoin_service_events", "the service's heartbeat counters", labels=["host", "service", "counter"]
         )
-        for (host, service), (seen, env) in sorted(beats.items()):
+        for (host, service), (seen_at, env) in sorted(beats.items()):
             hb = env.body
-            up.add_metric([host, service], 1.0 if now - seen <= self.down_after * hb.period_s else 0.0)
+            up.add_metric([host, service], 1.0 if now - seen_at <= self.down_after * hb.period_s else 0.0)
             for s in SERVICE_STATES:
                 state.add_metric([host, service, s], 1.0 if hb.state == s else 0.0)
             last.add_metric([host, service], float(env.period))
@@ -114,6 +239,11 @@ class ExporterCore:
                 events.add_metric([host, service, counter], float(value))
         yield from families.values()
         yield events
+        for name, (doc, per_host) in histograms.items():
+            hist = HistogramMetricFamily(name, doc, labels=["host"])
+            for host, (buckets, total) in sorted(per_host.items()):
+                hist.add_metric([host], buckets, total)
+            yield hist
 
     def on_period(self, ended_period: int) -> list[Outgoing]:
         return []
