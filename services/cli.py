@@ -12,6 +12,7 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "tap": ("rescoin.services.tools.tap", "live, readable view of bus topics"),
+    "top": ("rescoin.services.tools.top", "live full-screen view of every VM's use, share, ceiling and coins"),
     "record": ("rescoin.services.tools.record", "write bus messages to a file"),
     "replay": ("rescoin.services.tools.replay", "publish a recorded file back onto a bus"),
     "status": ("rescoin.services.tools.status", "liveness of every service on every host, from hb"),

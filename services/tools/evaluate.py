@@ -173,6 +173,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--plot", metavar="DIR", help="write PNG plots to DIR (matplotlib)")
+    parser.add_argument("--report", metavar="DIR", help="write DIR/index.html, one self-contained page (matplotlib)")
 
 
 def variants(args: argparse.Namespace, base: SchedulerSettings) -> dict[str, tuple[str, SchedulerSettings]]:
@@ -230,6 +231,10 @@ def run(args: argparse.Namespace) -> int:
         from .evaluate_plots import write_plots
 
         write_plots(args.plot, sc, runs, report)
+    if args.report:
+        from .evaluate_report import write_report
+
+        print(f"report: {write_report(args.report, sc, runs, report)}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
