@@ -21,10 +21,22 @@ from .envelope import (
     topic_prefix,
 )
 from .errors import ProtocolError
-from .guest import GuestMem, decode_guest_mem, encode_guest_mem
+from .guest import (
+    GUEST_FORMAT_PREVIOUS,
+    GUEST_FORMAT_VERSION,
+    GUEST_FORMATS,
+    GuestMem,
+    decode_guest_mem,
+    decode_guest_report,
+    encode_guest_mem,
+    encode_guest_report,
+)
 from .heartbeat import SERVICE_STATES, Heartbeat
 
 __all__ = [
+    "GUEST_FORMATS",
+    "GUEST_FORMAT_PREVIOUS",
+    "GUEST_FORMAT_VERSION",
     "KINDS",
     "KIND_ALLOC",
     "KIND_APPLIED",
@@ -41,7 +53,9 @@ __all__ = [
     "Heartbeat",
     "ProtocolError",
     "decode_guest_mem",
+    "decode_guest_report",
     "encode_guest_mem",
+    "encode_guest_report",
     "make_topic",
     "parse_topic",
     "topic_prefix",

@@ -206,12 +206,17 @@ def pack_frames(env: Envelope, body_map: Mapping[str, Any], default: Callable[[A
 
 
 def unpack_frames(
-    frames: Sequence[bytes], ext_hook: Callable[[int, bytes], Any] | None = None
+    frames: Sequence[bytes],
+    ext_hook: Callable[[int, bytes], Any] | None = None,
+    versions: Sequence[int] = (PROTOCOL_VERSION,),
+    what: str = "protocol version",
 ) -> tuple[str, str, dict[str, Any]]:
     """Split and msgpack-decode a frame list; validate the envelope header.
 
     Returns (kind, topic key, payload map). The body is left for the kind's
-    decoder. Every failure is a ProtocolError.
+    decoder. Every failure is a ProtocolError. ``versions`` are the values of
+    ``v`` this side speaks: the protocol version on the bus, the guest format
+    versions at the guest ingress (``what`` names which, for the error).
     """
     if not isinstance(frames, Sequence) or isinstance(frames, bytes | str) or len(frames) != 2:
         raise ProtocolError("a message is exactly two frames [topic, payload]", "frames")
@@ -243,9 +248,10 @@ def unpack_frames(
     payload = dict(check_map(payload, "payload"))
     require_keys(payload, ENVELOPE_FIELDS, (), "envelope")
     version = payload["v"]
-    if not is_int(version) or version != PROTOCOL_VERSION:
+    if not is_int(version) or version not in versions:
         shown = repr(version)[:20] if is_int(version) or isinstance(version, str) else type(version).__name__
-        raise ProtocolError(f"unsupported protocol version {shown} (this side speaks {PROTOCOL_VERSION})", "v")
+        spoken = ", ".join(str(v) for v in versions)
+        raise ProtocolError(f"unsupported {what} {shown} (this side speaks {spoken})", "v")
     kind = check_one_of(payload["kind"], "kind", KINDS)
     if kind != topic_kind:
         raise ProtocolError(f"topic kind {topic_kind!r} does not match payload kind {kind!r}", "topic")

@@ -47,6 +47,17 @@ MAX_PARAMS = 64
 MAX_NAME_CHARS = 256  # a domain name in `sample`, a predictor's name in `estimate`
 MAX_ERROR_CHARS = 2000  # an `applied` error text
 NO_LIMIT = -1.0  # in `applied`: this resource has no ceiling set
+UNKNOWN = -1.0  # in `sample`'s memory-pressure vectors: not known for this VM (NaN is not allowed on the wire)
+MAX_PSI_PCT = 100.0
+# sample's per-VM memory-pressure vectors, shape (n,), each value UNKNOWN or in [0, max]
+MEM_PRESSURE: dict[str, float] = {
+    "mem_psi_some": MAX_PSI_PCT,  # the guest's PSI "some" avg10, % (proto/README.md §4)
+    "mem_psi_full": MAX_PSI_PCT,  # its "full" avg10, %
+    "mem_majflt": math.inf,  # its major page faults per second
+    "mem_swapin": math.inf,  # its pages swapped in per second
+    "mem_unreclaimable": math.inf,  # bytes the guest cannot give back: balloon actual - usable
+}
+_UNSET = np.empty(0)  # a Sample built without a pressure vector: UNKNOWN for every VM
 
 
 def _check_vms(value: Any, field_name: str = "body.vms") -> list[str]:
@@ -97,9 +108,26 @@ def _check_ceilings(value: Any, field_name: str, n: int) -> np.ndarray:
     return ceiling
 
 
+def _check_or_unknown(value: Any, field_name: str, n: int, hi: float) -> np.ndarray:
+    """A (n,) vector whose values are each UNKNOWN (-1) or in [0, hi], nothing between."""
+    vector = check_matrix(value, field_name, n, None, lo=UNKNOWN)
+    if ((vector < 0) & (vector != UNKNOWN)).any() or (vector > hi).any():
+        raise ProtocolError(f"each value is -1 (unknown) or in [0, {hi}]", field_name)
+    return vector
+
+
+def _unknown() -> np.ndarray:
+    return _UNSET
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """monitor -> all: what each VM used in the period that just ended."""
+    """monitor -> all: what each VM used in the period that just ended, and how squeezed its memory is.
+
+    The memory-pressure vectors are UNKNOWN (-1) for a VM where nothing told
+    the monitor (no fresh guest report with that field, no balloon stats);
+    left out of the constructor, they are UNKNOWN for every VM.
+    """
 
     capacity: np.ndarray  # (4,): host capacity C after the host reserve
     vms: list[str]
@@ -108,8 +136,18 @@ class Sample:
     usage: np.ndarray  # (n, 4): au, measured use
     mem_source: list[str]  # per VM: guest | balloon | none
     period_s: float
+    mem_psi_some: np.ndarray = field(default_factory=_unknown)  # (n,): guest PSI "some" avg10, %
+    mem_psi_full: np.ndarray = field(default_factory=_unknown)  # (n,): guest PSI "full" avg10, %
+    mem_majflt: np.ndarray = field(default_factory=_unknown)  # (n,): major page faults/s in the guest
+    mem_swapin: np.ndarray = field(default_factory=_unknown)  # (n,): pages/s swapped in by the guest
+    mem_unreclaimable: np.ndarray = field(default_factory=_unknown)  # (n,): bytes, balloon actual - usable
 
-    WIRE: ClassVar[tuple[str, ...]] = ("C", "vms", "names", "tc", "au", "mem_src", "period_s")
+    WIRE: ClassVar[tuple[str, ...]] = ("C", "vms", "names", "tc", "au", "mem_src", "period_s", *MEM_PRESSURE)
+
+    def __post_init__(self) -> None:
+        for name in MEM_PRESSURE:
+            if getattr(self, name) is _UNSET:
+                object.__setattr__(self, name, np.full(len(self.vms), UNKNOWN))
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -120,6 +158,7 @@ class Sample:
             "au": self.usage,
             "mem_src": list(self.mem_source),
             "period_s": float(self.period_s),
+            **{name: getattr(self, name) for name in MEM_PRESSURE},
         }
 
     @classmethod
@@ -135,6 +174,7 @@ class Sample:
             usage=check_matrix(body["au"], "body.au", n),
             mem_source=_check_str_list(body["mem_src"], "body.mem_src", n, MEM_SOURCES),
             period_s=_check_float(body["period_s"], "body.period_s", MIN_PERIOD_S, MAX_PERIOD_S),
+            **{name: _check_or_unknown(body[name], f"body.{name}", n, hi) for name, hi in MEM_PRESSURE.items()},
         )
 
 

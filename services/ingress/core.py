@@ -5,10 +5,16 @@ A frame is accepted only if it is a valid ``guest.mem`` message whose VM UUID
 User-Id), and only as often as ``GuestRateLimit`` allows. Everything else is
 dropped with a cause, which the process counts in its `hb`:
 ``unauthenticated``, ``forbidden_topic``, ``malformed``, ``wrong_vm``,
-``rate_limited``. An accepted report's body is published again under the
-ingress's own envelope (this host, src ``ingress``, this host's period): a
-guest chooses none of what the stages key their tables on. Socket-free: it
-takes frames, the authenticated identity and the time.
+``rate_limited``, ``guest_format`` (a guest format version this ingress does
+not speak). Guests speak a guest format of their own, versioned apart from the
+bus (``GUEST_FORMATS``: the previous one, without memory pressure, and the
+current one, side by side), so guests and hosts are upgraded independently;
+every accepted report is converted to the bus's ``guest.mem`` body (a
+previous-format report simply has no pressure fields) and published again
+under the ingress's own envelope (this host, src ``ingress``, this host's
+period, the bus protocol version): a guest chooses none of what the stages key
+their tables on. Socket-free: it takes frames, the authenticated identity and
+the time.
 """
 
 from __future__ import annotations
@@ -17,14 +23,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from rescoin.proto import KIND_GUEST_MEM, GuestMem, ProtocolError, decode_guest_mem, parse_topic
+from rescoin.proto import KIND_GUEST_MEM, GuestMem, ProtocolError, decode_guest_report, parse_topic
 
 
 @dataclass(frozen=True)
 class Verdict:
-    report: GuestMem | None  # the body to publish, None if dropped
+    report: GuestMem | None  # the body to publish (the bus's form), None if dropped
     cause: str = ""  # the reject counter's name
     detail: str = ""
+    guest_format: int = 0  # the guest format version the report came in (0 if dropped)
 
 
 def check_guest_frames(frames: Sequence[bytes], authenticated_vm: str | None) -> Verdict:
@@ -38,12 +45,12 @@ def check_guest_frames(frames: Sequence[bytes], authenticated_vm: str | None) ->
     if kind != KIND_GUEST_MEM:
         return Verdict(None, "forbidden_topic", f"VM {authenticated_vm} tried to publish {kind!r}")
     try:
-        env = decode_guest_mem(frames)
+        env = decode_guest_report(frames)  # any guest format we speak, converted to the bus's body
     except ProtocolError as exc:
-        return Verdict(None, "malformed", f"VM {authenticated_vm}: {exc}")
+        return Verdict(None, "guest_format" if exc.field == "v" else "malformed", f"VM {authenticated_vm}: {exc}")
     if env.body.vm != authenticated_vm:
         return Verdict(None, "wrong_vm", f"VM {authenticated_vm} reported as {env.body.vm}")
-    return Verdict(env.body)
+    return Verdict(env.body, guest_format=env.v)
 
 
 class GuestRateLimit:

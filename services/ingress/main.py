@@ -3,9 +3,10 @@
 A CURVE-server SUB socket (bound for agents that connect, and/or connected to
 agents that bind behind NAT) authenticates every agent through ZAP against
 the key store; each message's User-Id is the VM its key was issued for, and
-only that VM's own ``guest.mem`` reports, at most ``reports_per_period`` a
-period each, are published on the bus under the ingress's own envelope
-(services/ingress/core.py).
+only that VM's own ``guest.mem`` reports, in any guest format it speaks
+(``rescoin.proto.GUEST_FORMATS``), at most ``reports_per_period`` a period
+each, are converted to the bus's ``guest.mem`` and published on the bus under
+the ingress's own envelope (services/ingress/core.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 from pathlib import Path
 
 import zmq
-from rescoin.proto import KIND_GUEST_MEM, KIND_HB, Heartbeat, ProtocolError
+from rescoin.proto import GUEST_FORMATS, KIND_GUEST_MEM, KIND_HB, Heartbeat, ProtocolError
 from rescoin.proto.envelope import MAX_GUEST_PAYLOAD_BYTES
 from zmq.auth.thread import ThreadAuthenticator
 
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         publisher.send(KIND_GUEST_MEM, pacer.current(), verdict.report)
                         counters.inc("forwarded")
+                        counters.inc(f"guest_format.{verdict.guest_format}")  # who still runs old agents
                     except ProtocolError as exc:  # decoded a moment ago: only a bug lands here
                         counters.reject("malformed", f"VM {verdict.report.vm}: {exc}", log)
             ended = pacer.due()
@@ -120,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
                     "ok",
                     period_s,
                     counters.snapshot(),
-                    {"pid": os.getpid(), "guest_keys": len(guests)},
+                    {
+                        "pid": os.getpid(),
+                        "guest_keys": len(guests),
+                        "guest_formats": ",".join(map(str, GUEST_FORMATS)),
+                    },
                     list(counters.recent_errors),
                 )
                 publisher.send(KIND_HB, ended, hb)

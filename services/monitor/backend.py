@@ -4,7 +4,8 @@ A backend answers two questions, once per period:
 
 * ``read() -> HostReading``: every running VM with its *cumulative* counters
   (cpu time ns, disk read+write bytes, net rx+tx bytes; None where the backend
-  cannot tell), its size, balloon facts and any template it knows, stamped with
+  cannot tell), its size, balloon facts (in use; what it cannot give back) and
+  any template it knows, stamped with
   the time of the reading (ns). The monitor core turns two readings into rates.
 * ``capacity() -> HostCapacity``: what the host has (cores, bytes; disk and
   net bytes/s when the backend knows them, else None and the config decides).
@@ -36,6 +37,7 @@ class DomainReading:
     balloon_used_bytes: float | None  # in use per balloon stats (available - usable, or rss)
     template: tuple[float | None, float | None, float | None, float | None] = (None, None, None, None)
     # the template if the backend knows it (domain metadata, the sim host); None = derive it
+    balloon_unreclaimable_bytes: float | None = None  # what the guest cannot give back: balloon actual - usable
 
 
 @dataclass(frozen=True)

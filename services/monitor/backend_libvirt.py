@@ -133,6 +133,7 @@ class LibvirtMonitorBackend:
             net_bytes=net,
             balloon_used_bytes=_balloon_used(balloon),
             template=facts.template,
+            balloon_unreclaimable_bytes=_balloon_unreclaimable(balloon),
         )
 
     def capacity(self) -> HostCapacity:
@@ -161,3 +162,12 @@ def _balloon_used(balloon: dict) -> float | None:
     if "rss" in balloon:
         return float(balloon["rss"]) * KIB
     return None
+
+
+def _balloon_unreclaimable(balloon: dict) -> float | None:
+    """What the guest cannot give back (KiB → bytes): the balloon's actual size − what the guest could
+    still use without swapping (``usable``, its MemAvailable). None without the guest's stats."""
+    actual = balloon.get("current", balloon.get("actual"))
+    if actual is None or "usable" not in balloon:
+        return None
+    return max(float(actual) - float(balloon["usable"]), 0.0) * KIB

@@ -15,6 +15,12 @@ takes a decoded guest report. Rules:
   ``guest``), else balloon stats (``balloon``), else the current balloon size
   (``none``: a VM whose use is unknown is taken to use what it has, so it
   earns no memory coins and is never ballooned below it);
+* memory pressure (``mem_psi_some``, ``mem_psi_full``: PSI avg10 in %;
+  ``mem_majflt``, ``mem_swapin``: per second) comes from the same fresh agent
+  report, field by field; ``mem_unreclaimable`` (bytes) from the balloon
+  stats (actual - usable). Whatever nobody told the monitor is UNKNOWN (-1),
+  never 0: an old agent, a kernel without /proc/pressure, a first report
+  without rates, a guest without balloon stats;
 * a reading with bad values (NaN, negative) is rejected for that VM only,
   counted and logged; the other VMs' sample still goes out.
 """
@@ -27,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from rescoin.proto import Envelope, GuestMem
-from rescoin.proto.messages import Sample
+from rescoin.proto.messages import UNKNOWN, Sample
 
 from ..runtime.support import Counters
 from .backend import DomainReading, HostCapacity, HostReading
@@ -36,6 +42,9 @@ from .settings import MonitorSettings
 log = logging.getLogger("rescoin.monitor")
 GUEST_REPORT_MAX_AGE = 2  # periods
 ABSURD_GUEST_FACTOR = 1.5  # a guest claiming more than this times its max memory is lying
+# the sample's pressure vectors and where each comes from: a fresh guest report's field, else balloon stats
+GUEST_PRESSURE = ("psi_some_avg10", "psi_full_avg10", "pgmajfault_per_s", "pswpin_per_s")
+SAMPLE_PRESSURE = ("mem_psi_some", "mem_psi_full", "mem_majflt", "mem_swapin", "mem_unreclaimable")
 
 
 @dataclass
@@ -100,6 +109,7 @@ class MonitorCore:
     def observe(self, reading: HostReading, period: int, period_s: float, capacity: np.ndarray) -> Sample:
         """The sample of ``period`` from this reading and the previous one."""
         vms, names, templates, usages, sources = [], [], [], [], []
+        pressure: list[tuple[float, ...]] = []  # rows of SAMPLE_PRESSURE
         present = set()
         for dom in reading.domains:
             present.add(dom.uuid)
@@ -117,11 +127,13 @@ class MonitorCore:
             templates.append(self.template_of(dom))
             usages.append([rates[0], mem, rates[1], rates[2]])
             sources.append(source)
+            pressure.append(self._pressure(dom, period))
         for gone in set(self.baselines) - present:
             del self.baselines[gone]
             self.guest.pop(gone, None)
             self.known.pop(gone, None)
         n = len(vms)
+        columns = np.array(pressure, dtype=float).reshape(n, len(SAMPLE_PRESSURE)).T
         return Sample(
             capacity=capacity,
             vms=vms,
@@ -130,6 +142,7 @@ class MonitorCore:
             usage=np.array(usages, dtype=float).reshape(n, 4),
             mem_source=sources,
             period_s=period_s,
+            **{name: columns[i].copy() for i, name in enumerate(SAMPLE_PRESSURE)},
         )
 
     @staticmethod
@@ -142,6 +155,7 @@ class MonitorCore:
             "disk_bytes": dom.disk_bytes,
             "net_bytes": dom.net_bytes,
             "balloon_used_bytes": dom.balloon_used_bytes,
+            "balloon_unreclaimable_bytes": dom.balloon_unreclaimable_bytes,
         }
         for name, value in values.items():
             if value is not None and (not isinstance(value, int | float) or not math.isfinite(value) or value < 0):
@@ -167,10 +181,21 @@ class MonitorCore:
         self.baselines[dom.uuid].rates = rates
         return rates
 
+    def _fresh_report(self, vm: str, period: int) -> GuestMem | None:
+        report = self.guest.get(vm)
+        return report[1] if report is not None and period - report[0] <= GUEST_REPORT_MAX_AGE else None
+
+    def _pressure(self, dom: DomainReading, period: int) -> tuple[float, ...]:
+        """One row of the sample's pressure vectors (SAMPLE_PRESSURE order); UNKNOWN where nobody told us."""
+        report = self._fresh_report(dom.uuid, period)
+        told = [getattr(report, name) if report is not None else None for name in GUEST_PRESSURE]
+        told.append(dom.balloon_unreclaimable_bytes)
+        return tuple(UNKNOWN if value is None else float(value) for value in told)
+
     def _memory(self, dom: DomainReading, period: int) -> tuple[float, str]:
-        report = self.guest.get(dom.uuid)
-        if report is not None and period - report[0] <= GUEST_REPORT_MAX_AGE:
-            return float(report[1].mem_used), "guest"
+        report = self._fresh_report(dom.uuid, period)
+        if report is not None:
+            return float(report.mem_used), "guest"
         if dom.balloon_used_bytes is not None:
             return float(dom.balloon_used_bytes), "balloon"
         return float(dom.mem_current_bytes), "none"

@@ -18,7 +18,7 @@ from ..runtime.support import Counters
 from ..schema import service_schema
 from ..simhost.settings import SimhostSettings
 from .backend import BackendError, MonitorBackend
-from .core import MonitorCore, capacity_vector
+from .core import SAMPLE_PRESSURE, MonitorCore, capacity_vector
 from .settings import MonitorSettings
 
 SCHEMA = service_schema(monitor=MonitorSettings, simhost=SimhostSettings)  # the config sections this program reads
@@ -102,6 +102,7 @@ def print_once(stage: MonitorStage, period_s: float) -> int:
                 "au": body.usage.tolist(),
                 "mem_src": body.mem_source,
                 "period_s": body.period_s,
+                **{name: getattr(body, name).tolist() for name in SAMPLE_PRESSURE},
             },
             indent=2,
         )

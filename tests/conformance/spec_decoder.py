@@ -1,10 +1,13 @@
-"""A second decoder, written from proto/README.md (protocol version 2) alone.
+"""A second decoder, written from proto/README.md (protocol version 2, guest formats 2 and 3) alone.
 
 It imports nothing from rescoin: only msgpack, numpy and the standard library,
 as a third-party subscriber would. ``judge(frames)`` gives a verdict for one
-``[topic, payload]`` message: accepted (with the decoded payload, arrays as
-numpy) or rejected (with the reason). Where it and ``rescoin.proto`` disagree,
-either the code or the spec is wrong. Clarity over speed: it is a test oracle.
+``[topic, payload]`` message on the bus: accepted (with the decoded payload,
+arrays as numpy) or rejected (with the reason). ``judge_guest(frames)`` does
+the same for a frame a guest agent sends to the ingress (§5 "Guest formats"),
+and gives, when accepted, the body the ingress must publish on the bus. Where
+it and ``rescoin.proto`` disagree, either the code or the spec is wrong.
+Clarity over speed: it is a test oracle.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import msgpack
 import numpy as np
 
 VERSION = 2
+GUEST_FORMATS = (2, 3)  # §5: the previous and the current guest format, in a guest frame's `v`
 KINDS = ("guest.mem", "sample", "estimate", "alloc", "applied", "hb")
 ENVELOPE_KEYS = {"v", "kind", "host", "src", "epoch", "seq", "ts", "period", "body"}
 
@@ -60,17 +64,31 @@ class Verdict:
     ok: bool
     reason: str = ""
     payload: dict[str, Any] = field(default_factory=dict)  # when ok: the envelope, arrays as numpy
+    bus_body: dict[str, Any] = field(default_factory=dict)  # judge_guest, when ok: what the ingress publishes
 
 
 def judge(frames: Any) -> Verdict:
-    """The spec's verdict on one message."""
+    """The spec's verdict on one message on the bus."""
     try:
         return Verdict(True, payload=_message(frames))
     except Rejected as exc:
         return Verdict(False, str(exc))
 
 
-def _message(frames: Any) -> dict[str, Any]:
+def judge_guest(frames: Any) -> Verdict:
+    """The spec's verdict on one frame a guest sends to the ingress (§5 "Guest formats").
+
+    Not the authentication or the rate limit: whether the frame itself is a
+    report the ingress reads, and the `guest.mem` body it then publishes."""
+    try:
+        env = _message(frames, versions=GUEST_FORMATS)
+    except Rejected as exc:
+        return Verdict(False, str(exc))
+    # §5 conversion: the body unchanged; a format-2 report simply has no pressure fields
+    return Verdict(True, payload=env, bus_body=dict(env["body"]))
+
+
+def _message(frames: Any, versions: tuple[int, ...] = (VERSION,)) -> dict[str, Any]:
     # §2: exactly two frames [topic, payload]
     if not isinstance(frames, list | tuple) or len(frames) != 2:
         raise Rejected("not two frames")
@@ -92,7 +110,7 @@ def _message(frames: Any) -> dict[str, Any]:
     env = _unpack(raw)
     if not isinstance(env, dict) or set(env) != ENVELOPE_KEYS:
         raise Rejected("envelope keys")
-    if not _is_int(env["v"]) or env["v"] != VERSION:
+    if not _is_int(env["v"]) or env["v"] not in versions:
         raise Rejected("version")
     _closed(env["kind"], "kind", KINDS)
     if env["kind"] != topic_kind:
@@ -103,7 +121,12 @@ def _message(frames: Any) -> dict[str, Any]:
         _int(env[key], key, 0, INT_MAX)
     if not isinstance(env["body"], dict):
         raise Rejected("body not a map")
-    BODIES[env["kind"]](env["body"])
+    if versions != (VERSION,) and env["kind"] == "guest.mem":
+        _guest_report(env["body"], env["v"])
+    elif versions != (VERSION,):
+        raise Rejected("a guest sends only guest.mem")
+    else:
+        BODIES[env["kind"]](env["body"])
     expected_key = env["body"]["vm"] if env["kind"] == "guest.mem" else env["host"]
     if topic_key != expected_key:
         raise Rejected("topic key")
@@ -222,16 +245,18 @@ def _vms(value: Any) -> int:
     return len(value)
 
 
-def _matrix(value: Any, where: str, shape: tuple[int, ...], rule: str = ">= 0") -> np.ndarray:
-    """rule: '>= 0', 'finite' or 'ceiling' (each exactly -1 or >= 0)."""
+def _matrix(value: Any, where: str, shape: tuple[int, ...], rule: str = ">= 0", top: float = math.inf) -> np.ndarray:
+    """rule: '>= 0', 'finite', 'ceiling' or 'unknown' (each exactly -1 or >= 0); top: the largest value."""
     if not isinstance(value, np.ndarray) or value.shape != shape:
         raise Rejected(f"{where}: not an array of shape {shape}")
     if not np.isfinite(value).all():
         raise Rejected(f"{where}: not finite")
     if rule == ">= 0" and (value < 0).any():
         raise Rejected(f"{where}: negative")
-    if rule == "ceiling" and ((value < 0) & (value != -1.0)).any():
-        raise Rejected(f"{where}: a ceiling neither -1 nor >= 0")
+    if rule in ("ceiling", "unknown") and ((value < 0) & (value != -1.0)).any():
+        raise Rejected(f"{where}: a value neither -1 nor >= 0")
+    if (value > top).any():
+        raise Rejected(f"{where}: above {top}")
     return value
 
 
@@ -248,8 +273,18 @@ def _str_list(value: Any, where: str, n: int, max_chars: int = 0, allowed: tuple
 # --- bodies (§4)
 
 
+# sample's memory-pressure vectors (§4): shape (n,), each -1 (unknown) or in [0, the largest value]
+SAMPLE_PRESSURE = {
+    "mem_psi_some": 100.0,
+    "mem_psi_full": 100.0,
+    "mem_majflt": math.inf,
+    "mem_swapin": math.inf,
+    "mem_unreclaimable": math.inf,
+}
+
+
 def _sample(body: dict[str, Any]) -> None:
-    _keys(body, ("C", "vms", "names", "tc", "au", "mem_src", "period_s"), "sample")
+    _keys(body, ("C", "vms", "names", "tc", "au", "mem_src", "period_s", *SAMPLE_PRESSURE), "sample")
     n = _vms(body["vms"])
     _matrix(body["C"], "C", (4,))
     _str_list(body["names"], "names", n, max_chars=256)
@@ -257,6 +292,8 @@ def _sample(body: dict[str, Any]) -> None:
     _matrix(body["au"], "au", (n, 4))
     _str_list(body["mem_src"], "mem_src", n, allowed=MEM_SOURCES)
     _float(body["period_s"], "period_s", 0.001, 3600)
+    for key, top in SAMPLE_PRESSURE.items():
+        _matrix(body[key], key, (n,), "unknown", top)
 
 
 def _estimate(body: dict[str, Any]) -> None:
@@ -335,8 +372,36 @@ def _hb(body: dict[str, Any]) -> None:
         _str(text, "errors[]", 1000)
 
 
+GUEST_KEYS = ("vm", "mem_total", "mem_available", "mem_used", "swap_total", "swap_free", "agent")
+PSI_LINES = (
+    ("psi_some_avg10", "psi_some_avg60", "psi_some_total"),
+    ("psi_full_avg10", "psi_full_avg60", "psi_full_total"),
+)
+GUEST_RATES = ("pgmajfault_per_s", "pswpin_per_s")
+OPTIONAL_GUEST_KEYS = (*PSI_LINES[0], *PSI_LINES[1], *GUEST_RATES)
+
+
+def _guest_report(body: dict[str, Any], guest_format: int) -> None:
+    """§5: format 2 is the seven keys alone; format 3 is the bus's guest.mem body."""
+    if guest_format == 2:
+        _keys(body, GUEST_KEYS, "guest format 2")
+    _guest_mem(body)
+
+
 def _guest_mem(body: dict[str, Any]) -> None:
-    _keys(body, ("vm", "mem_total", "mem_available", "mem_used", "swap_total", "swap_free", "agent"), "guest.mem")
+    optional = [k for k in OPTIONAL_GUEST_KEYS if k in body]
+    _keys(body, (*GUEST_KEYS, *optional), "guest.mem")
+    for line in PSI_LINES:
+        present = [k for k in line if k in body]
+        if present and len(present) != 3:
+            raise Rejected(f"guest.mem: {line} not all present")
+        if present:
+            _float(body[line[0]], line[0], 0, 100)
+            _float(body[line[1]], line[1], 0, 100)
+            _int(body[line[2]], line[2], 0, INT_MAX)
+    for key in GUEST_RATES:
+        if key in body:
+            _float(body[key], key, 0, math.inf)
     _uuid(body["vm"], "vm")
     total = _int(body["mem_total"], "mem_total", 1, MAX_GUEST_BYTES)
     available = _int(body["mem_available"], "mem_available", 0, total)

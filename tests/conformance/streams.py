@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rescoin.proto import KIND_GUEST_MEM, Envelope, ProtocolError, decode_guest_mem
+import msgpack
+from rescoin.proto import KIND_GUEST_MEM, Envelope, GuestMem, ProtocolError, decode_guest_mem
 from rescoin.proto.codec import decode
 from rescoin.services.tools.buses import read_records
 
@@ -35,3 +36,18 @@ def code_verdict(frames: list[bytes]) -> tuple[bool, Envelope | None, str]:
         except ProtocolError:
             assert env is None, "decode_guest_mem rejects what decode accepts"
     return env is not None, env, reason
+
+
+def code_guest_verdict(frames: list[bytes]) -> tuple[bool, GuestMem | None, str]:
+    """The ingress's verdict on a frame from a guest: (accepted, the body it publishes, the rejection).
+
+    The ingress's own check (authenticated as the report's VM), so its conversion is what is tested."""
+    from rescoin.services.ingress.core import check_guest_frames
+
+    vm = ""
+    try:
+        vm = msgpack.unpackb(frames[1], raw=False)["body"]["vm"]
+    except Exception:
+        vm = "00000000-0000-0000-0000-000000000000"
+    verdict = check_guest_frames(frames, str(vm))
+    return verdict.report is not None, verdict.report, verdict.detail

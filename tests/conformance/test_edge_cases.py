@@ -18,9 +18,11 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+from rescoin.proto import Envelope
+from rescoin.proto.codec import encode
 
-from tests.conformance.spec_decoder import judge
-from tests.conformance.streams import code_verdict, recorded_frames
+from tests.conformance.spec_decoder import judge, judge_guest
+from tests.conformance.streams import code_guest_verdict, code_verdict, recorded_frames
 
 OK, BAD = True, False
 VM = str(uuid.UUID(int=0x5EC))
@@ -274,20 +276,65 @@ def build_cases() -> None:  # one long table: it reads as the spec does
         lambda p: p["body"]["vms"].__setitem__(0, p["body"]["vms"][0].replace("-", "")),
     )
     case("sample", "a vm listed twice", BAD, lambda p: p["body"]["vms"].__setitem__(1, p["body"]["vms"][0]))
-    case(
-        "sample",
-        "no VMs",
-        OK,
-        lambda p: p["body"].update(vms=[], names=[], mem_src=[], tc=arr(np.zeros((0, 4))), au=arr(np.zeros((0, 4)))),
-    )
 
     def vms(n: int) -> Callable[[Payload], None]:
         zeros = arr(np.zeros((n, 4)))
         vms = [str(uuid.UUID(int=i + 1)) for i in range(n)]
-        return body(vms=vms, names=[""] * n, mem_src=["none"] * n, tc=zeros, au=zeros)
+        unknown = {key: arr(np.full(n, -1.0)) for key in PRESSURE_VECTORS}
+        return body(vms=vms, names=[""] * n, mem_src=["none"] * n, tc=zeros, au=zeros, **unknown)
 
+    case("sample", "no VMs", OK, vms(0))
     case("sample", "100000 VMs", OK, vms(100_000))
     case("sample", "100001 VMs", BAD, vms(100_001))
+
+    # --- sample's memory-pressure vectors (§4): shape (n,), each exactly -1 or in range, all required
+    def vector(p: Payload, key: str, value: float, row: int = 0) -> msgpack.ExtType:
+        a = unarr(p["body"][key])
+        a[row] = value
+        return arr(a)
+
+    for key, top in PRESSURE_VECTORS.items():
+        for value, verdict in (
+            (-1.0, OK),
+            (0.0, OK),
+            (-0.0, OK),
+            (-0.5, BAD),
+            (np.nextafter(-1.0, -2), BAD),
+            (np.nextafter(-1.0, 0), BAD),
+            (-2.0, BAD),
+            (math.nan, BAD),
+            (math.inf, BAD),
+        ):
+            case(
+                "sample",
+                f"{key} of {value!r}",
+                verdict,
+                lambda p, k=key, v=value: p["body"].update({k: vector(p, k, v)}),
+            )
+        if top == 100:
+            case("sample", f"{key} of 100 %", OK, lambda p, k=key: p["body"].update({k: vector(p, k, 100.0)}))
+            case(
+                "sample",
+                f"{key} just above 100 %",
+                BAD,
+                lambda p, k=key: p["body"].update({k: vector(p, k, np.nextafter(100.0, 101))}),
+            )
+        else:
+            case("sample", f"{key} of 1e15", OK, lambda p, k=key: p["body"].update({k: vector(p, k, 1e15)}))
+        case("sample", f"{key} missing", BAD, lambda p, k=key: p["body"].pop(k))
+        case("sample", f"{key} a row short", BAD, lambda p, k=key: p["body"].update({k: arr(unarr(p["body"][k])[1:])}))
+        case(
+            "sample",
+            f"{key} of shape (n, 1)",
+            BAD,
+            lambda p, k=key: p["body"].update({k: arr(unarr(p["body"][k])[:, None])}),
+        )
+        case(
+            "sample",
+            f"{key} as a list of floats",
+            BAD,
+            lambda p, k=key: p["body"].update({k: unarr(p["body"][k]).tolist()}),
+        )
 
     # --- estimate (§4)
     case("estimate", "64 params", OK, body(params={f"p{i}": i for i in range(64)}))
@@ -500,8 +547,98 @@ def build_cases() -> None:  # one long table: it reads as the spec does
     case("guest.mem", "a guest host '-guest'", BAD, env(host="-guest"))
     case("guest.mem", "a guest host of 128 chars", OK, env(host="g" * 128))
 
+    # --- guest.mem's optional pressure fields (§4), on the bus
+    case("guest.mem", "every pressure field", OK, body(**PRESSURE))
+    case("guest.mem", "no pressure field at all", OK, lambda p: [p["body"].pop(k, None) for k in PRESSURE])
+    for line in ("psi_some", "psi_full"):
+        fields = {k: v for k, v in PRESSURE.items() if k.startswith(line)}
+        case("guest.mem", f"only the {line} line", OK, body(**fields))
+        for missing in fields:
+            case(
+                "guest.mem",
+                f"the {line} line without {missing}",
+                BAD,
+                body(**{k: v for k, v in fields.items() if k != missing}),
+            )
+    for rate in ("pgmajfault_per_s", "pswpin_per_s"):
+        case("guest.mem", f"only {rate}", OK, body(**{rate: 12.5}))
+        for value, verdict in ((0, OK), (1e12, OK), (-0.001, BAD), (math.nan, BAD), (math.inf, BAD), (True, BAD)):
+            case("guest.mem", f"{rate} = {value!r}", verdict, body(**{rate: value}))
+    for avg in ("psi_some_avg10", "psi_some_avg60", "psi_full_avg10", "psi_full_avg60"):
+        for value, verdict in ((0, OK), (100, OK), (37.25, OK), (100.01, BAD), (-0.01, BAD), (math.nan, BAD)):
+            case("guest.mem", f"{avg} = {value!r}", verdict, body(**{**PRESSURE, avg: value}))
+        case("guest.mem", f"{avg} as a str", BAD, body(**{**PRESSURE, avg: "0.5"}))
+    for total in ("psi_some_total", "psi_full_total"):
+        for value, verdict in ((0, OK), (2**63 - 1, OK), (2**63, BAD), (-1, BAD), (1.0, BAD), (True, BAD)):
+            case("guest.mem", f"{total} = {value!r}", verdict, body(**{**PRESSURE, total: value}))
+    case("guest.mem", "an unknown pressure field (psi_some_avg300)", BAD, body(**PRESSURE, psi_some_avg300=0.0))
+    case(
+        "guest.mem",
+        "a pressure field of -1 (absent is absent, not -1)",
+        BAD,
+        body(**{**PRESSURE, "psi_full_avg10": -1}),
+    )
+    framed(
+        "guest.mem",
+        "every pressure field of a long agent name within 4096 bytes",
+        OK,
+        lambda p: frames_of({**p, "body": {**p["body"], **PRESSURE_EXTREMES, "agent": "é" * 64}}),
+    )
+
+
+PRESSURE_VECTORS = {
+    "mem_psi_some": 100,
+    "mem_psi_full": 100,
+    "mem_majflt": math.inf,
+    "mem_swapin": math.inf,
+    "mem_unreclaimable": math.inf,
+}
+PRESSURE = {
+    "psi_some_avg10": 1.5,
+    "psi_some_avg60": 0.25,
+    "psi_some_total": 1_234_567,
+    "psi_full_avg10": 0.5,
+    "psi_full_avg60": 0.0,
+    "psi_full_total": 89_012,
+    "pgmajfault_per_s": 3.0,
+    "pswpin_per_s": 0.0,
+}
+PRESSURE_EXTREMES = {k: (2**63 - 1 if k.endswith("total") else math.pi * 1e300) for k in PRESSURE} | {
+    k: 99.99999999 for k in PRESSURE if "avg" in k
+}
+
 
 build_cases()
+
+# --- guest formats (§5): frames a guest sends to the ingress, with the guest format version in `v`
+GUEST_CASES: list[tuple[str, list[bytes], bool]] = []
+
+
+def guest_case(description: str, expected: bool, v: Any, **body_changes: Any) -> None:
+    p = copy.deepcopy(base_payloads()["guest.mem"])
+    p["v"] = v
+    p["body"].update(body_changes)
+    GUEST_CASES.append((description, frames_of(p), expected))
+
+
+def build_guest_cases() -> None:
+    guest_case("format 2, meminfo only (today's agents)", OK, 2)
+    guest_case("format 3, meminfo only (a kernel without PSI, a first report)", OK, 3)
+    guest_case("format 3 with every pressure field", OK, 3, **PRESSURE)
+    guest_case("format 3 with the PSI lines, no rates yet", OK, 3, **{k: v for k, v in PRESSURE.items() if "psi" in k})
+    guest_case("format 2 with pressure fields (not in format 2)", BAD, 2, **PRESSURE)
+    guest_case("format 2 with one rate", BAD, 2, pgmajfault_per_s=1.0)
+    guest_case("format 3 with half a PSI line", BAD, 3, psi_some_avg10=1.0)
+    guest_case("format 3 with a PSI average above 100", BAD, 3, **{**PRESSURE, "psi_some_avg10": 101.0})
+    guest_case("format 3 with a broken meminfo", BAD, 3, mem_used=0)
+    for v in (1, 4, 0, -1, True, 3.0, "3", None):
+        guest_case(f"format {v!r}", BAD, v)
+    p = copy.deepcopy(base_payloads()["guest.mem"])
+    p["v"] = 3
+    GUEST_CASES.append(("format 3 under another kind's topic", [f"hb/{p['host']}/".encode(), frames_of(p)[1]], BAD))
+    p = copy.deepcopy(base_payloads()["hb"])
+    p["v"] = 3
+    GUEST_CASES.append(("format 3 heartbeat (a guest sends only guest.mem)", frames_of(p), BAD))
 
 
 def test_the_table_covers_every_kind_both_ways():
@@ -516,3 +653,26 @@ def test_the_code_and_the_spec_decoder_give_the_spec_verdict(description, frames
     spec = judge(frames)
     code_ok, _, reason = code_verdict(frames)
     assert (spec.ok, code_ok) == (expected, expected), f"spec: {spec.reason or 'ok'}; code: {reason or 'ok'}"
+
+
+build_guest_cases()
+
+
+def test_the_guest_table_has_both_formats_both_ways():
+    assert {expected for _, _, expected in GUEST_CASES} == {OK, BAD}
+    assert len({description for description, _, _ in GUEST_CASES}) == len(GUEST_CASES)
+
+
+@pytest.mark.parametrize(("description", "frames", "expected"), GUEST_CASES, ids=[c[0] for c in GUEST_CASES])
+def test_the_ingress_and_the_spec_decoder_read_guest_formats_alike(description, frames, expected):
+    """Each guest frame: the same verdict, and an accepted one reaches the bus as the spec converts it."""
+    spec = judge_guest(frames)
+    code_ok, report, reason = code_guest_verdict(frames)
+    assert (spec.ok, code_ok) == (expected, expected), f"spec: {spec.reason or 'ok'}; code: {reason or 'ok'}"
+    if expected:
+        assert report is not None
+        assert report.to_wire() == spec.bus_body
+        assert all(type(report.to_wire()[k]) is type(v) for k, v in spec.bus_body.items())
+        # what the ingress publishes is a bus message both decoders accept
+        bus = encode(Envelope("guest.mem", "h1", "ingress", 1, 0, 0, 0, report))
+        assert judge(bus).ok and code_verdict(bus)[0]

@@ -11,7 +11,7 @@ import pytest
 import zmq
 import zmq.auth
 from rescoin.guest_agent.agent import wait_subscribed
-from rescoin.proto import Envelope, GuestMem, encode_guest_mem
+from rescoin.proto import GUEST_FORMAT_VERSION, Envelope, GuestMem, encode_guest_mem
 from rescoin.proto.codec import decode
 from rescoin.services.ingress.keys import add_guest, init_server
 
@@ -55,6 +55,8 @@ def ingress(tmp_path):
         sub.connect(bus.sub_endpoint)
         sub.subscribe(b"")
         try:
+            # the ingress's heartbeat reaching us proves its path to the bus is up: what it forwards from now is seen
+            assert collect(sub, lambda s: any(e.kind == "hb" and e.src == "ingress" for e in s), 20)
             yield {"keys": keys, "endpoint": endpoint, "sub": sub, "ctx": ctx}
         finally:
             proc.terminate()
@@ -193,6 +195,93 @@ def test_agent_process_once_reaches_the_bus(ingress, tmp_path):
     seen = collect(ingress["sub"], lambda s: any(e.kind == "guest.mem" for e in s))
     report = next(e for e in seen if e.kind == "guest.mem").body
     assert report.vm == VM_A and report.mem_total == 2048000 * 1024 and report.mem_used == (2048000 - 1024000) * 1024
+
+
+PSI = "some avg10=2.50 avg60=1.00 avg300=0.50 total=777\nfull avg10=0.75 avg60=0.25 avg300=0.00 total=55\n"
+
+
+def agent_command(ingress, vm: str, tmp_path: Path, *extra: str) -> list[str]:
+    files = {}
+    for name, text in (("meminfo", MEMINFO), ("pressure", PSI), ("vmstat", "pgmajfault 1000\npswpin 20\n")):
+        files[name] = tmp_path / f"{vm}.{name}"
+        files[name].write_text(text)
+    keys = ingress["keys"]
+    return [
+        sys.executable,
+        "-m",
+        "rescoin.guest_agent.agent",
+        "--connect",
+        ingress["endpoint"],
+        "--key",
+        str(keys / "guests" / f"{vm}.key_secret"),
+        "--server-key",
+        str(keys / "server.key"),
+        "--uuid",
+        vm,
+        "--meminfo",
+        str(files["meminfo"]),
+        "--pressure",
+        str(files["pressure"]),
+        "--vmstat",
+        str(files["vmstat"]),
+        *extra,
+    ]
+
+
+def test_agents_of_the_previous_and_the_current_guest_format_reach_the_bus_side_by_side(ingress, tmp_path):
+    """A: today's guest format (2, no pressure); B: the current one (3) every 0.2 s. Same ingress, same time."""
+    old = subprocess.Popen(agent_command(ingress, VM_A, tmp_path, "--format", "2", "--once"), stderr=subprocess.PIPE)
+    new = subprocess.Popen(agent_command(ingress, VM_B, tmp_path, "--period", "0.2"), stderr=subprocess.PIPE)
+    try:
+
+        def both_arrived(seen):
+            reports = [e.body for e in seen if e.kind == "guest.mem"]
+            counters = ingress_counters(seen)
+            return (
+                any(r.vm == VM_A for r in reports)
+                and any(r.vm == VM_B and r.pgmajfault_per_s is not None for r in reports)
+                and counters.get("guest_format.2", 0) > 0
+                and counters.get("guest_format.3", 0) > 0
+            )
+
+        seen = collect(ingress["sub"], both_arrived, 30)
+        assert old.wait(timeout=30) == 0, old.stderr.read() if old.stderr else ""
+    finally:
+        for proc in (old, new):
+            proc.terminate()
+            proc.wait(timeout=10)
+    reports = [e for e in seen if e.kind == "guest.mem"]
+    from_old = [e.body for e in reports if e.body.vm == VM_A]
+    from_new = [e.body for e in reports if e.body.vm == VM_B]
+    # the previous format converted: the same meminfo, no pressure at all (unknown, not zero)
+    assert from_old and all(r.mem_used == (2048000 - 1024000) * 1024 and not r.has_pressure for r in from_old)
+    assert all(set(r.to_wire()) == {"vm", "mem_total", "mem_available", "mem_used", "swap_total", "swap_free", "agent"}
+               for r in from_old)  # fmt: skip
+    # the current format: PSI from the file in every report, the fault rates from the second report on
+    assert all((r.psi_some_avg10, r.psi_full_avg10, r.psi_some_total) == (2.5, 0.75, 777) for r in from_new)
+    assert any(r.pgmajfault_per_s == 0.0 and r.pswpin_per_s == 0.0 for r in from_new)  # counters standing still
+    # both under the ingress's envelope, at the bus's protocol version, whatever format they came in
+    assert {(e.host, e.src, e.v) for e in reports} == {("h1", "ingress", 2)}
+    counters = ingress_counters(seen)
+    assert counters.get("rejected", 0) == 0, counters
+
+
+def test_a_guest_format_the_ingress_does_not_speak_is_counted_apart(ingress):
+    ctx, keys, sub = ingress["ctx"], ingress["keys"], ingress["sub"]
+    future = agent(ctx, keys, ingress["endpoint"], VM_A)
+    assert wait_subscribed(future, 10)
+    body = GuestMem(VM_A, 2**30, 2**29, 2**29, 0, 0, "t")
+    frames = encode_guest_mem(Envelope("guest.mem", "guest", "agent", 1, 0, 0, 0, body, v=GUEST_FORMAT_VERSION + 1))
+
+    def counted(seen):
+        future.send_multipart(frames)
+        return ingress_counters(seen).get("rejected.guest_format", 0) > 0
+
+    seen = collect(sub, counted, 20)
+    assert not any(e.kind == "guest.mem" for e in seen)
+    beat = [e.body for e in seen if e.kind == "hb" and e.src == "ingress"][-1]
+    assert "unsupported guest format version 4 (this side speaks 2, 3)" in beat.errors[-1]
+    assert beat.info["guest_formats"] == "2,3"
 
 
 def test_agent_with_a_wrong_server_key_never_gets_through(ingress, tmp_path):

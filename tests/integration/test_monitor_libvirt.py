@@ -54,6 +54,14 @@ def test_rates_follow_the_test_drivers_counters():
     assert sample.mem_source == ["balloon"] * 3
 
 
+def test_unreclaimable_memory_is_the_balloons_actual_minus_usable_and_pressure_waits_for_agents():
+    _backend, _first, sample = two_samples()
+    unreclaimable = dict(zip(sample.vms, sample.mem_unreclaimable.tolist(), strict=True))
+    # the test driver's balloon stats: actual = the current memory, usable = half of it (KiB)
+    assert unreclaimable == {VM1: 512 * 2**20, VM2: 1024 * 2**20, VM4: 1536 * 2**20}
+    assert sample.mem_psi_some.tolist() == sample.mem_majflt.tolist() == [-1.0] * 3  # no agent reported
+
+
 def test_capacity_is_the_host_minus_the_reserve():
     cfg = load_config(None, ["monitor.reserve_cores=0.5", "monitor.disk_bps=5e8"])
     backend = LibvirtMonitorBackend(URI)

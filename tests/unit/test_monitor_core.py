@@ -38,9 +38,9 @@ def reading(t_s, *domains):
     return HostReading(int(t_s * 1e9), list(domains))
 
 
-def guest(vm, used, total=2 * GIB):
-    body = GuestMem(vm, total, total - used, used, 0, 0, "test")
-    return Envelope("guest.mem", "guestA", "agent", 1, 0, 0, 0, body)
+def guest(vm, used, total=2 * GIB, **pressure):
+    body = GuestMem(vm, total, total - used, used, 0, 0, "test", **pressure)
+    return Envelope("guest.mem", "h1", "ingress", 1, 0, 0, 0, body)
 
 
 @pytest.fixture
@@ -122,3 +122,73 @@ def test_recorded_stream_gives_the_expected_samples(core):
     assert samples[2].mem_source == ["guest", "none"]
     assert samples[3].mem_source == ["guest"]  # two periods old: still fresh
     assert samples[4].mem_source == ["none"]  # three periods old: stale
+
+
+SQUEEZED = {
+    "psi_some_avg10": 35.5,
+    "psi_some_avg60": 20.0,
+    "psi_some_total": 9_000_000,
+    "psi_full_avg10": 12.25,
+    "psi_full_avg60": 8.0,
+    "psi_full_total": 3_000_000,
+    "pgmajfault_per_s": 420.0,
+    "pswpin_per_s": 64.0,
+}
+
+
+def pressure(s, row=0):
+    return [
+        float(getattr(s, k)[row])
+        for k in ("mem_psi_some", "mem_psi_full", "mem_majflt", "mem_swapin", "mem_unreclaimable")
+    ]
+
+
+def test_a_guests_pressure_and_the_balloons_unreclaimable_memory_reach_the_sample(core):
+    core.observe(reading(0, dom(A, 0, 0, 0)), 0, 1.0, CAP)
+    core.on_guest_mem(guest(A, 1900 * 2**20, **SQUEEZED), 0)
+    s = core.observe(reading(1, dom(A, 1, 0, 0, balloon_unreclaimable_bytes=1.5 * GIB)), 1, 1.0, CAP)
+    assert pressure(s) == [35.5, 12.25, 420.0, 64.0, 1.5 * GIB]  # avg10 in %, per second, bytes
+
+
+def test_what_nobody_told_the_monitor_is_minus_one_not_zero(core):
+    core.observe(reading(0, dom(A, 0, 0, 0), dom(B, 0, 0, 0)), 0, 1.0, CAP)
+    core.on_guest_mem(guest(A, GIB), 0)  # an agent of the previous guest format: no pressure at all
+    s = core.observe(reading(1, dom(A, 1, 0, 0), dom(B, 1, 0, 0)), 1, 1.0, CAP)  # B: no agent, no balloon stats
+    assert pressure(s, 0) == [-1.0] * 5 and pressure(s, 1) == [-1.0] * 5
+    assert s.mem_source == ["guest", "none"]
+
+
+def test_each_pressure_field_is_taken_on_its_own(core):
+    """A kernel with PSI but a first report without rates: the PSI is known, the rates are not."""
+    psi_only = {k: v for k, v in SQUEEZED.items() if k.startswith("psi_")}
+    core.observe(reading(0, dom(A, 0, 0, 0)), 0, 1.0, CAP)
+    core.on_guest_mem(guest(A, GIB, **psi_only), 0)
+    s = core.observe(reading(1, dom(A, 1, 0, 0, balloon_unreclaimable_bytes=0.0)), 1, 1.0, CAP)
+    assert pressure(s) == [35.5, 12.25, -1.0, -1.0, 0.0]  # a measured 0 stays 0
+
+
+def test_a_stale_report_stops_telling_pressure_with_its_memory_use(core):
+    core.observe(reading(0, dom(A, 0, 0, 0)), 0, 1.0, CAP)
+    core.on_guest_mem(guest(A, GIB, **SQUEEZED), 0)
+    fresh = core.observe(reading(2, dom(A, 1, 0, 0, balloon_used_bytes=GIB)), 2, 1.0, CAP)
+    stale = core.observe(reading(3, dom(A, 2, 0, 0, balloon_used_bytes=GIB)), 3, 1.0, CAP)
+    assert fresh.mem_source == ["guest"] and pressure(fresh)[:4] == [35.5, 12.25, 420.0, 64.0]
+    assert stale.mem_source == ["balloon"] and pressure(stale)[:4] == [-1.0] * 4
+
+
+def test_a_bad_unreclaimable_reading_rejects_that_vm_only(core):
+    core.observe(reading(0, dom(A, 0, 0, 0), dom(B, 0, 0, 0)), 0, 1.0, CAP)
+    s = core.observe(reading(1, dom(A, 1, 0, 0, balloon_unreclaimable_bytes=math.nan), dom(B, 1, 0, 0)), 1, 1.0, CAP)
+    assert s.vms == [B] and core.counters.values["rejected.stats"] == 1
+
+
+def test_a_sample_with_pressure_is_one_the_bus_accepts(core):
+    from rescoin.proto.codec import decode, encode
+
+    core.observe(reading(0, dom(A, 0, 0, 0), dom(B, 0, 0, 0)), 0, 1.0, CAP)
+    core.on_guest_mem(guest(A, GIB, **SQUEEZED), 0)
+    s = core.observe(reading(1, dom(A, 1, 0, 0, balloon_unreclaimable_bytes=GIB), dom(B, 1, 0, 0)), 1, 1.0, CAP)
+    back = decode(encode(Envelope("sample", "h1", "monitor", 1, 0, 0, 1, s))).body
+    assert pressure(back, 0) == [35.5, 12.25, 420.0, 64.0, GIB] and pressure(back, 1) == [-1.0] * 5
+    empty = core.observe(reading(2), 2, 1.0, CAP)
+    assert empty.mem_psi_some.shape == (0,) and decode(encode(Envelope("sample", "h1", "monitor", 1, 1, 0, 2, empty)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 from pathlib import Path
@@ -12,6 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rescoin.proto import (
+    GUEST_FORMAT_PREVIOUS,
+    GUEST_FORMAT_VERSION,
+    GUEST_FORMATS,
     KINDS,
     PROTOCOL_VERSION,
     SERVICE_STATES,
@@ -20,12 +24,15 @@ from rescoin.proto import (
     Heartbeat,
     ProtocolError,
     decode_guest_mem,
+    decode_guest_report,
     encode_guest_mem,
+    encode_guest_report,
     make_topic,
     parse_topic,
 )
 from rescoin.proto.arrays import EXT_NDARRAY
 from rescoin.proto.codec import decode, encode
+from rescoin.proto.envelope import MAX_GUEST_PAYLOAD_BYTES
 from rescoin.proto.guest import MAX_GUEST_BYTES
 from rescoin.proto.heartbeat import MAX_HB_ERRORS, MAX_PERIOD_S, MIN_PERIOD_S
 from rescoin.proto.messages import (
@@ -40,6 +47,7 @@ from rescoin.proto.messages import (
     MEM_SOURCES,
     MODES,
     POLICY_NAMES,
+    UNKNOWN,
     Alloc,
     Applied,
     Estimate,
@@ -501,3 +509,162 @@ def test_the_allocation_sum_adds_rows_in_order():
     below = np.array([np.nextafter(1.0, 0), 1, 1, 1])
     with pytest.raises(ProtocolError, match="body.alloc"):
         decode(repack(frames, lambda p: p["body"].update(alloc=arr_ext(alloc), C=arr_ext(below))))
+
+
+# --- memory pressure: guest formats, the bus's guest.mem, sample's pressure vectors -------------------
+
+PRESSURE = {
+    "psi_some_avg10": 12.5,
+    "psi_some_avg60": 3.25,
+    "psi_some_total": 987_654_321,
+    "psi_full_avg10": 1.0,
+    "psi_full_avg60": 0.5,
+    "psi_full_total": 12_345,
+    "pgmajfault_per_s": 40.0,
+    "pswpin_per_s": 8.5,
+}
+SQUEEZED = GuestMem(VMS[0], 2_000_000, 500_000, 1_500_000, 100, 50, "0.2.0", **PRESSURE)
+
+
+def guest_envelope(body: GuestMem, v: int) -> Envelope:
+    return Envelope("guest.mem", "guest", "agent", 1, 0, 0, 0, body, v=v)
+
+
+def test_a_report_with_pressure_round_trips_on_the_bus_and_absent_fields_stay_absent():
+    assert decode(encode(envelope("guest.mem", SQUEEZED))).body == SQUEEZED
+    assert decode_guest_mem(encode_guest_mem(envelope("guest.mem", SQUEEZED))).body == SQUEEZED
+    plain = decode(encode(envelope("guest.mem", BODIES["guest.mem"]))).body
+    assert plain.psi_some_avg10 is None and plain.pgmajfault_per_s is None and not plain.has_pressure
+    assert set(BODIES["guest.mem"].to_wire()) == set(GuestMem.FIELDS)  # absent: no key, not a 0 or a -1
+
+
+def test_the_agent_speaks_the_current_guest_format_and_the_ingress_reads_both():
+    assert GUEST_FORMATS == (GUEST_FORMAT_PREVIOUS, GUEST_FORMAT_VERSION) == (2, 3)
+    current = decode_guest_report(encode_guest_report(guest_envelope(SQUEEZED, GUEST_FORMAT_VERSION)))
+    assert current.v == 3 and current.body == SQUEEZED
+    previous = decode_guest_report(encode_guest_report(guest_envelope(BODIES["guest.mem"], GUEST_FORMAT_PREVIOUS)))
+    assert previous.v == 2 and previous.body == BODIES["guest.mem"] and not previous.body.has_pressure
+
+
+def test_todays_agent_frames_are_the_previous_guest_format_byte_for_byte():
+    """What every agent sent before (encode_guest_mem at protocol version 2) is guest format 2."""
+    frames = encode_guest_mem(guest_envelope(BODIES["guest.mem"], PROTOCOL_VERSION))
+    assert frames == encode_guest_report(guest_envelope(BODIES["guest.mem"], GUEST_FORMAT_PREVIOUS))
+    assert decode_guest_report(frames).body == BODIES["guest.mem"]
+
+
+def test_the_previous_guest_format_has_no_pressure_fields():
+    with pytest.raises(ProtocolError, match="unknown field"):
+        encode_guest_report(guest_envelope(SQUEEZED, GUEST_FORMAT_PREVIOUS))
+    assert encode_guest_report(guest_envelope(SQUEEZED.without_pressure(), GUEST_FORMAT_PREVIOUS))
+
+
+@pytest.mark.parametrize("v", [1, 4, 0])
+def test_a_guest_format_the_ingress_does_not_speak_is_refused_naming_both(v):
+    frames = encode_guest_mem(guest_envelope(BODIES["guest.mem"], v))
+    with pytest.raises(ProtocolError, match=rf"unsupported guest format version {v} \(this side speaks 2, 3\)") as err:
+        decode_guest_report(frames)
+    assert err.value.field == "v"
+
+
+def test_a_guest_format_version_is_not_a_bus_version():
+    frames = encode_guest_report(guest_envelope(SQUEEZED, GUEST_FORMAT_VERSION))
+    with pytest.raises(ProtocolError, match="unsupported protocol version 3"):
+        decode(frames)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"psi_some_avg10": 100.5}, "body.psi_some_avg10"),
+        ({"psi_full_avg60": -0.1}, "body.psi_full_avg60"),
+        ({"psi_some_total": -1}, "body.psi_some_total"),
+        ({"psi_some_total": 1.5}, "body.psi_some_total"),
+        ({"pgmajfault_per_s": math.nan}, "body.pgmajfault_per_s"),
+        ({"pswpin_per_s": -1.0}, "body.pswpin_per_s"),
+        ({"pswpin_per_s": True}, "body.pswpin_per_s"),
+    ],
+)
+def test_pressure_fields_out_of_range_are_refused(changes, field):
+    frames = encode(envelope("guest.mem", SQUEEZED))
+    with pytest.raises(ProtocolError) as err:
+        decode(repack(frames, lambda p: p["body"].update(changes)))
+    assert err.value.field == field
+
+
+def test_a_psi_line_comes_whole_or_not_at_all():
+    frames = encode(envelope("guest.mem", SQUEEZED))
+    with pytest.raises(ProtocolError, match="psi_full_total missing"):
+        decode(repack(frames, lambda p: p["body"].pop("psi_full_total")))
+    no_full = repack(
+        frames, lambda p: [p["body"].pop(k) for k in ("psi_full_avg10", "psi_full_avg60", "psi_full_total")]
+    )
+    assert decode(no_full).body.psi_full_avg10 is None and decode(no_full).body.psi_some_avg10 == 12.5
+
+
+def test_a_guest_report_with_every_pressure_field_at_its_widest_fits_the_guest_limit():
+    widest = GuestMem(
+        VMS[0], 2**50, 0, 2**50, 2**50, 2**50, "é" * 64,
+        **{k: (2**63 - 1 if k.endswith("total") else 99.999999999 if "avg" in k else 1.7e308) for k in PRESSURE},
+    )  # fmt: skip
+    frames = encode_guest_report(guest_envelope(widest, GUEST_FORMAT_VERSION))
+    assert len(frames[1]) < MAX_GUEST_PAYLOAD_BYTES // 4
+
+
+SAMPLE_PRESSURE = ("mem_psi_some", "mem_psi_full", "mem_majflt", "mem_swapin", "mem_unreclaimable")
+
+
+def test_a_sample_carries_memory_pressure_per_vm_and_round_trips():
+    values = {
+        "mem_psi_some": np.array([12.5, -1.0, 100.0]),
+        "mem_psi_full": np.array([1.0, -1.0, 0.0]),
+        "mem_majflt": np.array([40.0, -1.0, 0.0]),
+        "mem_swapin": np.array([8.5, -1.0, 1e6]),
+        "mem_unreclaimable": np.array([3e9, 2**30, -1.0]),
+    }
+    body = dataclasses.replace(sample_body(), **values)
+    back = decode(encode(envelope("sample", body))).body
+    for name, expected in values.items():
+        np.testing.assert_array_equal(getattr(back, name), expected)
+    assert set(SAMPLE_PRESSURE) <= set(body.to_wire())
+
+
+def test_a_sample_built_without_pressure_knows_none():
+    body = sample_body()
+    for name in SAMPLE_PRESSURE:
+        assert getattr(body, name).tolist() == [UNKNOWN] * 3 == [-1.0] * 3
+
+
+@pytest.mark.parametrize("name", SAMPLE_PRESSURE)
+def test_sample_pressure_is_minus_one_or_in_range_and_required(name):
+    frames = encode(envelope("sample", sample_body()))
+    top = 100.0 if "psi" in name else 1e18
+    for value, accepted in ((-1.0, True), (0.0, True), (top, True), (-0.5, False), (-1.5, False), (math.nan, False)):
+        mutated = repack(frames, lambda p, v=value: p["body"].update({name: arr_ext(np.full(3, v))}))
+        if accepted:
+            assert getattr(decode(mutated).body, name).tolist() == [value] * 3
+        else:
+            with pytest.raises(ProtocolError, match=f"body.{name}"):
+                decode(mutated)
+    if "psi" in name:
+        with pytest.raises(ProtocolError, match=f"body.{name}"):
+            decode(repack(frames, lambda p: p["body"].update({name: arr_ext(np.full(3, 100.01))})))
+    with pytest.raises(ProtocolError, match=f"body.{name}"):
+        decode(repack(frames, lambda p: p["body"].update({name: arr_ext(np.zeros(2))})))
+    with pytest.raises(ProtocolError, match="missing"):
+        decode(repack(frames, lambda p: p["body"].pop(name)))
+
+
+def test_spec_document_states_the_guest_format_versions_and_the_new_limits():
+    spec = (Path(__file__).resolve().parents[2] / "proto" / "README.md").read_text()
+    assert f"Guest format version: **{GUEST_FORMAT_VERSION}**" in spec
+    assert f"also accepts **{GUEST_FORMAT_PREVIOUS}**" in spec
+    for key in PRESSURE:
+        assert any("*optional*" in row for row in spec_rows(key)), key
+    for key in ("psi_some_avg10", "psi_full_avg60", "mem_psi_some", "mem_psi_full"):
+        assert any("0–100" in row for row in spec_rows(key)), key
+    for key in SAMPLE_PRESSURE:
+        assert any("exactly `-1` (unknown)" in row for row in spec_rows(key)), key
+    for body in (SQUEEZED, sample_body()):
+        for key in body.to_wire():
+            assert f"| `{key}` |" in spec, key
