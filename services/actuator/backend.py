@@ -9,8 +9,12 @@ resource (cpu, mem, disk, net) a backend holds a Setting:
 * ``shares`` — the weight: cpu in cores (libvirt cpu_shares = 1024 per core,
   cgroup v2 cpu.weight = 100 per core), disk as a BFQ weight (1–1000), net as
   the guaranteed htb rate in bytes/s; memory has none. 0 = leave unset;
-* ``fallback`` — disk only: the throttle to use where the device's I/O
-  scheduler ignores weights (mq-deadline, none); ``NO_LIMIT`` = none.
+* ``link`` — net only: the host's network capacity the shares divide
+  (bytes/s, from the alloc), the rate of the shared htb tree.
+
+Where a disk's I/O scheduler ignores weights (``disk_weights_honoured``), the
+core sends the alloc's disk ceiling as a throttle and no weight, so
+``applied`` shows what is in force.
 
 A backend reads what is set (so the actuator can record the originals and
 report "before"), writes changes in a batch, and says which resources it can
@@ -39,7 +43,7 @@ class UnenforceableError(BackendError):
 class Setting:
     ceiling: float = NO_LIMIT
     shares: float = 0.0
-    fallback: float = NO_LIMIT  # disk: the throttle where weights are ignored
+    link: float = 0.0  # net: the link capacity the shares divide, bytes/s
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,10 @@ class ActuatorBackend(Protocol):
 
     def write(self, changes: list[Change]) -> list[ChangeError]:
         """Apply ``changes``; return the ones that failed."""
+        ...
+
+    def disk_weights_honoured(self, vm: str) -> bool:
+        """Every disk of ``vm`` is on a device whose I/O scheduler divides it by weight (BFQ)."""
         ...
 
     def mem_need(self, vm: str) -> float | None:

@@ -15,7 +15,7 @@ list the controller).
 | disk ceiling | blkio.throttle.read_bps_device + write_bps_device | io.max rbps= wbps= |
 | net | unsupported: reported in every `applied` and in `hb` | unsupported |
 
-A disk weight needs BFQ on the device; elsewhere the disk is throttled at the Setting's fallback.
+A disk weight needs BFQ on the device; elsewhere the core sends a throttle instead (disk_weights_honoured).
 """
 
 from __future__ import annotations
@@ -148,7 +148,12 @@ class CgroupBackend:
     def _has_weight(self, vm: str) -> bool:
         return (self._dir(vm, "disk") / self._weight_file()).exists()
 
-    def _disk_weights_honoured(self) -> bool:
+    def disk_weights_honoured(self, vm: str) -> bool:
+        if not self.settings.cgroup_block_device:
+            return False  # no disk control at all: _write_disk says so once
+        return self._device_weights_honoured() and self._has_weight(vm)
+
+    def _device_weights_honoured(self) -> bool:
         """The device's I/O scheduler divides it by weight (BFQ); said once when not."""
         if self.weights_honoured is None:
             device = self.settings.cgroup_block_device
@@ -204,11 +209,8 @@ class CgroupBackend:
                 raise UnenforceableError("unsupported: actuator.cgroup_block_device is not set")
             return
         ceiling = setting.ceiling
-        if setting.shares > 0:
-            if self._disk_weights_honoured() and self._has_weight(vm):
-                self._write(vm, "disk", self._weight_file(), str(int(min(max(round(setting.shares), 1), 1000))))
-            elif ceiling == NO_LIMIT:
-                ceiling = setting.fallback  # weights would do nothing here: a throttle instead
+        if setting.shares > 0:  # the core sends none where disk_weights_honoured says no
+            self._write(vm, "disk", self._weight_file(), str(int(min(max(round(setting.shares), 1), 1000))))
         if self.layout["disk"] == "v1":
             bps = "0" if ceiling == NO_LIMIT else str(max(int(ceiling), 1))
             for file in ("blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device"):

@@ -13,14 +13,17 @@ Mapping and units (DESIGN §7; libvirt wants µs, KiB and KiB/s in places):
 * disk: the weight as ``setBlkioParameters({"weight"})`` (blkiotune, 100–1000:
   libvirt writes ``blkio.bfq.weight``) where every disk's device is scheduled
   by BFQ; elsewhere (mq-deadline, none) weights do nothing, so that is logged
-  once and the disk is throttled at the Setting's fallback instead. The
+  once (``disk_weights_honoured``) and the core sends a throttle instead. The
   ceiling as ``setBlockIoTune(dev, total_bytes_sec)`` per disk, every other
   field passed as 0 (libvirt keeps old values otherwise); the test driver also
   needs ``total_bytes_sec_max``. 0 = no limit.
-* net: ``setInterfaceParameters`` inbound/outbound average in KiB/s where the
-  host kernel has what libvirt uses for it (sch_sfq, act_police), else ResCoin's
-  own tc shaping on the VM's tap (services/actuator/netshape.py); ``auto``
-  probes once and reports the choice in `hb`.
+* net: ResCoin's own tc shaping (services/actuator/netshape.py): one htb
+  tree per direction for the whole host, the link = the alloc's network
+  capacity, each VM a class with its share as the guaranteed rate and its
+  ceiling (or the link) as ceil. ``net_shaping = "libvirt"`` holds ceilings
+  through ``setInterfaceParameters`` instead (the kernel needs sch_sfq and
+  act_police, shared/LAB.md §3.9); it has no guarantee against neighbours,
+  so network shares are not enforced there.
 
 Settings read back: quota → cores, cpu_shares → template cores, balloon
 (``info()[2]`` KiB), block I/O tune bytes/s, interface average KiB/s.
@@ -29,10 +32,12 @@ Settings read back: quota → cores, cpu_shares → template cores, balloon
 from __future__ import annotations
 
 import logging
+import math
 
 import libvirt
 
 from ..runtime.domxml import DomainFacts, parse_domain_xml
+from ..runtime.libvirt_conn import LibvirtConnection, LibvirtDown
 from .backend import (
     NO_LIMIT,
     RESOURCES,
@@ -45,7 +50,7 @@ from .backend import (
     change_error,
 )
 from .blockdev import active_scheduler, honours_weights
-from .netshape import NetShaper, ShapingError
+from .netshape import ShapingError, SharedLinkShaper
 from .settings import ActuatorSettings
 
 log = logging.getLogger("rescoin.actuator.libvirt")
@@ -55,31 +60,38 @@ BLKIO_WEIGHT_MIN, BLKIO_WEIGHT_MAX = 100, 1000  # what libvirt's blkiotune accep
 LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
 
 
-def _quiet(_ctx: object, _err: object) -> None:
-    """Errors are returned in `applied`, not printed by libvirt."""
-
-
 class LibvirtActuatorBackend:
     name = "libvirt"
 
     def __init__(self, settings: ActuatorSettings) -> None:
         self.settings = settings
-        libvirt.registerErrorHandler(_quiet, None)
-        try:
-            self.conn = libvirt.open(settings.uri)
-        except libvirt.libvirtError as exc:
-            raise BackendError(f"cannot connect to {settings.uri}: {exc}") from exc
+        self.libvirt = LibvirtConnection(settings.uri)  # reconnects after a libvirtd restart; keepalive
         self.facts: dict[str, DomainFacts] = {}  # parsed domain XML, per VM instance (see ``forget``)
         self.no_balloon_stats: set[str] = set()  # VMs warned about, once each
-        self.net_mode = "off" if settings.net_shaping == "off" else ""
-        self.shaper = NetShaper()
+        self.net_mode = settings.net_shaping
+        if self.net_mode == "libvirt":
+            log.warning("libvirt's interface shaping holds ceilings only: network shares are not enforced")
+        self.shaper = SharedLinkShaper()
+        self.stale_shaping_checked = False  # classes an earlier process left: dropped after the first write
         self.disk_weights: dict[tuple[str, ...], bool] = {}  # disk sources -> their scheduler honours weights
 
-    def _domain(self, vm: str) -> libvirt.virDomain:
+    def _conn(self) -> libvirt.virConnect:
         try:
-            return self.conn.lookupByUUIDString(vm)
+            return self.libvirt.get()
+        except LibvirtDown as exc:
+            raise BackendError(str(exc)) from exc
+
+    def _lost(self, exc: libvirt.libvirtError, what: str) -> BackendError:
+        if self.libvirt.failed(exc):
+            return BackendError(f"lost {self.settings.uri}: {exc}")
+        return BackendError(f"{what}: {exc}")
+
+    def _domain(self, vm: str) -> libvirt.virDomain:
+        conn = self._conn()
+        try:
+            return conn.lookupByUUIDString(vm)
         except libvirt.libvirtError as exc:
-            raise BackendError(f"no domain {vm}: {exc}") from exc
+            raise self._lost(exc, f"no domain {vm}") from exc
 
     def _facts(self, vm: str, dom: libvirt.virDomain) -> DomainFacts:
         if vm not in self.facts:
@@ -87,19 +99,19 @@ class LibvirtActuatorBackend:
         return self.facts[vm]
 
     def domains(self) -> dict[str, DomainLimits]:
+        conn = self._conn()
         try:
-            doms = self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
             return {
                 d.UUIDString().lower(): DomainLimits(d.name(), float(d.maxMemory()) * KIB, str(d.ID())) for d in doms
             }
         except libvirt.libvirtError as exc:
-            raise BackendError(f"listing domains on {self.settings.uri}: {exc}") from exc
+            raise self._lost(exc, f"listing domains on {self.settings.uri}") from exc
 
     def forget(self, vm: str) -> None:
-        gone = self.facts.pop(vm, None)  # its XML (tap names...) may have changed
-        if gone is not None and self.net_mode == "tc":
-            for nic in gone.interfaces:  # its tap went with it; our ifb would stay behind
-                self.shaper.clear(nic)
+        self.facts.pop(vm, None)  # its XML (tap names...) may have changed
+        if self.net_mode == "tc":  # its taps went with it; its class and MAC filters would stay behind
+            self.shaper.remove_vm(vm)
 
     # -- read ----------------------------------------------------------------------
 
@@ -113,7 +125,7 @@ class LibvirtActuatorBackend:
                 self._read_net(vm, dom),
             ]
         except libvirt.libvirtError as exc:
-            raise BackendError(f"reading {vm}: {exc}") from exc
+            raise self._lost(exc, f"reading {vm}") from exc
 
     def _read_cpu(self, vm: str, dom: libvirt.virDomain) -> Setting:
         params = dom.schedulerParameters()
@@ -138,10 +150,12 @@ class LibvirtActuatorBackend:
 
     def _read_net(self, vm: str, dom: libvirt.virDomain) -> Setting:
         nics = self._facts(vm, dom).interfaces
-        mode = self._net_mode(dom, nics[0]) if nics else "off"
+        mode = self.net_mode if nics else "off"
         if mode == "tc":
-            ceiling = self.shaper.ceiling_bps(nics[0])
-            return Setting(NO_LIMIT if ceiling is None else ceiling, 0.0)
+            rate, ceil = self.shaper.rate_bps(vm), self.shaper.ceiling_bps(vm)
+            if rate is None or ceil is None:
+                return Setting(NO_LIMIT, 0.0)
+            return Setting(NO_LIMIT if ceil >= self.shaper.link_bps else ceil, rate)
         if mode != "libvirt":
             return Setting(NO_LIMIT, 0.0)
         params = dom.interfaceParameters(nics[0], LIVE)
@@ -158,7 +172,15 @@ class LibvirtActuatorBackend:
                 dom = self._domain(change.vm)
                 getattr(self, f"_write_{resource}")(change.vm, dom, change.setting)
             except (BackendError, libvirt.libvirtError, ShapingError, LookupError) as exc:
+                if isinstance(exc, libvirt.libvirtError):
+                    self.libvirt.failed(exc)  # a lost connection is reopened by the next call
                 errors.append(change_error(change.vm, resource, exc))
+        if self.net_mode == "tc" and not self.stale_shaping_checked:
+            self.stale_shaping_checked = True  # every VM of the first alloc has its class by now
+            try:
+                self.shaper.remove_stale()
+            except ShapingError as exc:
+                errors.append(change_error("*", "net", exc))
         return errors
 
     def _write_cpu(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
@@ -193,14 +215,10 @@ class LibvirtActuatorBackend:
 
     def _write_disk(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
         facts = self._facts(vm, dom)
-        ceiling = setting.ceiling
-        if setting.shares > 0:
-            if self._weights_honoured(facts.disk_sources):
-                weight = int(min(max(round(setting.shares), BLKIO_WEIGHT_MIN), BLKIO_WEIGHT_MAX))
-                dom.setBlkioParameters({"weight": weight}, LIVE)
-            elif ceiling == NO_LIMIT:
-                ceiling = setting.fallback  # weights would do nothing here: a throttle instead
-        bps = 0 if ceiling == NO_LIMIT else max(int(ceiling), 1)
+        if setting.shares > 0:  # the core sends none where disk_weights_honoured says no
+            weight = int(min(max(round(setting.shares), BLKIO_WEIGHT_MIN), BLKIO_WEIGHT_MAX))
+            dom.setBlkioParameters({"weight": weight}, LIVE)
+        bps = 0 if setting.ceiling == NO_LIMIT else max(int(setting.ceiling), 1)
         params = {
             "total_bytes_sec": bps,
             "read_bytes_sec": 0,
@@ -217,10 +235,14 @@ class LibvirtActuatorBackend:
                     raise
                 dom.setBlockIoTune(disk, {**params, "total_bytes_sec_max": bps}, LIVE)  # test-driver quirk
 
-    def _weights_honoured(self, sources: list[str]) -> bool:
+    def disk_weights_honoured(self, vm: str) -> bool:
         """Every disk's device schedules by weight (BFQ); said once per device set when not."""
         if self.settings.uri.startswith("test"):
             return True  # the test driver stores the weight; there is no device to ask
+        try:
+            sources = (self.facts.get(vm) or self._facts(vm, self._domain(vm))).disk_sources
+        except libvirt.libvirtError as exc:
+            raise BackendError(f"reading {vm}: {exc}") from exc
         key = tuple(sources)
         if key not in self.disk_weights:
             self.disk_weights[key] = all(honours_weights(src) for src in sources if src)
@@ -229,40 +251,25 @@ class LibvirtActuatorBackend:
                 log.warning("disk weights are ignored by the I/O scheduler (%s): throttling instead", schedulers)
         return self.disk_weights[key]
 
-    def _net_mode(self, dom: libvirt.virDomain, nic: str) -> str:
-        """libvirt or tc, probed once (``auto``): libvirt's shaping needs sch_sfq and act_police."""
-        if self.net_mode:
-            return self.net_mode
-        wanted = self.settings.net_shaping
-        if wanted in ("libvirt", "tc"):
-            self.net_mode = wanted
-        else:
-            try:
-                current = dom.interfaceParameters(nic, LIVE)
-                dom.setInterfaceParameters(
-                    nic, {"inbound.average": max(int(current.get("inbound.average", 0)), 0) or 0}, LIVE
-                )
-                self.net_mode = "libvirt" if NetShaper.kernel_has_libvirt_shaping() else "tc"
-            except libvirt.libvirtError:
-                self.net_mode = "tc"
-        log.info("network ceilings through %s", self.net_mode)
-        return self.net_mode
-
     def _write_net(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
         nics = self._facts(vm, dom).interfaces
         if not nics:  # nothing libvirt knows of to shape (e.g. QEMU user networking)
             raise UnenforceableError("no interface with a host device: its network is not limited")
-        mode = self._net_mode(dom, nics[0])
+        mode = self.net_mode
         if mode == "off":
             return
-        for nic in nics:
-            if mode == "libvirt":
-                kib = 0 if setting.ceiling == NO_LIMIT else max(int(setting.ceiling // KIB), 1)
+        if mode == "libvirt":
+            kib = 0 if setting.ceiling == NO_LIMIT else max(int(setting.ceiling // KIB), 1)
+            for nic in nics:
                 dom.setInterfaceParameters(nic, {"inbound.average": kib, "outbound.average": kib}, LIVE)
-            elif setting.ceiling == NO_LIMIT:
-                self.shaper.clear(nic)
-            else:
-                self.shaper.shape(nic, rate_bps=max(setting.shares, 1.0), ceil_bps=setting.ceiling)
+        elif setting.ceiling == NO_LIMIT and setting.shares <= 0:  # nothing to hold (restore): out of the tree
+            self.shaper.remove_vm(vm)
+        else:
+            if not setting.link > 0:
+                raise BackendError("no link capacity to divide: network shares need the alloc's capacity")
+            ceil = math.inf if setting.ceiling == NO_LIMIT else setting.ceiling
+            taps = list(zip(nics, self._facts(vm, dom).macs, strict=True))
+            self.shaper.set_vm(vm, taps, rate_bps=max(setting.shares, 1.0), ceil_bps=ceil, link_bps=setting.link)
 
     def mem_need(self, vm: str) -> float | None:
         """Balloon size − usable (the guest's MemAvailable) from the balloon driver's stats."""
@@ -286,7 +293,9 @@ class LibvirtActuatorBackend:
             "cpu": "cpu_shares + quota",
             "mem": "balloon",
             "disk": self._disk_capability(),
-            "net": self.net_mode or "probe on first write",
+            "net": {"tc": "shared htb tree (tc)", "libvirt": "interface average (ceilings only)"}.get(
+                self.net_mode, "off"
+            ),
         }
 
     def _disk_capability(self) -> str:
@@ -295,7 +304,4 @@ class LibvirtActuatorBackend:
         return "blkiotune weight + setBlockIoTune"
 
     def close(self) -> None:
-        try:
-            self.conn.close()
-        except libvirt.libvirtError:
-            pass
+        self.libvirt.drop()

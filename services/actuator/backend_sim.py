@@ -72,6 +72,10 @@ class SimActuatorBackend:
             return [ChangeError(c.vm, RESOURCES[c.resource], str(exc)) for c in changes]
         return [ChangeError(e["vm"], e["resource"], e["error"]) for e in result.errors]
 
+    def disk_weights_honoured(self, vm: str) -> bool:
+        """The sim host divides its disk by the shares."""
+        return True
+
     def mem_need(self, vm: str) -> float | None:
         """The sim host's VMs report their use; nothing is hidden from it."""
         return None

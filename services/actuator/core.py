@@ -12,7 +12,9 @@ state; ``restore`` puts back what was there before ResCoin touched it.
   usable) + reserve; no balloon at or above its maximum.
 * Hysteresis: a setting is written only if it moved by more than
   max(absolute threshold, relative threshold × current value). What is set is
-  cached per VM instance: a VM started anew (libvirt: a new domain ID) is read again.
+  kept per VM instance as (n, 4) matrices (``InForce``), so what moved is found
+  with numpy; only the backend calls are per VM. A VM started anew (libvirt: a
+  new domain ID) is read again.
 * Originals: before the first write to a VM, its settings are read and saved
   atomically; ``restore`` (SIGTERM, ``--restore``) writes them back, even after
   a kill -9 and a restart.
@@ -31,6 +33,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +42,7 @@ from rescoin.proto.messages import Alloc, Applied
 
 from ..model.enforcement import ceilings, in_force, template_shares
 from ..runtime.service import Health, Outgoing
-from ..runtime.support import Counters, atomic_write
+from ..runtime.support import Counters, atomic_write, move_aside
 from .backend import (
     NO_LIMIT,
     RESOURCES,
@@ -50,11 +53,12 @@ from .backend import (
     DomainLimits,
     Setting,
 )
+from .in_force import InForce
 from .settings import ActuatorSettings
 
 log = logging.getLogger("rescoin.actuator")
 GUEST_NEED_MAX_AGE_S = 30.0  # how long the backend's word on a guest's memory floor holds
-MEM, DISK = 1, 2
+MEM, DISK, NET = 1, 2, 3
 
 
 BFQ_WEIGHT_MAX = 1000.0  # the kernel's largest BFQ weight (libvirt accepts 100-1000)
@@ -77,6 +81,16 @@ def weights(shares: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class Targets:
+    """What one apply should put in force, per VM and resource (n, 4), RESOURCES order."""
+
+    ceiling: np.ndarray  # NO_LIMIT = none
+    weight: np.ndarray  # backend units (``weights``); 0 = unset
+    disk_fallback: np.ndarray  # (n,): the disk throttle where the device ignores weights
+    link: float  # net: the link capacity the shares divide, bytes/s
+
+
 class ActuatorCore:
     name = "actuator"
 
@@ -88,16 +102,18 @@ class ActuatorCore:
         counters: Counters,
         state_dir: Path | None,
         clock: Callable[[], float] = time.monotonic,
+        own_period: Callable[[], int] | None = None,
     ) -> None:
         self.host = host
         self.settings = settings
         self.backend = backend
         self.counters = counters
         self.clock = clock
+        self.own_period = own_period  # this host's period by its wall clock; None: allocs are only ordered
         self.originals_path = state_dir / settings.originals_file if state_dir else None
         self.originals: dict[str, list[Setting]] = self._load_originals()
-        self.current: dict[str, list[Setting]] = {}
-        self.instances: dict[str, str] = {}  # VM -> the instance `current` was read from
+        self.in_force = InForce()
+        self.instances: dict[str, str] = {}  # VM -> the instance `in_force` was read from
         self.unenforceable: dict[str, set[int]] = {}  # VM -> resources its backend said it cannot set
         self.guest_floor: dict[str, tuple[float, float]] = {}  # VM -> (memory floor from the backend, asked at)
         self.originals_dirty = False
@@ -105,17 +121,36 @@ class ActuatorCore:
         self.last_valid: Alloc | None = None
         self.mode = "normal"
         self.periods_without_alloc = 0
+        self.backend_down = ""  # why the backend could not be reached at the last apply ("" = it could)
 
     # -- originals -----------------------------------------------------------------
 
     def _load_originals(self) -> dict[str, list[Setting]]:
-        if self.originals_path is None or not self.originals_path.exists():
+        """The settings found before ResCoin's first write, per VM: four (ceiling, shares) pairs of finite
+        numbers. A file that is not that is moved aside, never overwritten, and a person is told: the caps
+        in force now are ResCoin's own, so what restore would put back is from then on a guess."""
+        path = self.originals_path
+        if path is None or not path.exists():
             return {}
         try:
-            data = json.loads(self.originals_path.read_text())
-            return {vm: [Setting(float(s[0]), float(s[1])) for s in settings] for vm, settings in data.items()}
-        except (OSError, ValueError, TypeError, IndexError) as exc:
-            self.counters.reject("originals", f"unreadable originals file {self.originals_path}: {exc}", log)
+            data = json.loads(path.read_text())
+            originals = {vm: [Setting(float(c), float(w)) for c, w in settings] for vm, settings in data.items()}
+            if not all(
+                isinstance(vm, str)
+                and len(settings) == 4
+                and all(math.isfinite(s.ceiling) and math.isfinite(s.shares) for s in settings)  # fmt: skip
+                for vm, settings in originals.items()
+            ):
+                raise ValueError("each VM needs four finite (ceiling, shares) pairs")
+            return originals
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            kept = move_aside(path)
+            self.counters.reject(
+                "originals",
+                f"damaged originals file {path} (kept as {kept or 'nothing: it could not be moved'}): {exc}; "
+                "the settings in force now will be recorded as the originals",
+                log,
+            )
             return {}
 
     def _save_originals(self) -> None:
@@ -124,15 +159,14 @@ class ActuatorCore:
         data = {vm: [[s.ceiling, s.shares] for s in settings] for vm, settings in self.originals.items()}
         atomic_write(self.originals_path, json.dumps(data, indent=1).encode())
 
-    def _settings_of(self, vm: str) -> list[Setting]:
-        """What is set now; the first time, read from the backend and kept as the original
-        (saved by the caller, once per batch, before any write)."""
-        if vm not in self.current:
-            self.current[vm] = self.backend.read(vm)
-            if vm not in self.originals:
-                self.originals[vm] = list(self.current[vm])
-                self.originals_dirty = True
-        return self.current[vm]
+    def _read(self, vm: str) -> None:
+        """What is set now, from the backend; the first time, kept as the original too (saved by the
+        caller, once per batch, before any write)."""
+        settings = self.backend.read(vm)
+        self.in_force.put(vm, settings)
+        if vm not in self.originals:
+            self.originals[vm] = list(settings)
+            self.originals_dirty = True
 
     # -- the stage -----------------------------------------------------------------
 
@@ -148,6 +182,9 @@ class ActuatorCore:
     def validate(self, env: Envelope) -> str:
         if env.period <= self.last_alloc_period:
             return f"alloc for period {env.period} is not newer than {self.last_alloc_period}"
+        if self.own_period is not None and env.period < self.own_period() - self.settings.stale_periods:
+            # a replayed or long-delayed alloc: what it divided is gone; the fail-safe covers the gap
+            return f"alloc for period {env.period} is older than {self.settings.stale_periods} periods"
         return ""
 
     def on_alloc(self, env: Envelope) -> Applied | None:
@@ -166,90 +203,104 @@ class ActuatorCore:
         self.mode = "normal"
         return self._apply(alloc.vms, self.targets(alloc), started, "normal")
 
-    def targets(self, alloc: Alloc) -> list[list[Setting]]:
+    def targets(self, alloc: Alloc) -> Targets:
         """Per VM the four settings the alloc says to enforce (DESIGN §7): its shares as kernel
         weights (``weights``) and its ceilings where its enforcement mode applies them; in
         ``shares`` mode a disk ceiling is the fallback for devices that ignore weights.
         Nothing is re-derived here."""
         ceiling = in_force(alloc.ceiling, alloc.enforcement, none=NO_LIMIT)
-        return self._settings(ceiling, weights(alloc.shares), alloc.ceiling[:, DISK])
+        return Targets(ceiling, weights(alloc.shares), alloc.ceiling[:, DISK], float(alloc.capacity[NET]))
 
-    def failsafe_targets(self, last: Alloc) -> list[list[Setting]]:
+    def failsafe_targets(self, last: Alloc) -> Targets:
         """The safe state: shares by template; ceilings at template unless the last alloc's
         enforcement was ``shares``; memory never below the VM's last use + reserve."""
         ceiling = ceilings(last.template, last.template, last.usage, self.settings.mem_reserve_bytes)
         shares = weights(template_shares(last.template, last.capacity))
-        return self._settings(in_force(ceiling, last.enforcement, none=NO_LIMIT), shares, ceiling[:, DISK])
+        return Targets(in_force(ceiling, last.enforcement, none=NO_LIMIT), shares, ceiling[:, DISK],
+                       float(last.capacity[NET]))  # fmt: skip
 
-    @staticmethod
-    def _settings(ceiling: np.ndarray, weight: np.ndarray, disk_fallback: np.ndarray) -> list[list[Setting]]:
-        rows = np.stack([ceiling, weight], axis=2).tolist()  # (n, 4, 2): one conversion, not n × 4; memory weight 0
-        fallback = disk_fallback.tolist()
-        return [
-            [Setting(c, w, fallback[i] if r == DISK else NO_LIMIT) for r, (c, w) in enumerate(row)]
-            for i, row in enumerate(rows)
-        ]
-
-    def _moved(self, resource: int, old: Setting, new: Setting) -> bool:
-        if (old.ceiling == NO_LIMIT) != (new.ceiling == NO_LIMIT):
-            return True
+    def _moved(
+        self, ceiling: np.ndarray, weight: np.ndarray, to_ceiling: np.ndarray, to_weight: np.ndarray
+    ) -> np.ndarray:
+        """Which settings to write, (m, 4): a ceiling set or lifted, or one that moved by more than
+        max(absolute, relative × current), or a weight that moved by more than relative × current."""
         rel = self.settings.hysteresis_relative
-        absolute = self.settings.hysteresis_absolute[resource]
-        ceiling_moved = abs(new.ceiling - old.ceiling) > max(absolute, rel * abs(old.ceiling))
-        fallback_moved = abs(new.fallback - old.fallback) > max(absolute, rel * abs(old.fallback))
-        shares_moved = abs(new.shares - old.shares) > rel * max(abs(old.shares), 1e-12)
-        return ceiling_moved or fallback_moved or shares_moved
+        absolute = np.asarray(self.settings.hysteresis_absolute, dtype=float)
+        toggled = (ceiling == NO_LIMIT) != (to_ceiling == NO_LIMIT)
+        ceiling_moved = np.abs(to_ceiling - ceiling) > np.maximum(absolute, rel * np.abs(ceiling))
+        weight_moved = np.abs(to_weight - weight) > rel * np.maximum(np.abs(weight), 1e-12)
+        return toggled | ceiling_moved | weight_moved
 
-    def _above_guest_need(self, vm: str, current: Setting, wanted: Setting) -> Setting:
-        """Never balloon below what the guest cannot give back + the reserve.
+    def _memory_floor(
+        self, vms: list[str], limits: dict[str, DomainLimits], current: np.ndarray, wanted: np.ndarray
+    ) -> np.ndarray:
+        """Balloon targets (m,) never below what the guest cannot give back + the reserve, and none at
+        or above a VM's size.
 
-        The floor in ``targets`` is the guest's reported use + reserve; its
-        kernel's own memory is not in that use, and ballooning into it panics
-        the guest. The backend is asked when a balloon would shrink, at most
-        once per GUEST_NEED_MAX_AGE_S per VM (a libvirt call each).
+        The floor in ``targets`` is the guest's reported use + reserve; its kernel's own memory is not
+        in that use, and ballooning into it panics the guest. The backend is asked when a balloon would
+        shrink, at most once per GUEST_NEED_MAX_AGE_S per VM (a libvirt call each).
         """
-        if wanted.ceiling == NO_LIMIT:
-            return wanted
         now = self.clock()
-        floor, asked = self.guest_floor.get(vm, (0.0, -math.inf))
-        if now - asked >= GUEST_NEED_MAX_AGE_S and (current.ceiling == NO_LIMIT or wanted.ceiling < current.ceiling):
-            need = self.backend.mem_need(vm)
-            floor = 0.0 if need is None else need + self.settings.mem_reserve_bytes
-            self.guest_floor[vm] = (floor, now)
-            if wanted.ceiling < floor:
-                self.counters.inc("mem_floor_raised")
-        return wanted if wanted.ceiling >= floor else Setting(floor, wanted.shares, wanted.fallback)
+        shrinking = (wanted != NO_LIMIT) & ((current == NO_LIMIT) | (wanted < current))
+        for j in np.flatnonzero(shrinking).tolist():
+            vm = vms[j]
+            if now - self.guest_floor.get(vm, (0.0, -math.inf))[1] >= GUEST_NEED_MAX_AGE_S:
+                need = self.backend.mem_need(vm)
+                floor = 0.0 if need is None else need + self.settings.mem_reserve_bytes
+                self.guest_floor[vm] = (floor, now)
+                if wanted[j] < floor:
+                    self.counters.inc("mem_floor_raised")
+        if self.guest_floor:
+            floors = np.fromiter((self.guest_floor.get(vm, (0.0, 0.0))[0] for vm in vms), float, len(vms))
+            wanted = np.where((wanted != NO_LIMIT) & (wanted < floors), floors, wanted)
+        size = np.fromiter((limits[vm].mem_max_bytes for vm in vms), float, len(vms))
+        return np.where(wanted >= size, NO_LIMIT, wanted)  # at or above its size: no balloon
+
+    def _throttle_where_weights_ignored(
+        self, vms: list[str], ceiling: np.ndarray, weight: np.ndarray, fallback: np.ndarray, errors: list[ChangeError]
+    ) -> None:
+        """A disk weight does nothing on a device whose I/O scheduler ignores weights (mq-deadline, none):
+        there the alloc's ceiling is the throttle, and no weight is claimed in `applied` (in place)."""
+        for j in np.flatnonzero(weight[:, DISK] > 0).tolist():
+            try:
+                honoured = self.backend.disk_weights_honoured(vms[j])
+            except BackendError as exc:
+                errors.append(ChangeError(vms[j], "disk", str(exc)))
+                continue
+            if not honoured:
+                ceiling[j, DISK] = fallback[j] if ceiling[j, DISK] == NO_LIMIT else ceiling[j, DISK]
+                weight[j, DISK] = 0.0
 
     def _forget_restarted(self, limits: dict[str, DomainLimits]) -> None:
         """A VM started anew lost what we set (new process, new cgroup, new tap): read it again.
         One that is gone is forgotten; its originals stay, for ``restore``."""
         if not limits:  # the backend is unavailable: we know nothing new
             return
-        for vm in list(self.current):
+        for vm in list(self.in_force.rows):
             if vm not in limits or limits[vm].instance != self.instances.get(vm):
                 if vm in limits:
                     self.counters.inc("vm_restarts")
                     log.info("%s (%s) was started anew: reading its settings again", vm, limits[vm].name)
-                del self.current[vm]
+                self.in_force.drop(vm)
                 self.guest_floor.pop(vm, None)
                 self.unenforceable.pop(vm, None)
                 self.backend.forget(vm)
         self.instances = {vm: lim.instance for vm, lim in limits.items()}
 
-    def _apply(self, vms: list[str], targets: list[list[Setting]], started: float, mode: str) -> Applied:
+    def _apply(self, vms: list[str], targets: Targets, started: float, mode: str) -> Applied:
         errors: list[ChangeError] = []
         try:
             limits = self.backend.domains()
+            self.backend_down = ""
         except BackendError as exc:
             self.counters.reject("backend", str(exc), log)
             limits = {}
             errors.append(ChangeError("*", "all", f"backend unavailable: {exc}"))
+            self.backend_down = str(exc)[:200]
         self._forget_restarted(limits)
-        before = np.full((len(vms), 4), NO_LIMIT)
-        after = np.full((len(vms), 4), NO_LIMIT)
-        weight = np.zeros((len(vms), 4))
-        changes: list[Change] = []
-        for i, vm in enumerate(vms):
+        known = np.zeros(len(vms), dtype=bool)
+        for i, vm in enumerate(vms):  # per VM only: is it there, and the first time, what is set
             if vm not in limits:
                 if limits:
                     self.counters.reject(
@@ -257,27 +308,42 @@ class ActuatorCore:
                     )
                     errors.append(ChangeError(vm, "all", "unknown VM"))
                 continue
-            try:
-                current = self._settings_of(vm)
-            except BackendError as exc:
-                errors.append(ChangeError(vm, "all", str(exc)))
-                continue
-            wanted = list(targets[i])
-            wanted[MEM] = self._above_guest_need(vm, current[MEM], wanted[MEM])
-            if wanted[MEM].ceiling != NO_LIMIT and wanted[MEM].ceiling >= limits[vm].mem_max_bytes:
-                wanted[MEM] = Setting(NO_LIMIT, 0.0)  # at or above its size: no balloon
-            for r in range(4):
-                before[i, r] = current[r].ceiling
-                after[i, r] = current[r].ceiling
-                weight[i, r] = current[r].shares
-                if r not in self.unenforceable.get(vm, ()) and self._moved(r, current[r], wanted[r]):
-                    changes.append(Change(vm, r, wanted[r]))
-                    after[i, r] = wanted[r].ceiling
-                    weight[i, r] = wanted[r].shares
+            if vm not in self.in_force:
+                try:
+                    self._read(vm)
+                except BackendError as exc:
+                    errors.append(ChangeError(vm, "all", str(exc)))
+                    continue
+            known[i] = True
+        idx = np.flatnonzero(known)
+        names = [vms[i] for i in idx.tolist()]
+        rows = self.in_force.index(names)
+        ceiling, weight = self.in_force.ceiling[rows], self.in_force.shares[rows]
+        to_ceiling, to_weight = targets.ceiling[idx], targets.weight[idx]  # fancy indexing: copies
+        self._throttle_where_weights_ignored(names, to_ceiling, to_weight, targets.disk_fallback[idx], errors)
+        to_ceiling[:, MEM] = self._memory_floor(names, limits, ceiling[:, MEM], to_ceiling[:, MEM])
+        moved = self._moved(ceiling, weight, to_ceiling, to_weight)
+        if self.unenforceable:  # reported once by the backend, never retried
+            at = {vm: j for j, vm in enumerate(names)}
+            for vm, resources in self.unenforceable.items():
+                if vm in at:
+                    moved[at[vm], sorted(resources)] = False
         if self.originals_dirty:  # one atomic save for every VM seen for the first time
-            self._save_originals()
-            self.originals_dirty = False
-        writes = len(changes)
+            try:
+                self._save_originals()
+                self.originals_dirty = False
+            except OSError as exc:  # ENOSPC, EIO: no write whose undo is not on disk; tried again next period
+                self.counters.reject("originals", f"cannot save the originals, nothing written: {exc}", log)
+                errors.append(ChangeError("*", "all", f"cannot save the original settings: {exc}"))
+                moved[:] = False
+        js, rs = np.nonzero(moved)
+        link = targets.link
+        changes = [
+            Change(names[j], r, Setting(c, w, link if r == NET else 0.0))
+            for j, r, c, w in zip(
+                js.tolist(), rs.tolist(), to_ceiling[moved].tolist(), to_weight[moved].tolist(), strict=True
+            )  # fmt: skip
+        ]
         if self.settings.dry_run:
             for change in changes:
                 log.info(
@@ -288,28 +354,34 @@ class ActuatorCore:
                     change.setting.shares,
                 )
             mode = "dry-run" if mode == "normal" else mode
-        elif changes:
-            failed = self.backend.write(changes)
-            failed_keys = {(e.vm, e.resource) for e in failed}
-            for change in changes:
-                if (change.vm, RESOURCES[change.resource]) not in failed_keys:
-                    self.current[change.vm][change.resource] = change.setting
+            failed: list[ChangeError] = []
+        else:
+            failed = self.backend.write(changes) if changes else []
+            written = moved.copy()
+            at = {vm: j for j, vm in enumerate(names)} if failed else {}
             for e in failed:
                 if e.lasting and e.resource in RESOURCES:  # reported once, not retried every period
                     self.unenforceable.setdefault(e.vm, set()).add(RESOURCES.index(e.resource))
-                row = vms.index(e.vm) if e.vm in vms else -1
-                if row >= 0 and e.resource in RESOURCES:
-                    r = RESOURCES.index(e.resource)
-                    after[row, r], weight[row, r] = before[row, r], self.current[e.vm][r].shares
+                if e.vm in at and e.resource in RESOURCES:
+                    written[at[e.vm], RESOURCES.index(e.resource)] = False
+            self.in_force.ceiling[rows] = np.where(written, to_ceiling, ceiling)
+            self.in_force.shares[rows] = np.where(written, to_weight, weight)
+            moved = written
             errors.extend(failed)
-            writes -= len(failed)
             self.counters.inc("write_errors", len(failed))
+        writes = len(changes) - len(failed)
         self.counters.inc("writes", writes)
+        before = np.full((len(vms), 4), NO_LIMIT)
+        before[idx] = ceiling
+        after = before.copy()
+        after[idx] = np.where(moved, to_ceiling, ceiling)
+        weight_after = np.zeros((len(vms), 4))
+        weight_after[idx] = np.where(moved, to_weight, weight)
         return Applied(
             vms=list(vms),
             set=np.maximum(after, NO_LIMIT),
             before=np.maximum(before, NO_LIMIT),
-            weight=np.maximum(weight, 0.0),
+            weight=np.maximum(weight_after, 0.0),
             errors=[{"vm": e.vm, "resource": e.resource, "error": e.error[:2000]} for e in errors],
             latency_s=max(self.clock() - started, 0.0),
             mode=mode,
@@ -336,27 +408,38 @@ class ActuatorCore:
         started = self.clock()
         vms = list(self.originals)
         errors: list[ChangeError] = []
+        changes: list[Change] = []
         if not self.settings.dry_run and vms:
-            changes = [Change(vm, r, self.originals[vm][r]) for vm in vms for r in range(4)]
+            changes = [  # what the backend said a VM cannot take was never set: nothing to put back
+                Change(vm, r, self.originals[vm][r])
+                for vm in vms
+                for r in range(4)
+                if r not in self.unenforceable.get(vm, ())
+            ]
             errors = self.backend.write(changes)
         restored = np.array([[s.ceiling for s in self.originals[vm]] for vm in vms]).reshape(len(vms), 4)
         weight = np.array([[s.shares for s in self.originals[vm]] for vm in vms]).reshape(len(vms), 4)
-        in_force = np.array([[s.ceiling for s in self.current.get(vm, self.originals[vm])] for vm in vms])
+        was_in_force = np.array(
+            [
+                [s.ceiling for s in (self.in_force.settings(vm) if vm in self.in_force else self.originals[vm])]
+                for vm in vms
+            ]  # fmt: skip
+        )
         if not errors and not self.settings.dry_run and self.originals_path is not None:
             self.originals_path.unlink(missing_ok=True)
             self.originals = {}
-        self.current = {}
+        self.in_force.clear()
         log.info("restored the original settings of %d VMs (%d errors)", len(vms), len(errors))
         return Applied(
             vms=vms,
             set=np.maximum(restored, NO_LIMIT),
-            before=np.maximum(in_force.reshape(len(vms), 4), NO_LIMIT),
+            before=np.maximum(was_in_force.reshape(len(vms), 4), NO_LIMIT),
             weight=np.maximum(weight, 0.0),
             errors=[{"vm": e.vm, "resource": e.resource, "error": e.error[:2000]} for e in errors],
             latency_s=max(self.clock() - started, 0.0),
             mode="restore",
             backend=self.backend.name,
-            writes=len(vms) * 4 - len(errors),
+            writes=len(changes) - len(errors),
         )
 
     def health(self) -> Health:
@@ -367,7 +450,10 @@ class ActuatorCore:
             "vms_touched": len(self.originals),
         }
         info.update({f"enforce.{k}": v for k, v in self.backend.capabilities().items()})
-        return Health("failsafe" if self.mode == "failsafe" else "ok", info)
+        if self.backend_down:
+            info["backend_down"] = self.backend_down
+        state = "failsafe" if self.mode == "failsafe" else "degraded" if self.backend_down else "ok"
+        return Health(state, info)
 
     def close(self) -> list[Outgoing]:
         applied = self.restore() if self.settings.restore_on_stop else None

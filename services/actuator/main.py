@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from ..runtime.config import Config, use_schema
-from ..runtime.service import common_arguments, config_from_args, run_stage
+from ..runtime.service import common_arguments, config_from_args, current_period, run_stage
 from ..runtime.support import Counters
 from ..schema import service_schema
 from ..simhost.settings import SimhostSettings
@@ -58,7 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     except BackendError as exc:
         log.error("cannot start the %s backend: %s", cfg.actuator.backend, exc)
         return 1
-    core = ActuatorCore(cfg.host.name, cfg.actuator, backend, counters, Path(cfg.host.state_dir))
+    core = ActuatorCore(
+        cfg.host.name,
+        cfg.actuator,
+        backend,
+        counters,
+        Path(cfg.host.state_dir),
+        own_period=lambda: current_period(time.time(), cfg.host.period_s),
+    )
     if args.restore:
         applied = core.restore()
         backend.close()

@@ -1,5 +1,8 @@
-"""ResCoin's own network shaping with tc, for kernels without what libvirt's
-``setInterfaceParameters`` needs (sch_sfq, act_police: shared/LAB.md §3.9).
+"""ResCoin's own network shaping with tc: shares as guaranteed rates on one link.
+
+libvirt's ``setInterfaceParameters`` shapes each tap on its own (and needs
+sch_sfq and act_police, which this lab's kernel lacks: shared/LAB.md §3.9),
+so it can cap a VM but cannot guarantee it anything against its neighbours.
 
 ``SharedLinkShaper`` (DESIGN §7): ONE htb tree per host and direction, shared
 by all VMs, so a class's ``rate`` is a guarantee against the neighbours. Up
@@ -25,91 +28,20 @@ would collide within a few hundred VMs); after a restart ``set_vm`` recovers a
 VM's class from the MAC filters on ``rcb-up``, so nothing moves. Rates are
 bytes/s here, bit/s to tc; every tc/ip failure raises ShapingError.
 
-``NetShaper`` is the older tree per VM (rx + tx of one tap under one ceiling,
-no guarantee against neighbours), until the libvirt backend moves over.
+The link is the ``alloc``'s network capacity: it comes with every ``set_vm``
+(a host's configuration may change it), and a class is rewritten only when its
+(rate, ceil) in tc moves.
 """
 
 from __future__ import annotations
 
-import gzip
 import re
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 
 class ShapingError(RuntimeError):
     """A tc or ip command failed; the message has its stderr."""
-
-
-def kernel_has_libvirt_shaping(config: str = "/proc/config.gz") -> bool:
-    """True if the kernel has sch_sfq and act_police (what libvirt's bandwidth code runs)."""
-    path = Path(config)
-    if not path.exists():
-        return Path("/sys/module/sch_sfq").exists() and Path("/sys/module/act_police").exists()
-    text = gzip.decompress(path.read_bytes()).decode(errors="replace")
-    return all(f"{opt}=y" in text or f"{opt}=m" in text for opt in ("CONFIG_NET_SCH_SFQ", "CONFIG_NET_ACT_POLICE"))
-
-
-class NetShaper:
-    def __init__(self, netns: str = "") -> None:
-        self.netns = netns
-
-    kernel_has_libvirt_shaping = staticmethod(kernel_has_libvirt_shaping)
-
-    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        cmd = (["ip", "netns", "exec", self.netns] if self.netns else []) + list(args)
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        if check and done.returncode != 0:
-            raise ShapingError(f"{' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
-        return done
-
-    @staticmethod
-    def ifb_name(dev: str) -> str:
-        return f"rcb-{dev}"[:15]  # interface names are at most 15 bytes
-
-    def _htb(self, dev: str, rate_bps: float, ceil_bps: float) -> None:
-        ceil_bit = max(int(ceil_bps * 8), 8)
-        rate_bit = max(min(int(rate_bps * 8), ceil_bit), 8)
-        if "qdisc htb 1:" not in self._run("tc", "qdisc", "show", "dev", dev).stdout:
-            self._run("tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "10")
-        # a class borrows up to its ceil only from a parent: 1:1 holds the link at the ceiling
-        for parent, classid, rate in (("1:", "1:1", ceil_bit), ("1:1", "1:10", rate_bit)):
-            self._run("tc", "class", "replace", "dev", dev, "parent", parent, "classid", classid,
-                      "htb", "rate", f"{rate}bit", "ceil", f"{ceil_bit}bit")  # fmt: skip
-
-    def shape(self, dev: str, rate_bps: float, ceil_bps: float) -> None:
-        """Hold ``dev``'s traffic, both directions together, to ``ceil_bps``, guaranteeing ``rate_bps``."""
-        ifb = self.ifb_name(dev)
-        if self._run("ip", "link", "show", ifb, check=False).returncode != 0:
-            self._run("ip", "link", "add", ifb, "type", "ifb")
-        self._run("ip", "link", "set", ifb, "up")
-        self._htb(ifb, rate_bps, ceil_bps)
-        qdiscs = self._run("tc", "qdisc", "show", "dev", dev).stdout
-        # separate qdiscs for the two hooks (not one clsact): u32 keeps its hash tables per qdisc,
-        # and the fixed handle that makes `replace` idempotent would name the same rule on both
-        if "qdisc htb 1: root" not in qdiscs:  # replace: libvirt leaves an explicit noqueue root on its taps
-            self._run("tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb")
-        if "qdisc ingress ffff:" not in qdiscs:
-            self._run("tc", "qdisc", "add", "dev", dev, "handle", "ffff:", "ingress")
-        match_all = ["protocol", "all", "prio", "1", "handle", "800::800", "u32", "match", "u32", "0", "0"]
-        for parent in ("1:", "ffff:"):
-            self._run("tc", "filter", "replace", "dev", dev, "parent", parent, *match_all,
-                      "action", "mirred", "egress", "redirect", "dev", ifb)  # fmt: skip
-
-    def clear(self, dev: str) -> None:
-        """Remove everything ``shape`` put on ``dev`` (no error if it was not there)."""
-        self._run("tc", "qdisc", "del", "dev", dev, "root", check=False)
-        self._run("tc", "qdisc", "del", "dev", dev, "ingress", check=False)
-        self._run("ip", "link", "del", self.ifb_name(dev), check=False)
-
-    def ceiling_bps(self, dev: str) -> float | None:
-        """The ceil of ``dev``'s shaping class in bytes/s, or None if it is not shaped."""
-        out = self._run("tc", "class", "show", "dev", self.ifb_name(dev), check=False)
-        match = re.search(r"htb 1:10 .*?ceil (\d+(?:\.\d+)?)([KMG]?)bit", out.stdout)
-        if out.returncode != 0 or match is None:
-            return None
-        return float(match.group(1)) * _SI[match.group(2)] / 8
 
 
 _SI = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
@@ -139,12 +71,8 @@ class _Vm:
 class SharedLinkShaper:
     """One htb tree per direction shared by all VMs; see the module docstring."""
 
-    kernel_has_libvirt_shaping = staticmethod(kernel_has_libvirt_shaping)
-
-    def __init__(self, link_bps: float, netns: str = "") -> None:
-        if not link_bps > 0:
-            raise ValueError(f"link capacity must be > 0 bytes/s, not {link_bps}")
-        self.link_bps = float(link_bps)
+    def __init__(self, netns: str = "") -> None:
+        self.link_bps = 0.0  # bytes/s, from the latest set_vm; no class exists before the first
         self.netns = netns
         self._vms: dict[str, _Vm] = {}
         self._found: dict[str, tuple[int, int]] | None = None  # MAC -> (node, minor) left by an earlier process
@@ -239,13 +167,19 @@ class SharedLinkShaper:
 
     # -- API ---------------------------------------------------------------------
 
-    def set_vm(self, vm_key: str, taps: list[tuple[str, str]], rate_bps: float, ceil_bps: float) -> None:
-        """Shape ``vm_key``'s taps ((tap dev, guest MAC), ...): guarantee ``rate_bps``, hold to ``ceil_bps``.
+    def set_vm(
+        self, vm_key: str, taps: list[tuple[str, str]], rate_bps: float, ceil_bps: float, link_bps: float
+    ) -> None:
+        """Shape ``vm_key``'s taps ((tap dev, guest MAC), ...) on a link of ``link_bps``: guarantee
+        ``rate_bps``, hold to ``ceil_bps``.
 
-        Both in bytes/s, each direction; ``ceil_bps`` = inf (or anything ≥ the link) means the link (shares
+        All in bytes/s, each direction; ``ceil_bps`` = inf (or anything ≥ the link) means the link (shares
         mode). Idempotent; a tap or MAC no longer listed is released."""
         if not taps:
             raise ValueError(f"{vm_key}: no tap to shape")
+        if not link_bps > 0:
+            raise ValueError(f"link capacity must be > 0 bytes/s, not {link_bps}")
+        self.link_bps = float(link_bps)
         if not (rate_bps >= 0 and ceil_bps > 0):
             raise ValueError(f"{vm_key}: rate {rate_bps} and ceil {ceil_bps} bytes/s must be >= 0 and > 0")
         wanted = {}
@@ -305,7 +239,7 @@ class SharedLinkShaper:
 
     def remove_vm(self, vm_key: str) -> None:
         """Stop shaping ``vm_key``: its taps' filters, its MAC filters and classes go; the others' rates are
-        rescaled if they were held back. No error if it was not shaped."""
+        rescaled if they were held back; with the last VM the trees go too. No error if it was not shaped."""
         self._load()
         vm = self._vms.pop(vm_key, None)
         if vm is None:
@@ -319,14 +253,24 @@ class SharedLinkShaper:
                 lines += [_del_filter(ifb, node) for node in vm.macs.values()]
                 lines.append(f"class del dev {ifb} classid 1:{vm.minor:x}")
         self._commit(lines + self._rescale_lines())
+        if not self._vms and not self._found:  # nothing shaped any more (restore): no ifbs left behind
+            self.clear()
 
     def _class(self, vm_key: str) -> tuple[float, float] | None:
         vm = self._vms.get(vm_key)
-        if vm is None:
-            return None
+        return None if vm is None else self._class_rates(vm.minor)
+
+    def class_of_mac(self, mac: str) -> tuple[float, float] | None:
+        """(rate, ceil) in bytes/s of the class the guest MAC ``mac`` is shaped in, as tc shows it, or None;
+        reads the MAC filters, so it sees what any process set."""
+        text = self._run("tc", "filter", "show", "dev", UP_IFB, "parent", "1:", check=False).stdout
+        minors = [minor for _, minor, found in _parse_mac_filters(text, _MAC_AT[UP_IFB]) if found == mac.lower()]
+        return self._class_rates(minors[0]) if minors else None
+
+    def _class_rates(self, minor: int) -> tuple[float, float] | None:
         out = self._run("tc", "class", "show", "dev", UP_IFB, check=False)
         rate = r"(\d+(?:\.\d+)?)([KMGT]?)bit"
-        match = re.search(rf"class htb 1:{vm.minor:x} .*?rate {rate} ceil {rate}", out.stdout)
+        match = re.search(rf"class htb 1:{minor:x} .*?rate {rate} ceil {rate}", out.stdout)
         if out.returncode != 0 or match is None:
             return None
         return (

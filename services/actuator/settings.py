@@ -40,9 +40,10 @@ class ActuatorSettings:
     )
     cpu_period_us: int = setting(100_000, "CFS period for quotas, microseconds", between(1000, 1_000_000))
     net_shaping: str = setting(
-        "auto",
-        "net ceilings: auto (libvirt if the kernel can, else tc), libvirt, tc, off",
-        one_of("auto", "libvirt", "tc", "off"),
+        "tc",
+        "net: tc (one htb tree per host: shares as guaranteed rates, ceilings as ceil), "
+        "libvirt (interface averages: ceilings only, shares not enforced), off",
+        one_of("tc", "libvirt", "off"),
     )
     cgroups: dict[str, str] = setting(
         {}, "cgroup backend: name = path relative to the cgroup root, e.g. { web = 'rescoin/web' }"

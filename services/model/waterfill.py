@@ -43,20 +43,18 @@ def waterfill(amount: np.ndarray, caps: np.ndarray, weights: np.ndarray) -> np.n
     level_s = np.take_along_axis(level, order, axis=0)
     caps_s = np.take_along_axis(caps, order, axis=0)
     weights_s = np.take_along_axis(weights, order, axis=0)
-    caps_before = np.cumsum(caps_s, axis=0) - caps_s  # saturated caps below the k-th level
-    weight_from = np.cumsum(weights_s[::-1], axis=0)[::-1]  # weights still rising at it
-    total_at_level = caps_before + level_s * weight_from  # Σ min(c, λ·w) at λ = level_k
+    caps_cum = np.cumsum(caps_s, axis=0)  # saturated caps up to and including the k-th level
+    weight_from = np.cumsum(weights_s[::-1], axis=0)[::-1]  # weights still rising at the k-th level
+    total_at_level = caps_cum - caps_s + level_s * weight_from  # Σ min(c, λ·w) at λ = level_k
     saturated = (total_at_level <= amount).sum(axis=0)  # (m,): how many are fully served
-    zero_row = np.zeros((1, caps.shape[1]))
-    caps_cum = np.vstack([zero_row, np.cumsum(caps_s, axis=0)])
-    weight_tail = np.vstack([weight_from, zero_row])
     cols = np.arange(caps.shape[1])
-    served = caps_cum[saturated, cols]
-    rising = weight_tail[saturated, cols]
+    below = np.maximum(saturated - 1, 0)  # the last saturated row (clamped: none saturated is masked)
+    served = np.where(saturated > 0, caps_cum[below, cols], 0.0)
+    rising = np.where(saturated < n, weight_from[np.minimum(saturated, n - 1), cols], 0.0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         lam = np.where(rising > 0, (amount - served) / np.where(rising > 0, rising, 1.0), np.inf)
         # λ is at least the level of the last saturated VM (rounding can leave it a hair below)
-        last_level = np.where(saturated > 0, level_s[np.maximum(saturated - 1, 0), cols], 0.0)
+        last_level = np.where(saturated > 0, level_s[below, cols], 0.0)
         share = np.maximum(lam, last_level) * weights
     return np.where(np.isinf(lam), caps, np.minimum(caps, share))  # λ = inf: all saturated
 

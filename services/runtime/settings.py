@@ -47,8 +47,16 @@ class HostSettings:
 class BusSettings:
     """The per-host bus: publishers connect to pub_endpoint, subscribers to sub_endpoint."""
 
-    pub_endpoint: str = setting("tcp://127.0.0.1:7710", "bus XSUB side: where publishers connect (the bus binds it)")
-    sub_endpoint: str = setting("tcp://127.0.0.1:7711", "bus XPUB side: where subscribers connect (the bus binds it)")
+    pub_endpoint: str = setting(
+        "ipc:///run/rescoin/bus/pub.sock",
+        "bus XSUB side: where publishers connect (the bus binds it); a unix socket only root and the bus's "
+        "user may open (docs/SECURITY.md)",
+    )
+    sub_endpoint: str = setting(
+        "ipc:///run/rescoin/bus/sub.sock",
+        "bus XPUB side: where subscribers connect (the bus binds it; group rescoin may open it); tcp:// with "
+        "CURVE for other hosts' tools (docs/DEPLOY.md)",
+    )
     hwm: int = setting(
         10000,
         "messages queued per peer; past it a slow peer loses messages, publishers never block",

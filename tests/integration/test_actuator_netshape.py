@@ -12,7 +12,7 @@ import time
 import uuid
 
 import pytest
-from rescoin.services.actuator.netshape import DOWN_IFB, UP_IFB, NetShaper, SharedLinkShaper
+from rescoin.services.actuator.netshape import DOWN_IFB, UP_IFB, SharedLinkShaper
 
 from tests.support.need import missing
 
@@ -69,64 +69,6 @@ def timed_rates(*flows: tuple[str, str, str], secs: float = 6.0, settle: float =
             proc.wait()
 
 
-@pytest.fixture
-def veth_pair():
-    if os.geteuid() != 0 or shutil.which("tc") is None:
-        missing("needs root and iproute2's tc")
-    tag = uuid.uuid4().hex[:6]
-    a, b = f"rcA{tag}", f"rcB{tag}"
-    subprocess.run(["ip", "netns", "add", a], check=True)
-    subprocess.run(["ip", "netns", "add", b], check=True)
-    try:
-        run = lambda ns, *cmd: subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True)  # noqa: E731
-        subprocess.run(
-            ["ip", "-n", a, "link", "add", "vtap", "type", "veth", "peer", "name", "vsink", "netns", b], check=True
-        )
-        run(a, "ip", "addr", "add", "10.250.0.1/24", "dev", "vtap")
-        run(b, "ip", "addr", "add", "10.250.0.2/24", "dev", "vsink")
-        for ns, dev in ((a, "vtap"), (b, "vsink")):
-            run(ns, "ip", "link", "set", dev, "up")
-            run(ns, "ip", "link", "set", "lo", "up")
-        yield a, b
-    finally:
-        subprocess.run(["ip", "netns", "del", a])
-        subprocess.run(["ip", "netns", "del", b])
-
-
-def test_shaping_holds_a_bulk_transfer_near_the_ceiling_and_clears(veth_pair):
-    a, b = veth_pair
-    shaper = NetShaper(netns=a)
-    shaper.shape("vtap", rate_bps=250_000, ceil_bps=1_000_000)
-    shaper.shape("vtap", rate_bps=250_000, ceil_bps=1_000_000)  # idempotent: no second filter
-    assert shaper.ceiling_bps("vtap") == pytest.approx(1_000_000)
-    for hook in ("ingress", "egress"):
-        filters = subprocess.run(["tc", "-n", a, "filter", "show", "dev", "vtap", hook], capture_output=True, text=True)
-        assert filters.stdout.count("mirred") == 1
-    (rate,) = timed_rates((a, b, B_ADDR))
-    assert 0.7e6 <= rate <= 1.15e6, f"ceiling 1 MB/s, measured {rate / 1e6:.2f} MB/s"
-    shaper.clear("vtap")
-    assert shaper.ceiling_bps("vtap") is None
-    links = subprocess.run(["ip", "netns", "exec", a, "ip", "link"], capture_output=True, text=True).stdout
-    assert shaper.ifb_name("vtap") not in links
-    assert timed_rates((a, b, B_ADDR))[0] > 3e6  # unshaped again
-
-
-def test_both_directions_share_one_ceiling(veth_pair):
-    """A VM's network use is rx + tx: sending and receiving at once, it still gets the ceiling in all."""
-    a, b = veth_pair
-    NetShaper(netns=a).shape("vtap", rate_bps=250_000, ceil_bps=1_000_000)
-    out, back = timed_rates((a, b, B_ADDR), (b, a, A_ADDR))
-    assert 0.7e6 <= out + back <= 1.15e6, f"ceiling 1 MB/s in all, measured {out / 1e6:.2f} + {back / 1e6:.2f} MB/s"
-
-
-def test_shaping_takes_over_an_explicit_noqueue_root_as_libvirt_leaves_on_its_taps(veth_pair):
-    a, _ = veth_pair
-    subprocess.run(["tc", "-n", a, "qdisc", "add", "dev", "vtap", "root", "handle", "0:", "noqueue"], check=True)
-    shaper = NetShaper(netns=a)
-    shaper.shape("vtap", rate_bps=250_000, ceil_bps=1_000_000)
-    assert shaper.ceiling_bps("vtap") == pytest.approx(1_000_000)
-
-
 # -- SharedLinkShaper: one htb tree per direction shared by all VMs -------------------------------------------------
 
 LINK = 2_000_000  # bytes/s
@@ -162,9 +104,10 @@ def host_and_guests():
 
 def shape_both(ns: dict[str, str], rates: tuple[float, float], ceils: tuple[float, float] = (math.inf, math.inf)):
     """Two VMs on one link; ceil inf = the link (shares mode)."""
-    shaper = SharedLinkShaper(LINK, netns=ns["host"])
+    shaper = SharedLinkShaper(netns=ns["host"])
     for n in (1, 2):
-        shaper.set_vm(f"vm{n}", [(f"tap{n}", GUEST_MACS[n - 1])], rate_bps=rates[n - 1], ceil_bps=ceils[n - 1])
+        taps = [(f"tap{n}", GUEST_MACS[n - 1])]
+        shaper.set_vm(f"vm{n}", taps, rate_bps=rates[n - 1], ceil_bps=ceils[n - 1], link_bps=LINK)
     return shaper
 
 
@@ -221,10 +164,12 @@ def test_shared_shaping_is_idempotent_and_survives_a_restart(host_and_guests):
     assert "flowid 1:10" in first and "flowid 1:11" in first
     shape_both(ns, rates=(0.75 * LINK, 0.25 * LINK))  # a new object: recovers the classes from tc
     assert tc_state(ns["host"]) == first
-    again = SharedLinkShaper(LINK, netns=ns["host"])
-    again.set_vm("vm2", [("tap2", GUEST_MACS[1])], rate_bps=0.25 * LINK, ceil_bps=LINK)  # vm2 first this time
-    again.set_vm("vm1", [("tap1", GUEST_MACS[0])], rate_bps=0.75 * LINK, ceil_bps=LINK)
-    again.set_vm("vm1", [("tap1", GUEST_MACS[0])], rate_bps=0.75 * LINK, ceil_bps=LINK)
+    again = SharedLinkShaper(netns=ns["host"])
+    again.set_vm(
+        "vm2", [("tap2", GUEST_MACS[1])], rate_bps=0.25 * LINK, ceil_bps=LINK, link_bps=LINK
+    )  # vm2 first this time
+    again.set_vm("vm1", [("tap1", GUEST_MACS[0])], rate_bps=0.75 * LINK, ceil_bps=LINK, link_bps=LINK)
+    again.set_vm("vm1", [("tap1", GUEST_MACS[0])], rate_bps=0.75 * LINK, ceil_bps=LINK, link_bps=LINK)
     assert tc_state(ns["host"]) == first
     for hook in ("parent 1:", "parent ffff:"):
         shown = subprocess.run(f"tc -n {ns['host']} filter show dev tap1 {hook}".split(), capture_output=True)
@@ -233,7 +178,9 @@ def test_shared_shaping_is_idempotent_and_survives_a_restart(host_and_guests):
     assert again.rate_bps("vm1") == pytest.approx(0.75 * room, rel=1e-3)
     assert again.ceiling_bps("vm2") == pytest.approx(LINK, rel=1e-3)
     assert again.ceiling_bps("vm3") is None
-    again.set_vm("vm2", [("tap2", GUEST_MACS[1])], rate_bps=0.75 * LINK, ceil_bps=LINK)  # Σ 1.5 links: scaled
+    again.set_vm(
+        "vm2", [("tap2", GUEST_MACS[1])], rate_bps=0.75 * LINK, ceil_bps=LINK, link_bps=LINK
+    )  # Σ 1.5 links: scaled
     assert again.rate_bps("vm1") == pytest.approx(room / 2, rel=1e-3)
     assert again.rate_bps("vm2") == pytest.approx(room / 2, rel=1e-3)
     again.remove_vm("vm2")
@@ -248,8 +195,10 @@ def test_shared_shaping_is_idempotent_and_survives_a_restart(host_and_guests):
 def test_after_a_restart_what_no_vm_claims_is_removed_as_stale(host_and_guests):
     ns = host_and_guests
     shape_both(ns, rates=(0.75 * LINK, 0.25 * LINK))
-    again = SharedLinkShaper(LINK, netns=ns["host"])
-    again.set_vm("vm1", [("tap1", GUEST_MACS[0])], rate_bps=0.75 * LINK, ceil_bps=LINK)  # vm2 went meanwhile
+    again = SharedLinkShaper(netns=ns["host"])
+    again.set_vm(
+        "vm1", [("tap1", GUEST_MACS[0])], rate_bps=0.75 * LINK, ceil_bps=LINK, link_bps=LINK
+    )  # vm2 went meanwhile
     again.remove_stale()
     state = tc_state(ns["host"])
     assert "1:10" in state and "1:11" not in state
@@ -262,7 +211,7 @@ def test_clear_leaves_nothing_behind(host_and_guests):
     before = {n: subprocess.run(f"tc -n {ns['host']} qdisc show dev tap{n}".split(), capture_output=True).stdout
               for n in (1, 2)}  # fmt: skip
     shape_both(ns, rates=(0.75 * LINK, 0.25 * LINK))
-    SharedLinkShaper(LINK, netns=ns["host"]).clear()  # a fresh object finds what an earlier one left
+    SharedLinkShaper(netns=ns["host"]).clear()  # a fresh object finds what an earlier one left
     for n in (1, 2):
         after = subprocess.run(f"tc -n {ns['host']} qdisc show dev tap{n}".split(), capture_output=True).stdout
         assert after == before[n]
@@ -270,3 +219,41 @@ def test_clear_leaves_nothing_behind(host_and_guests):
     assert UP_IFB not in links and DOWN_IFB not in links
     (rate,) = timed_rates((ns["g1"], ns["host"], "10.250.1.1"), secs=3.0, settle=1.0)
     assert rate > 2 * LINK  # unshaped again
+
+
+def test_the_last_vm_removed_takes_the_trees_with_it(host_and_guests):
+    """What restore does: every VM out of the tree, and no ifb left on the host."""
+    ns = host_and_guests
+    shaper = shape_both(ns, rates=(0.75 * LINK, 0.25 * LINK))
+    shaper.remove_vm("vm1")
+    assert UP_IFB in subprocess.run(["ip", "-n", ns["host"], "link"], capture_output=True, text=True).stdout
+    shaper.remove_vm("vm2")
+    links = subprocess.run(["ip", "-n", ns["host"], "link"], capture_output=True, text=True).stdout
+    assert UP_IFB not in links and DOWN_IFB not in links
+
+
+def test_a_tap_with_libvirts_noqueue_root_is_taken_over(host_and_guests):
+    ns = host_and_guests
+    subprocess.run(
+        ["tc", "-n", ns["host"], "qdisc", "add", "dev", "tap1", "root", "handle", "0:", "noqueue"], check=True
+    )
+    shape_both(ns, rates=(0.75 * LINK, 0.25 * LINK))
+    shown = subprocess.run(
+        ["tc", "-n", ns["host"], "filter", "show", "dev", "tap1", "parent", "1:"], capture_output=True
+    )
+    assert b"rcb-down" in shown.stdout
+
+
+def test_any_process_reads_a_guests_class_by_its_mac_and_a_new_link_rescales(host_and_guests):
+    ns = host_and_guests
+    shaper = shape_both(ns, rates=(0.5 * LINK, 0.25 * LINK), ceils=(math.inf, 0.5 * LINK))
+    reader = SharedLinkShaper(netns=ns["host"])  # knows no VM: finds the class through the MAC filters
+    assert reader.class_of_mac(GUEST_MACS[1].upper()) == (
+        pytest.approx(0.25 * LINK, rel=1e-3),
+        pytest.approx(0.5 * LINK, rel=1e-3),
+    )
+    assert reader.class_of_mac("52:54:00:00:00:99") is None
+    shaper.set_vm("vm1", [("tap1", GUEST_MACS[0])], rate_bps=0.5 * LINK, ceil_bps=math.inf, link_bps=LINK / 2)
+    rate, ceil = reader.class_of_mac(GUEST_MACS[0])
+    assert ceil == pytest.approx(LINK / 2, rel=1e-3)  # the link shrank: ceil inf = the new link
+    assert rate + reader.class_of_mac(GUEST_MACS[1])[0] <= LINK / 2  # Σ rates scaled into the new link

@@ -90,9 +90,11 @@ def test_disk_weights_fall_back_to_a_throttle_where_the_scheduler_ignores_them(a
     core = make()  # device 8:0 of the fake root is not a BFQ disk on this machine
     alloc = np.array([[0.2, 3e8, 5e6, 1e6], [1.5, 6e8, 4e7, 1e6]])
     shares = np.array([[0.5, 0, 2e7, 5e7], [1.5, 0, 8e7, 5e7]])
-    core.on_alloc(alloc_env(5, alloc, enforcement="shares", shares=shares))
+    applied = core.on_alloc(alloc_env(5, alloc, enforcement="shares", shares=shares))
     assert v2_files(root, "batch")["io.max"] == "8:0 rbps=40000000 wbps=40000000"  # max(alloc, template)
     assert core.backend.capabilities()["disk"].startswith("cgroup v2")
+    assert applied.set[1, 2] == 4e7 and (applied.weight[:, 2] == 0).all()  # what is in force, no weight claimed
+    assert applied.weight[1, 0] == 1.5  # cpu weights are honoured everywhere
 
 
 def test_a_setting_the_backend_can_never_make_is_reported_once_and_shown_as_not_set(actuator):
@@ -195,3 +197,48 @@ def test_restore_puts_back_the_originals_even_from_a_new_process(actuator):
         g: {k: v for k, v in f.items() if k != "io.max"} for g, f in before.items()
     }
     assert all(f["io.max"] in ("", "8:0 rbps=max wbps=max") for f in restored.values())
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"", b"{not json", b'{"vm": [[1, 0], [2, 0]]}', b'{"vm": [[1, 0], [2, 0], [3, 0], ["NaN", 0]]}', b"[1, 2]"],
+)
+def test_a_damaged_originals_file_is_moved_aside_counted_and_never_overwritten(actuator, damage):
+    make, _root = actuator
+    path = make().originals_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(damage)
+    core = make()
+    assert core.originals == {} and core.counters.values["rejected.originals"] == 1
+    (kept,) = path.parent.glob(f"{path.name}.damaged-*")
+    assert kept.read_bytes() == damage
+    core.on_alloc(alloc_env(5, np.array([[1.5, 3e8, 5e7, 1e7], [0.4, 6e8, 2e7, 1e7]])))
+    assert kept.read_bytes() == damage and path.exists()  # the new originals went to a new file
+
+
+def test_no_write_whose_originals_could_not_be_saved(actuator):
+    make, root = actuator
+    core = make()
+    before = {g: v2_files(root, g) for g in GROUPS}
+    core.originals_path.mkdir(parents=True)  # os.replace onto a directory fails, as ENOSPC or EIO would
+    applied = core.on_alloc(alloc_env(5, np.array([[1.5, 3e8, 5e7, 1e7], [0.4, 6e8, 2e7, 1e7]])))
+    assert {g: v2_files(root, g) for g in GROUPS} == before  # nothing ResCoin could not undo
+    assert applied.writes == 0 and any("cannot save the original" in e["error"] for e in applied.errors)
+    assert (applied.set == applied.before).all()
+    assert core.counters.values["rejected.originals"] == 1
+    core.originals_path.rmdir()  # space again: the next alloc writes, originals first
+    applied = core.on_alloc(alloc_env(6, np.array([[1.5, 3e8, 5e7, 1e7], [0.4, 6e8, 2e7, 1e7]])))
+    assert applied.writes > 0 and core.originals_path.is_file()
+
+
+def test_an_alloc_far_behind_this_hosts_clock_is_refused(actuator):
+    """A replayed or long-delayed alloc divided a host that is gone: refused and counted, not applied."""
+    make, root = actuator
+    now = [1000]
+    core = make()
+    core.own_period = lambda: now[0]
+    before = {g: v2_files(root, g) for g in GROUPS}
+    assert core.on_alloc(alloc_env(1000 - 4, np.array([[1.5, 3e8, 5e7, 1e7], [0.4, 6e8, 2e7, 1e7]]))) is None
+    assert {g: v2_files(root, g) for g in GROUPS} == before
+    assert core.counters.values["rejected.alloc"] == 1
+    assert core.on_alloc(alloc_env(1000 - 3, np.array([[1.5, 3e8, 5e7, 1e7], [0.4, 6e8, 2e7, 1e7]]))) is not None

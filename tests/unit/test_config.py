@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_defaults_load_without_a_file():
     cfg = load_config(None)
     assert cfg.host.period_s == 1.0
-    assert cfg.bus.pub_endpoint.startswith("tcp://127.0.0.1:")
+    assert cfg.bus.pub_endpoint == "ipc:///run/rescoin/bus/pub.sock"  # local publishers: a root-only socket
     assert cfg.host.name  # resolved from the hostname when empty
 
 

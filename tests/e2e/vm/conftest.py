@@ -26,7 +26,9 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from rescoin.services.actuator.netshape import SharedLinkShaper
 from rescoin.services.ingress.keys import add_guest, init_server
+from rescoin.services.runtime.domxml import parse_domain_xml
 
 from tests.e2e.conftest import BusWatcher, leftover_pids
 from tests.e2e.vm.domains import GuestSpec, domain_xml
@@ -96,6 +98,11 @@ class Lab:
                 subprocess.run(["ip", "-n", self.netns, *cmd], check=True, capture_output=True)
         return self.domains[spec.name]
 
+    def net_class(self, spec: GuestSpec) -> tuple[float, float] | None:
+        """(rate, ceil) in bytes/s of ``spec``'s class in the actuator's shared htb tree, as tc shows it."""
+        (mac,) = parse_domain_xml(self.dom(spec.name).XMLDesc(0)).macs  # its tap: libvirt sees no other NIC
+        return SharedLinkShaper(netns=self.netns or "").class_of_mac(mac)
+
     def sink_total(self) -> tuple[float, int]:
         assert self.sink_counts is not None
         when, total = self.sink_counts.read_text().split()
@@ -110,7 +117,7 @@ class Lab:
 
 
 MEM_RESERVE = 64 * 2**20  # the default: the actuator adds the guest kernel's own memory (balloon stats)
-SAVER_IDLE_S = 50  # the saver earns coins this long after boot, then burns too
+SAVER_IDLE_S = 90  # the saver earns coins this long after boot (the pipeline is up 30-40 s after it), then burns
 VM_PLAN = [  # name, mode, memory MiB, template: cpu cores, memory MiB, disk bytes/s; burn after s
     ("rc-saver", "burn,agent", 192, 0.3, 32, 2 * 2**20, SAVER_IDLE_S),
     ("rc-hog", "burn,disk,agent", 192, 0.3, 32, 1 * 2**20, 0),
@@ -138,7 +145,7 @@ def _start_sink(lab: Lab) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def lab(libvirtd, guest_image, tmp_path_factory):
+def lab(libvirtd, guest_image, tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp("vmlab")
     print(f"KVM usable here: {kvm_usable()} (the tests use TCG either way)")
     keys = tmp / "keys"
@@ -156,6 +163,8 @@ def lab(libvirtd, guest_image, tmp_path_factory):
         with image.open("wb") as f:
             f.write(os.urandom(64 * 2**20))  # random, so reads are real reads
         console = tmp / f"{name}.console.log"
+        if name == "rc-saver":  # a module may let it save for longer (its pipeline starts later)
+            delay = getattr(request.module, "SAVER_IDLE_S", delay)
         specs.append(GuestSpec(name, vm, mode, mem, cpu, tmem, disk, delay, free_port(), image, guest_keys, console))
         specs[-1].template_net_bps = NET_TEMPLATE_BPS
     specs[2].claim_uuid = specs[0].uuid
@@ -203,7 +212,7 @@ def host_mem_bytes() -> int:
     return int(Path("/proc/meminfo").read_text().split()[1]) * 1024
 
 
-def host_config(lab: Lab, state: Path) -> str:
+def host_config(lab: Lab, state: Path, enforcement: str) -> str:
     cores = os.cpu_count() or 1
     agents = ", ".join(f'"{s.uuid}" = "tcp://127.0.0.1:{s.agent_port}"' for s in lab.specs)
     return f"""
@@ -227,8 +236,9 @@ disk_bps = {3 * 2**20}
 net_bps = {HOST_NET_BPS}
 [scheduler]
 coin_window = 30
-# these guests are measured against quotas, balloons, throttles and tc ceilings: burstable-instance mode
-enforcement = "ceilings"
+# test_real_vms.py measures quotas, balloons, throttles and tc ceilings (burstable-instance mode);
+# test_real_vms_shares.py the default, kernel weights with no ceilings
+enforcement = "{enforcement}"
 [actuator]
 backend = "libvirt"
 uri = "qemu:///system"
@@ -266,11 +276,11 @@ class HostPipeline:
 
 
 @pytest.fixture(scope="module")
-def host_pipeline(lab):
+def host_pipeline(lab, request):
     state = lab.tmp / "state"
     (state / "logs").mkdir(parents=True)
     config = lab.tmp / "rescoin.toml"
-    config.write_text(host_config(lab, state))
+    config.write_text(host_config(lab, state, getattr(request.module, "ENFORCEMENT", "ceilings")))
     text = (DEPLOY / "supervisord-host.conf").read_text()
     text = text.replace("/var/lib/rescoin", str(state)).replace("/run/rescoin", str(state))
     text = text.replace("%(here)s/host.toml", str(config)).replace(

@@ -1,0 +1,178 @@
+"""The default enforcement on real QEMU/TCG guests: coins as kernel weights, no ceilings.
+
+The same VMs as test_real_vms.py (the saver idles, then burns; the hog burns
+and reads its disk; the streamer streams over a tap), with ``enforcement =
+"shares"``. The saver's and the hog's vCPU and emulator threads are pinned to
+host CPU 0, the other guests' to CPU 1, so the two burners contend for one
+core in the kernel and CFS divides it by the weights the actuator set
+(shared/LAB.md §3.6: unpinned, two single-vCPU guests on two cores never
+contend). Tests run in order on one pipeline; the last one stops it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import libvirt
+import numpy as np
+import pytest
+from rescoin.services.actuator.blockdev import WEIGHTED_SCHEDULERS, active_scheduler
+from rescoin.services.actuator.netshape import DOWN_IFB, UP_IFB
+
+from tests.e2e.vm.conftest import HOST_NET_BPS, PERIOD_S
+from tests.support.bus import wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.vm, pytest.mark.root, pytest.mark.libvirtd]
+ENFORCEMENT = "shares"  # read by conftest's host_pipeline
+# read by conftest's lab: the saver idles this long after boot; the pipeline starts some 60 s after boot
+# (boot, the sink, the unshaped rate), and the saver must save under its eyes for most of a coin window (30)
+SAVER_IDLE_S = 150
+CPU, MEM, DISK, NET = 0, 1, 2, 3
+SHARES_PER_CORE = 1024  # libvirt's cpu_shares per core of share (services/actuator/backend_libvirt.py)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def original_cpu_shares(lab):
+    """Pins the saver and the hog to host CPU 0, the rest to CPU 1 (LAB.md §3.6: pinVcpuFlags/pinEmulator
+    LIVE), before the pipeline starts; returns each guest's cpu_shares as libvirt started it."""
+    cpus = lab.conn.getInfo()[2]
+    if cpus < 2:
+        pytest.skip(f"this host has {cpus} CPU: the burners need one to themselves")
+    for spec in lab.specs:
+        cpu = 0 if spec in lab.specs[:2] else 1
+        only = tuple(i == cpu for i in range(cpus))
+        dom = lab.dom(spec.name)
+        dom.pinVcpuFlags(0, only, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        dom.pinEmulator(only, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    return {spec.name: lab.dom(spec.name).schedulerParameters()["cpu_shares"] for spec in lab.specs}
+
+
+def cpu_use(pipe, vms, last):
+    """(periods, len(vms)) cpu use of ``vms`` over the ``last`` samples that have them all."""
+    window = [e.body for e in pipe.watcher.since(0, "sample") if set(vms) <= set(e.body.vms)][-last:]
+    return np.array([[b.usage[b.vms.index(vm), CPU] for vm in vms] for b in window])
+
+
+def last_applied(pipe):
+    return pipe.watcher.since(0, "applied")[-1].body
+
+
+def test_coins_buy_the_saver_the_larger_weight_and_the_core_is_divided_by_it(lab, host_pipeline):
+    saver, hog = lab.specs[0], lab.specs[1]
+
+    def both_burning():
+        use = cpu_use(host_pipeline, [saver.uuid, hog.uuid], 10)
+        return len(use) == 10 and (use > 0.2).all()
+
+    assert wait_for(both_burning, SAVER_IDLE_S + 150, 1.0), host_pipeline.logs()
+    time.sleep(4 * PERIOD_S)  # the weights of the contended periods are in force
+    seen = cpu_use(host_pipeline, [saver.uuid], 10**6)[:, 0]
+    print(f"the saver idled {int((seen < 0.1).sum())} of {len(seen)} periods the pipeline saw")
+    use = cpu_use(host_pipeline, [s.uuid for s in lab.specs], 8).mean(axis=0)
+    applied = last_applied(host_pipeline)
+    weight = {s.name: applied.weight[applied.vms.index(s.uuid), CPU] for s in lab.specs}
+    for spec in lab.specs:  # what libvirt holds is what `applied` says, and no quota caps anyone
+        params = lab.dom(spec.name).schedulerParameters()
+        assert params["cpu_shares"] == pytest.approx(weight[spec.name] * SHARES_PER_CORE, rel=0.01, abs=2)
+        assert params["global_quota"] in (-1, 0) or params["global_quota"] > 10**15
+    assert host_pipeline.watcher.since(0, "alloc")[-1].body.enforcement == "shares"
+    assert (applied.set[:, CPU] == -1).all()  # and no cpu ceiling in force
+    saver_use, hog_use = use[0], use[1]
+    print(
+        f"cpu (the two pinned to one core): saver {saver_use:.3f} weight {weight['rc-saver']:.3f}, "
+        f"hog {hog_use:.3f} weight {weight['rc-hog']:.3f}, all {use.sum():.3f}; "
+        f"use ratio {saver_use / hog_use:.2f}, weight ratio {weight['rc-saver'] / weight['rc-hog']:.2f}"
+    )
+    assert weight["rc-saver"] > weight["rc-hog"]  # the coins the saver earned while idle
+    assert saver_use > hog_use  # ... and CFS gives it the larger part of the core,
+    weight_ratio, use_ratio = weight["rc-saver"] / weight["rc-hog"], saver_use / hog_use
+    assert use_ratio == pytest.approx(weight_ratio, rel=0.15)  # in the ratio of the weights
+    assert min(saver_use, hog_use) >= 0.3 - 0.05  # neither below its template (0.3 core)
+    # work-conserving: their core is used, not held back by a cap (the host's own processes share CPU 0)
+    assert saver_use + hog_use >= 0.8
+
+
+def test_a_neighbour_that_stops_leaves_the_whole_core_to_the_other(lab, host_pipeline):
+    """No ceiling: when the saver pauses, the hog takes the core within a period, whatever its allocation."""
+    saver, hog = lab.specs[0], lab.specs[1]
+    before = cpu_use(host_pipeline, [hog.uuid], 6).mean()
+    lab.dom(saver.name).suspend()
+    try:
+        t0 = time.monotonic()
+        time.sleep(6 * PERIOD_S)
+        window = [e.body for e in host_pipeline.watcher.since(t0 + 2 * PERIOD_S, "sample") if hog.uuid in e.body.vms]
+        alone = np.mean([b.usage[b.vms.index(hog.uuid), CPU] for b in window])
+        allocs = [e.body for e in host_pipeline.watcher.since(t0, "alloc")]
+        allocated = np.mean([a.alloc[a.vms.index(hog.uuid), CPU] for a in allocs])
+    finally:
+        lab.dom(saver.name).resume()
+    print(f"cpu: hog {before:.3f} beside the saver, {alone:.3f} alone (allocation then {allocated:.3f})")
+    assert alone > before + 0.15
+    assert alone >= 0.8  # nearly the whole core: no quota held it back
+
+
+def test_disk_a_weight_where_the_io_scheduler_honours_it_else_the_allocation_as_a_throttle(lab, host_pipeline):
+    """These disks are files on the host's file system. On a BFQ device the hog's disk gets a blkio weight;
+    elsewhere (mq-deadline, none: weights do nothing) the actuator throttles at the allocation instead, and
+    `applied` says which is in force."""
+    hog = lab.specs[1]
+    dom = lab.dom(hog.name)
+    scheduler = active_scheduler(str(hog.disk_image))
+    row = last_applied(host_pipeline).vms.index(hog.uuid)
+
+    def disk_set():
+        applied = last_applied(host_pipeline)
+        return applied.weight[row, DISK] > 0 or applied.set[row, DISK] > 0
+
+    assert wait_for(disk_set, 30, 1.0), host_pipeline.logs()
+    time.sleep(2 * PERIOD_S)
+    applied = last_applied(host_pipeline)
+    throttle = dom.blockIoTune("vda", 0)["total_bytes_sec"]
+    print(f"disk: I/O scheduler {scheduler!r}, weight {applied.weight[row, DISK]:.0f}, throttle {throttle:.0f} B/s")
+    if scheduler in WEIGHTED_SCHEDULERS:
+        assert dom.blkioParameters(0)["weight"] == pytest.approx(applied.weight[row, DISK], abs=1)
+        assert throttle == 0
+    else:
+        assert applied.weight[row, DISK] == 0  # no weight claimed where it would do nothing
+        assert throttle == pytest.approx(applied.set[row, DISK], rel=0.01)
+        alloc = host_pipeline.watcher.since(0, "alloc")[-1].body
+        assert throttle == pytest.approx(alloc.ceiling[alloc.vms.index(hog.uuid), DISK], rel=0.3)  # ± hysteresis
+        assert throttle >= hog.template_disk_bps - 1
+
+
+def test_network_the_streamer_has_its_share_as_htb_rate_and_the_link_as_its_only_limit(lab, host_pipeline):
+    """The only VM that wants the network: its share is its template plus the unsold link it was predicted to
+    want, its class's ceil is the link (no ceiling of its own), and what it delivers is the link's worth.
+    (Shares against a busy neighbour: tests/integration/test_actuator_netshape.py, 3:1 on veth pairs.)"""
+    if lab.netns is None:
+        pytest.skip("libvirtd was already running, not in a network namespace this suite owns: no tap VM (LAB.md §3.9)")
+    streamer = lab.spec("rc-streamer")
+    assert wait_for(lambda: lab.net_class(streamer) is not None, 60, 1.0), host_pipeline.logs()
+    time.sleep(6 * PERIOD_S)  # TCP settles in the tree
+    rate, ceil = lab.net_class(streamer)
+    delivered = lab.sink_rate(8.0)
+    applied = last_applied(host_pipeline)
+    share = applied.weight[applied.vms.index(streamer.uuid), NET]
+    print(
+        f"net: unshaped {lab.unshaped_net_bps / 1e3:.0f} kB/s, share (htb rate) {rate / 1e3:.0f} kB/s, "
+        f"link {ceil / 1e3:.0f} kB/s, delivered {delivered / 1e3:.0f} kB/s"
+    )
+    assert rate == pytest.approx(share * 0.99, rel=0.1)  # the weight, scaled beside the 1 % default class
+    assert rate >= streamer.template_net_bps * 0.99 * 0.9  # never below its template
+    assert ceil == pytest.approx(HOST_NET_BPS, rel=0.02)  # no ceiling of its own: the link
+    assert applied.set[applied.vms.index(streamer.uuid), NET] == -1  # and `applied` says so
+    assert 0.6 * HOST_NET_BPS < delivered <= 1.3 * HOST_NET_BPS  # the link's worth (TCG tap bursts: ±30 %)
+    assert lab.unshaped_net_bps > 1.5 * HOST_NET_BPS  # the tree is what holds it
+
+
+def test_stopping_restores_the_weights_and_removes_the_trees(lab, host_pipeline, original_cpu_shares):
+    host_pipeline.ctl("stop", "all")
+    for name, shares in original_cpu_shares.items():
+        assert lab.dom(name).schedulerParameters()["cpu_shares"] == shares
+        assert lab.dom(name).blockIoTune("vda", 0)["total_bytes_sec"] == 0
+    if lab.netns:
+        assert lab.net_class(lab.spec("rc-streamer")) is None
+        for ifb in (UP_IFB, DOWN_IFB):
+            shown = subprocess.run(["ip", "-n", lab.netns, "link", "show", ifb], capture_output=True)
+            assert shown.returncode != 0
