@@ -67,13 +67,13 @@ class LibvirtActuatorBackend:
         self.settings = settings
         self.libvirt = LibvirtConnection(settings.uri)  # reconnects after a libvirtd restart; keepalive
         self.facts: dict[str, DomainFacts] = {}  # parsed domain XML, per VM instance (see ``forget``)
-        self.no_balloon_stats: set[str] = set()  # VMs warned about, once each
         self.net_mode = settings.net_shaping
         if self.net_mode == "libvirt":
             log.warning("libvirt's interface shaping holds ceilings only: network shares are not enforced")
         self.shaper = SharedLinkShaper()
         self.stale_shaping_checked = False  # classes an earlier process left: dropped after the first write
         self.disk_weights: dict[tuple[str, ...], bool] = {}  # disk sources -> their scheduler honours weights
+        self.warned_schedulers: set[str] = set()  # I/O schedulers already said to ignore weights
 
     def _conn(self) -> libvirt.virConnect:
         try:
@@ -236,7 +236,7 @@ class LibvirtActuatorBackend:
                 dom.setBlockIoTune(disk, {**params, "total_bytes_sec_max": bps}, LIVE)  # test-driver quirk
 
     def disk_weights_honoured(self, vm: str) -> bool:
-        """Every disk's device schedules by weight (BFQ); said once per device set when not."""
+        """Every disk's device schedules by weight (BFQ); said once per I/O scheduler when not."""
         if self.settings.uri.startswith("test"):
             return True  # the test driver stores the weight; there is no device to ask
         try:
@@ -246,9 +246,10 @@ class LibvirtActuatorBackend:
         key = tuple(sources)
         if key not in self.disk_weights:
             self.disk_weights[key] = all(honours_weights(src) for src in sources if src)
-            if not self.disk_weights[key]:
-                schedulers = ", ".join(f"{src}: {active_scheduler(src) or '?'}" for src in sources)
-                log.warning("disk weights are ignored by the I/O scheduler (%s): throttling instead", schedulers)
+            ignoring = {active_scheduler(src) or "an unknown scheduler" for src in sources if not honours_weights(src)}
+            for scheduler in sorted(ignoring - self.warned_schedulers):  # once per scheduler, not per VM
+                log.warning("disk weights are ignored by %s (e.g. %s): throttling instead", scheduler, sources[0])
+            self.warned_schedulers |= ignoring
         return self.disk_weights[key]
 
     def _write_net(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
@@ -270,23 +271,6 @@ class LibvirtActuatorBackend:
             ceil = math.inf if setting.ceiling == NO_LIMIT else setting.ceiling
             taps = list(zip(nics, self._facts(vm, dom).macs, strict=True))
             self.shaper.set_vm(vm, taps, rate_bps=max(setting.shares, 1.0), ceil_bps=ceil, link_bps=setting.link)
-
-    def mem_need(self, vm: str) -> float | None:
-        """Balloon size − usable (the guest's MemAvailable) from the balloon driver's stats."""
-        try:
-            stats = self._domain(vm).memoryStats()
-        except (BackendError, libvirt.libvirtError):
-            return None
-        if "actual" not in stats or "usable" not in stats:  # no stats period on this domain
-            if vm not in self.no_balloon_stats:
-                self.no_balloon_stats.add(vm)
-                log.warning(
-                    "%s has no balloon stats: its balloon floor is use + reserve only, its kernel's own memory "
-                    "not counted (enable <memballoon><stats period='1'/>)",
-                    vm,
-                )
-            return None
-        return max(float(stats["actual"]) - float(stats["usable"]), 0.0) * KIB
 
     def capabilities(self) -> dict[str, str]:
         return {

@@ -1,0 +1,272 @@
+"""The cost on a real libvirt host: N idle QEMU/TCG domains (the real-VM suite's tiny guests, each
+with a disk, a tap and a balloon with stats), N = 10, 25, 50, 100.
+
+Per N, after the guests have booted and settled: the monitor's `read()` (one bulk getAllDomainStats)
+and the time of each stats group alone; the actuator (ActuatorCore + the libvirt backend, tc shaping
+of the taps) per alloc in `shares` and `ceilings` mode, steady (nothing moves) and when every setting
+of every VM changes, with its libvirt and tc calls counted; the CPU of this process (monitor +
+actuator) and of libvirtd per simulated 1 s period. Run as root; it starts its own libvirtd in a
+network namespace (tests/support/libvirtd.py) and re-runs itself inside it, where the taps are.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+import libvirt  # noqa: E402
+from bench_actuator import Driver  # noqa: E402
+from common import machine, timed, write_section  # noqa: E402
+from rescoin.proto import Envelope  # noqa: E402
+from rescoin.proto.messages import Alloc  # noqa: E402
+from rescoin.services.actuator.backend_libvirt import LibvirtActuatorBackend  # noqa: E402
+from rescoin.services.actuator.core import ActuatorCore  # noqa: E402
+from rescoin.services.actuator.settings import ActuatorSettings  # noqa: E402
+from rescoin.services.model.enforcement import ceilings, template_shares  # noqa: E402
+from rescoin.services.monitor.backend_libvirt import STATS, LibvirtMonitorBackend  # noqa: E402
+from rescoin.services.runtime.support import Counters  # noqa: E402
+
+from tests.e2e.vm.domains import GuestSpec, domain_xml  # noqa: E402
+from tests.support import libvirtd as libvirtd_support  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
+
+NETNS = "rescoin-bench"
+SIZES = (10, 25, 50, 100)
+GUEST_MIB = 96  # Debian's kernel does not boot in 64
+MIB = 2**20
+STAT_GROUPS = {
+    "state": libvirt.VIR_DOMAIN_STATS_STATE,
+    "cpu": libvirt.VIR_DOMAIN_STATS_CPU_TOTAL,
+    "balloon": libvirt.VIR_DOMAIN_STATS_BALLOON,
+    "vcpu": libvirt.VIR_DOMAIN_STATS_VCPU,
+    "interface": libvirt.VIR_DOMAIN_STATS_INTERFACE,
+    "block": libvirt.VIR_DOMAIN_STATS_BLOCK,
+}
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Calls:
+    """Counts the libvirt domain calls and tc/ip runs the actuator makes (wrapping, not changing, them)."""
+
+    def __init__(self) -> None:
+        self.libvirt = 0
+        self.commands = 0
+        run = subprocess.run
+
+        def counted_run(*args, **kwargs):  # type: ignore[no-untyped-def]
+            self.commands += 1
+            return run(*args, **kwargs)
+
+        subprocess.run = counted_run  # type: ignore[assignment]
+        for name in ("setSchedulerParametersFlags", "setMemoryFlags", "setBlkioParameters", "setBlockIoTune",
+                     "schedulerParameters", "info", "blockIoTune", "blkioParameters", "XMLDesc"):  # fmt: skip
+            original = getattr(libvirt.virDomain, name)
+
+            def counted(dom, *a, _original=original, **k):  # type: ignore[no-untyped-def]
+                self.libvirt += 1
+                return _original(dom, *a, **k)
+
+            setattr(libvirt.virDomain, name, counted)
+
+
+def alloc(vms: list[str], scale: float, mode: str) -> Alloc:
+    """A contended host of 1 core and 1 GiB per VM: allocations ``scale`` × template."""
+    n = len(vms)
+    template = np.tile([0.2, 64.0 * MIB, 1e6, 1e5], (n, 1))
+    usage = template * 0.5
+    capacity = template.sum(axis=0) * 1.6
+    allocation = template * scale
+    ceiling = ceilings(allocation, template, usage, 8 * MIB, np.zeros(4, bool))
+    every_other = 1.0 + (scale - 1.0) * (np.arange(n) % 2)[:, None]
+    return Alloc(vms, allocation, np.zeros((n, 4)), template, usage, capacity,
+                 template_shares(template * every_other, capacity), np.where(np.isinf(ceiling), -1.0, ceiling),
+                 mode, ["contended"] * 4, "rescoin", "estimate")  # fmt: skip
+
+
+def start_guests(conn: libvirt.virConnect, tmp: Path, guest_dir: Path, first: int, last: int) -> None:
+    keys = tmp / "keys"
+    keys.mkdir(exist_ok=True)
+    for i in range(first, last):
+        name = f"rcbench-{i:03d}"
+        disk = tmp / f"{name}.img"
+        with disk.open("wb") as f:
+            f.truncate(8 * MIB)
+        spec = GuestSpec(name, str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{name}.bench")), "", GUEST_MIB, 0.2, 64, 1e6,
+                         0, free_port(), disk, keys, tmp / f"{name}.console.log", tap=f"rcbt{i}")  # fmt: skip
+        conn.createXML(domain_xml(spec, guest_dir), 0)
+        subprocess.run(["ip", "link", "set", spec.tap, "up"], check=True, capture_output=True)
+
+
+def booted(tmp: Path, count: int) -> bool:
+    logs = sorted(tmp.glob("rcbench-*.console.log"))
+    return len(logs) >= count and all("RESCOIN-BOOTED" in p.read_text(errors="replace") for p in logs)
+
+
+def measure(conn: libvirt.virConnect, n: int, libvirtd_pid: int) -> dict[str, float]:
+    doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+    vms = sorted(d.UUIDString() for d in doms)
+    out: dict[str, float] = {}
+    monitor = LibvirtMonitorBackend("qemu:///system")
+    out["monitor"] = timed(monitor.read, repeat=10)[0]
+    for group, flag in STAT_GROUPS.items():
+        out[f"group.{group}"] = timed(
+            lambda flag=flag: conn.getAllDomainStats(flag, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING),
+            repeat=10,
+        )[0]
+    out["bulk"] = timed(
+        lambda: conn.getAllDomainStats(STATS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING), repeat=10
+    )[0]
+    calls = Calls()
+    for mode in ("shares", "ceilings"):
+        core = ActuatorCore("h1", ActuatorSettings(uri="qemu:///system"), LibvirtActuatorBackend(
+            ActuatorSettings(uri="qemu:///system")), Counters(), None)  # fmt: skip
+        driver = Driver(core, (alloc(vms, 1.0, mode), alloc(vms, 1.5, mode)))
+        driver.steady()  # first sight: reads, originals, the shared htb tree
+        before = (calls.libvirt, calls.commands)
+        out[f"{mode}.steady"] = timed(driver.steady, repeat=10)[0]
+        out[f"{mode}.steady_calls"] = (calls.libvirt - before[0] + calls.commands - before[1]) / 12
+        before = (calls.libvirt, calls.commands)
+        out[f"{mode}.change"] = timed(driver.changing, repeat=6, warmup=1)[0]
+        out[f"{mode}.change_libvirt"] = (calls.libvirt - before[0]) / 7
+        out[f"{mode}.change_tc"] = (calls.commands - before[1]) / 7
+        core.restore()
+        core.backend.close()
+    # a simulated 1 s period: monitor read + a steady shares apply, CPU of this process and of libvirtd
+    core = ActuatorCore("bench", ActuatorSettings(uri="qemu:///system"), LibvirtActuatorBackend(
+        ActuatorSettings(uri="qemu:///system")), Counters(), None)  # fmt: skip
+    body = alloc(vms, 1.0, "shares")
+    core.on_alloc(Envelope("alloc", "bench", "scheduler", 1, 1, 0, 1, body))
+    mine, theirs, wall = own_cpu_s(), cpu_s(libvirtd_pid), time.monotonic()
+    periods = 20
+    for p in range(periods):
+        t0 = time.monotonic()
+        monitor.read()
+        core.on_alloc(Envelope("alloc", "bench", "scheduler", 1, p + 2, 0, p + 2, body))
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
+    elapsed = time.monotonic() - wall
+    out["cpu.pipeline"] = (own_cpu_s() - mine) / elapsed
+    out["cpu.libvirtd"] = (cpu_s(libvirtd_pid) - theirs) / elapsed
+    core.restore()
+    core.backend.close()
+    monitor.close()
+    return out
+
+
+def inside(sizes: tuple[int, ...]) -> None:
+    """In libvirtd's network namespace: boot the guests in steps and measure at each size."""
+    conn = libvirt.open("qemu:///system")
+    libvirtd_pid = int(Path("/run/libvirtd.pid").read_text())
+    guest_dir = Path(
+        subprocess.run([str(ROOT / "deploy" / "guest" / "build.sh")], capture_output=True, text=True, check=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="rescoin-bench-"))
+    results: dict[int, dict[str, float]] = {}
+    try:
+        started = 0
+        for n in sizes:
+            t0 = time.monotonic()
+            start_guests(conn, tmp, guest_dir, started, n)
+            started = n
+            while not booted(tmp, n):
+                if time.monotonic() - t0 > 60 + 6 * n:
+                    raise SystemExit(f"{n} guests did not boot in time (see {tmp})")
+                time.sleep(1)
+            time.sleep(10)  # let boot-time work settle
+            qemu = [int(p) for p in subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True,
+                                                     text=True).stdout.split()]  # fmt: skip
+            q0, w0 = sum(cpu_s(p) for p in qemu), time.monotonic()
+            results[n] = measure(conn, n, libvirtd_pid)
+            results[n]["cpu.guests"] = (sum(cpu_s(p) for p in qemu) - q0) / (time.monotonic() - w0)
+            print(n, {k: round(v, 5) for k, v in results[n].items()}, flush=True)
+    finally:
+        for dom in conn.listAllDomains():
+            if dom.name().startswith("rcbench-"):
+                dom.destroy()
+        conn.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    report(results)
+
+
+def report(results: dict[int, dict[str, float]]) -> None:
+    def ms(x: float) -> str:
+        return f"{x * 1e3:.1f}"
+
+    rows = [
+        "| domains | monitor read (ms) | bulk stats call | shares: steady / all change (ms) | libvirt + tc calls "
+        "all change | ceilings: steady / all change (ms) | monitor + actuator CPU, 1 s period | libvirtd CPU | "
+        "idle guests' CPU |",
+        "| ---: | ---: | ---: | --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for n, r in results.items():
+        rows.append(
+            f"| {n} | {ms(r['monitor'])} | {ms(r['bulk'])} | {ms(r['shares.steady'])} / {ms(r['shares.change'])} | "
+            f"{r['shares.change_libvirt']:.0f} + {r['shares.change_tc']:.0f} | {ms(r['ceilings.steady'])} / "
+            f"{ms(r['ceilings.change'])} | {r['cpu.pipeline']:.1%} | {r['cpu.libvirtd']:.1%} | "
+            f"{r['cpu.guests']:.0%} |"
+        )
+    groups = ["| domains | " + " | ".join(STAT_GROUPS) + " |", "| ---: |" + " ---: |" * len(STAT_GROUPS)]
+    for n, r in results.items():
+        groups.append(f"| {n} | " + " | ".join(ms(r[f"group.{g}"]) for g in STAT_GROUPS) + " |")
+    sizes = np.array(list(results))
+    fit = {key: np.polyfit(sizes, [results[n][key] for n in sizes], 1) for key in ("monitor", "shares.steady")}
+    per_domain = {key: slope * 1e3 for key, (slope, _) in fit.items()}
+    at_1000 = sum(np.polyval(fit[key], 1000) for key in fit)
+    biggest = results[int(sizes.max())]
+    steady_total = biggest["monitor"] + biggest["shares.steady"]
+    body = (
+        __doc__.split("\n\n", 1)[1]
+        + f"\n\n{machine()}; guests of {GUEST_MIB} MiB, 1 vCPU, booted and idle.\n\n"
+        + "\n".join(rows)
+        + "\n\nEach stats group alone (one getAllDomainStats call, ms):\n\n"
+        + "\n".join(groups)
+        + f"\n\nA linear fit over N: the monitor read costs {per_domain['monitor']:.2f} ms per domain, a steady "
+        f"actuator apply {per_domain['shares.steady']:.2f} ms; extrapolated to 1,000 domains the two take "
+        f"{at_1000 * 1e3:.0f} ms per period (an extrapolation: not measured). At {int(sizes.max())} domains, "
+        f"monitor + steady actuator libvirt time is {steady_total * 1e3:.0f} ms per period (target ≤ 100 ms) and "
+        f"the pipeline's own CPU {biggest['cpu.pipeline']:.1%} of a core at a 1 s period (target ≤ 2 %)."
+    )
+    write_section("Real libvirt: the cost per period with N QEMU domains", body)
+
+
+def main() -> None:
+    sizes = tuple(int(a) for a in sys.argv[1:] if a.isdigit()) or SIZES  # bench_libvirt.py 2 5: a quick try
+    if "--inside" in sys.argv:
+        inside(sizes)
+        return
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: it starts libvirtd and QEMU guests")
+    daemons = libvirtd_support.start(netns=NETNS)
+    if daemons.netns is None:
+        raise SystemExit("a libvirtd is already running outside a namespace of ours: stop it first")
+    try:
+        subprocess.run(["nsenter", f"--net=/run/netns/{NETNS}", sys.executable, __file__, "--inside",
+                        *sys.argv[1:]], check=True)  # fmt: skip
+    finally:
+        libvirtd_support.stop(daemons)
+
+
+if __name__ == "__main__":
+    main()
