@@ -5,13 +5,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 
 import numpy as np
 import zmq
 from rescoin.proto.codec import decode
 from rescoin.services.actuator.backend_cgroup import group_uuid
-from rescoin.services.runtime.service import Publisher
+from rescoin.services.runtime.service import Publisher, current_period
 
 from tests.support.bus import running_bus, wait_for
 from tests.support.cgroupfs import fake_v2_root, v2_files
@@ -62,12 +63,11 @@ def applied_actuator(tmp_path, root, bus):
         pub_sock = ctx.socket(zmq.PUB)
         pub_sock.connect(bus.pub_endpoint)
         pub = Publisher(pub_sock, "h1", "scheduler")
-        period = [100]
-
         def applied() -> bool:
-            period[0] += 1
-            pub.send("alloc", period[0], ALLOC)
-            return sub.poll(100) != 0
+            # numbered as the scheduler does, by this host's clock: the actuator refuses old and far-future
+            # periods; attempts 250 ms apart never share one of these 0.2 s periods
+            pub.send("alloc", current_period(time.time(), 0.2), ALLOC)
+            return sub.poll(250) != 0
 
         assert wait_for(applied, 15)
         assert decode(sub.recv_multipart()).body.mode == "normal"
