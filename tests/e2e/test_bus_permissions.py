@@ -6,11 +6,14 @@ layout (services/bus/ipc.py: bus/ 0750, pub.sock 0600, sub.sock 0660) stands
 between a local user and the bus. A real alloc, re-stamped for a far-future
 period, is then sent by the same small publisher twice: as ``nobody`` (no
 group) it cannot connect to either socket, no subscriber sees it and nothing
-is applied; as root it reaches every subscriber (so the test can fail).
+is applied; as root it reaches every subscriber (so the test can fail). On
+deploy/host.toml's layout (/run/rescoin/bus/, the bus alone) nobody can open
+either socket, and a member of group ``rescoin`` only the subscribe one.
 """
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import shutil
@@ -26,8 +29,9 @@ from rescoin.proto import KIND_ALLOC, KIND_APPLIED, Envelope
 from rescoin.proto.codec import encode
 from rescoin.services.bus.ipc import DIR_MODE, PUBLISH_MODE, SUBSCRIBE_MODE
 
-from tests.e2e.conftest import VENV_BIN, start_pipeline, stop_pipeline, wait_running
+from tests.e2e.conftest import DEPLOY, VENV_BIN, start_pipeline, stop_pipeline, wait_running
 from tests.support.bus import wait_for
+from tests.support.need import missing
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -41,9 +45,10 @@ PUBLISHER = r"""
 import json, os, socket, sys, time
 import zmq
 pub_path, sub_path, drop = sys.argv[1], sys.argv[2], sys.argv[3] == "drop"
+keep_gids = [int(g) for g in sys.argv[4:]]  # supplementary groups to keep when dropping to nobody
 frames = [bytes.fromhex(f) for f in json.load(sys.stdin)]
 if drop:
-    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+    os.setgroups(keep_gids); os.setgid(65534); os.setuid(65534)
 out = {"uid": os.getuid(), "groups": os.getgroups()}
 for name, path in (("pub", pub_path), ("sub", sub_path)):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -76,15 +81,17 @@ def _setpriv_runs_the_venv() -> bool:
         return False
 
 
-def publish(frames: list[bytes], bus_dir: Path, as_nobody: bool) -> dict:
+def publish(frames: list[bytes], bus_dir: Path, as_nobody: bool, groups: tuple[int, ...] = ()) -> dict:
+    """Connect to both sockets and publish ``frames`` for 1.5 s, as root or as nobody (with ``groups``)."""
     args = [str(bus_dir / "pub.sock"), str(bus_dir / "sub.sock")]
     if not as_nobody:
         cmd = [str(VENV_BIN / "python"), "-c", PUBLISHER, *args, "keep"]
     elif _setpriv_runs_the_venv():
-        cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        keep = f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups"
+        cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", keep]
         cmd += [str(VENV_BIN / "python"), "-c", PUBLISHER, *args, "keep"]
     else:  # the interpreter lives where nobody cannot read (e.g. /root): drop right after start-up
-        cmd = [str(VENV_BIN / "python"), "-c", PUBLISHER, *args, "drop"]
+        cmd = [str(VENV_BIN / "python"), "-c", PUBLISHER, *args, "drop", *map(str, groups)]
     done = subprocess.run(
         cmd, input=json.dumps([f.hex() for f in frames]), capture_output=True, text=True, timeout=30, cwd="/"
     )
@@ -154,3 +161,45 @@ def test_an_unprivileged_user_can_neither_publish_nor_subscribe_on_the_demo_bus(
     assert applied and all(e.period < real.period + FAR for e in applied)
     assert pipeline.all_running(), pipeline.logs()
     print(f"nobody: {outcome}; {len(applied)} applied, none for the forged periods", file=sys.stderr)
+
+
+HOST_BUS = Path("/run/rescoin/bus")  # deploy/host.toml's [bus]
+
+
+@pytest.fixture
+def host_layout_bus():
+    """The bus alone, started as root from deploy/host.toml: its sockets where a real host has them."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: /run/rescoin and dropping to nobody")
+    if (HOST_BUS / "pub.sock").exists():
+        pytest.skip(f"{HOST_BUS} is in use (a ResCoin bus runs on this machine): not touching it")
+    try:
+        gid = grp.getgrnam("rescoin").gr_gid
+    except KeyError:
+        missing("no group rescoin (deploy/install.sh creates it)")
+    made = not HOST_BUS.parent.exists()
+    proc = subprocess.Popen([str(VENV_BIN / "rescoin-bus"), "--config", str(DEPLOY / "host.toml"), "--host", "t"])
+    try:
+        assert wait_for(lambda: (HOST_BUS / "sub.sock").exists(), 15, 0.1)
+        yield gid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        shutil.rmtree(HOST_BUS, ignore_errors=True)
+        if made:
+            shutil.rmtree(HOST_BUS.parent, ignore_errors=True)
+
+
+def test_on_a_hosts_layout_only_group_rescoin_subscribes_and_nobody_else_connects(host_layout_bus):
+    """deploy/host.toml: /run/rescoin/bus/ 0750 root:rescoin, pub.sock 0600, sub.sock 0660 group rescoin."""
+    gid = host_layout_bus
+    info = HOST_BUS.stat()
+    assert stat.S_IMODE(info.st_mode) == DIR_MODE and info.st_gid == gid
+    assert stat.S_IMODE((HOST_BUS / "pub.sock").stat().st_mode) == PUBLISH_MODE
+    assert stat.S_IMODE((HOST_BUS / "sub.sock").stat().st_mode) == SUBSCRIBE_MODE
+    assert (HOST_BUS / "sub.sock").stat().st_gid == gid
+    frames = [b"hb/t/", b"\x80"]  # what is sent does not matter here: who may connect does
+    stranger = publish(frames, HOST_BUS, as_nobody=True)
+    assert stranger["pub"] == stranger["sub"] == "PermissionError", stranger
+    operator = publish(frames, HOST_BUS, as_nobody=True, groups=(gid,))  # a tool, the exporter, an operator
+    assert operator["sub"] == "connected" and operator["pub"] == "PermissionError", operator
