@@ -52,9 +52,6 @@ class InMemoryBackend:
     def disk_weights_honoured(self, vm: str) -> bool:
         return True
 
-    def mem_need(self, vm: str) -> float | None:
-        return 0.5 * GIB
-
     def forget(self, vm: str) -> None:
         pass
 

@@ -5,6 +5,11 @@
 #   rescoin.claim=UUID (tests only: the agent reports as another VM, which the host must refuse),
 #   rescoin.ip=ADDR/LEN (the address of the NIC that is not QEMU user networking),
 #   rescoin.sink=IP:PORT (mode net: stream zeros there over TCP, reconnecting forever)
+# Mode mem: touch a working set of W MiB of /dev/vda through mmap, page by page, in a loop, so
+#   its page cache is what the guest lives on (evicted, it comes back as major faults and PSI
+#   stalls); W is read from ws_mib in the read-only "keys" share before every pass (the host can
+#   grow or shrink it live), 32 when absent, at most the disk's size. Mode agent2: the agent
+#   speaks the previous guest format (--format 2).
 /bin/busybox mkdir -p /bin /sbin /proc /sys /dev /tmp /mnt/root
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -43,20 +48,57 @@ case ",$MODE," in *,net,*)
     SINK=$(arg rescoin.sink)
     (while :; do nc "${SINK%:*}" "${SINK##*:}" </dev/zero; sleep 1; done) & ;;
 esac
-case ",$MODE," in *,agent,*)
-    if mount -t 9p -o trans=virtio,version=9p2000.L,ro rootfs /mnt/root; then
-        mount -t proc proc /mnt/root/proc; mount -t sysfs sys /mnt/root/sys
-        mount -t devtmpfs dev /mnt/root/dev 2>/dev/null
-        mount -t 9p -o trans=virtio,version=9p2000.L,ro keys /mnt/root/mnt
+ROOT_MOUNTED=
+mount_root() {   # the Python root filesystem (9p, read-only) with /proc, /sys, /dev and the keys share
+    [ -n "$ROOT_MOUNTED" ] && return 0
+    mount -t 9p -o trans=virtio,version=9p2000.L,ro rootfs /mnt/root || return 1
+    mount -t proc proc /mnt/root/proc; mount -t sysfs sys /mnt/root/sys
+    mount -t devtmpfs dev /mnt/root/dev 2>/dev/null
+    mount -t 9p -o trans=virtio,version=9p2000.L,ro keys /mnt/root/mnt
+    ROOT_MOUNTED=1
+}
+WORKING_SET_PY='
+import mmap, os, time
+MIB = 1 << 20
+fd = os.open("/dev/vda", os.O_RDONLY)
+disk = os.lseek(fd, 0, os.SEEK_END)
+pages = mmap.mmap(fd, disk, prot=mmap.PROT_READ)
+def wanted():
+    try:
+        return min(int(open("/mnt/ws_mib").read()), disk // MIB)
+    except (OSError, ValueError):
+        return 32
+passes, since = 0, time.monotonic()
+while True:
+    ws = wanted() * MIB
+    for offset in range(0, ws, 4096):
+        pages[offset]
+    passes += 1
+    if time.monotonic() - since >= 5:
+        print(f"ws_mib={ws // MIB} passes={passes}", flush=True)
+        passes, since = 0, time.monotonic()
+    time.sleep(0.05)  # a working set touched all the time, by a guest that leaves its agent some CPU
+'
+case ",$MODE," in *,mem,*)
+    if mount_root; then
+        echo "RESCOIN-MEM starting at $(cut -d' ' -f1 /proc/uptime)"
+        (chroot /mnt/root python3 -c "$WORKING_SET_PY" 2>&1 | sed 's/^/RESCOIN-MEM /') &
+    else
+        echo "RESCOIN-MEM no 9p rootfs"
+    fi ;;
+esac
+case ",$MODE," in *,agent,*|*,agent2,*)
+    FORMAT=; case ",$MODE," in *,agent2,*) FORMAT="--format 2";; esac
+    if mount_root; then
         echo "RESCOIN-AGENT starting at $(cut -d' ' -f1 /proc/uptime)"
         (chroot /mnt/root env PYTHONPATH=/opt/rescoin python3 -m rescoin.guest_agent.agent \
-            --bind tcp://0.0.0.0:5556 --key /mnt/agent.key_secret --server-key /mnt/server.key $CLAIM 2>&1 \
+            --bind tcp://0.0.0.0:5556 --key /mnt/agent.key_secret --server-key /mnt/server.key $CLAIM $FORMAT 2>&1 \
             | sed 's/^/RESCOIN-AGENT /') &
     else
         echo "RESCOIN-AGENT no 9p rootfs"
     fi ;;
 esac
 while :; do
-    echo "RESCOIN-TICK name=$NAME up=$(cut -d' ' -f1 /proc/uptime) $(awk '/^MemTotal:|^MemAvailable:/{printf "%s%s ", $1, $2}' /proc/meminfo)"
+    echo "RESCOIN-TICK name=$NAME up=$(cut -d' ' -f1 /proc/uptime) $(awk '/^MemTotal:|^MemAvailable:/{printf "%s%s ", $1, $2}' /proc/meminfo)$(awk '/^pgmajfault /{printf "pgmajfault=%s ", $2}' /proc/vmstat)$(sed -n 's/^full avg10=\([0-9.]*\).*/psi_full_avg10=\1/p' /proc/pressure/memory 2>/dev/null)"
     sleep 5
 done

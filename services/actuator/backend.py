@@ -93,14 +93,6 @@ class ActuatorBackend(Protocol):
         """Every disk of ``vm`` is on a device whose I/O scheduler divides it by weight (BFQ)."""
         ...
 
-    def mem_need(self, vm: str) -> float | None:
-        """Bytes ``vm`` cannot give back now (its size minus what it could free), None if unknown.
-
-        Asked before a balloon shrinks: the use a guest reports leaves out its
-        kernel's own memory, which grows with the VM's size (~1.6 % for page tables).
-        """
-        ...
-
     def forget(self, vm: str) -> None:
         """``vm`` is gone or was started anew: drop what is known of its old instance (the core decides when)."""
         ...

@@ -219,10 +219,6 @@ class CgroupBackend:
             bps = "max" if ceiling == NO_LIMIT else str(max(int(ceiling), 1))
             self._write(vm, "disk", "io.max", f"{device} rbps={bps} wbps={bps}")
 
-    def mem_need(self, vm: str) -> float | None:
-        """memory.high throttles a group, it does not take pages it cannot give back."""
-        return None
-
     def forget(self, vm: str) -> None:
         """Nothing is cached per VM instance here."""
 

@@ -76,10 +76,6 @@ class SimActuatorBackend:
         """The sim host divides its disk by the shares."""
         return True
 
-    def mem_need(self, vm: str) -> float | None:
-        """The sim host's VMs report their use; nothing is hidden from it."""
-        return None
-
     def forget(self, vm: str) -> None:
         """Nothing is cached per VM instance here."""
 

@@ -6,10 +6,10 @@ state; ``restore`` puts back what was there before ResCoin touched it.
 
 * Targets (DESIGN §7): exactly what the alloc says — its ``ceil`` per VM and
   resource and its ``shares`` as kernel weights (``weights``); the scheduler
-  decided both and nothing is re-derived here. One safety check stays here,
-  because only the backend knows it: a balloon never shrinks below what the
-  backend says the guest cannot give back (libvirt balloon stats: size −
-  usable) + reserve; no balloon at or above its maximum.
+  decided both and nothing is re-derived here, the memory floor included
+  (the scheduler's: what the guest cannot give back, from the sample's
+  ``mem_unreclaimable``, + reserve). One rule stays here, because only the
+  backend knows a VM's size: no balloon at or above it.
 * Hysteresis: a setting is written only if it moved by more than
   max(absolute threshold, relative threshold × current value). What is set is
   kept per VM instance as (n, 4) matrices (``InForce``), so what moved is found
@@ -20,7 +20,9 @@ state; ``restore`` puts back what was there before ResCoin touched it.
   a kill -9 and a restart.
 * Fail-safe: no valid alloc for ``stale_periods`` → shares by template and,
   unless the last alloc's enforcement was ``shares``, ceilings at template
-  (mode "failsafe"), re-applied every period until a valid alloc comes.
+  (mode "failsafe"), re-applied every period until a valid alloc comes;
+  balloons never below the last alloc's (only the scheduler knows what a
+  guest cannot give back).
 * Bad allocs (an old period; the decoder already refused Σ over capacity) are
   rejected and counted; an unknown VM is skipped and reported; one VM's
   failure never stops the others.
@@ -57,7 +59,6 @@ from .in_force import InForce
 from .settings import ActuatorSettings
 
 log = logging.getLogger("rescoin.actuator")
-GUEST_NEED_MAX_AGE_S = 30.0  # how long the backend's word on a guest's memory floor holds
 MEM, DISK, NET = 1, 2, 3
 
 
@@ -115,7 +116,6 @@ class ActuatorCore:
         self.in_force = InForce()
         self.instances: dict[str, str] = {}  # VM -> the instance `in_force` was read from
         self.unenforceable: dict[str, set[int]] = {}  # VM -> resources its backend said it cannot set
-        self.guest_floor: dict[str, tuple[float, float]] = {}  # VM -> (memory floor from the backend, asked at)
         self.originals_dirty = False
         self.last_alloc_period = -1
         self.last_valid: Alloc | None = None
@@ -213,8 +213,13 @@ class ActuatorCore:
 
     def failsafe_targets(self, last: Alloc) -> Targets:
         """The safe state: shares by template; ceilings at template unless the last alloc's
-        enforcement was ``shares``; memory never below the VM's last use + reserve."""
+        enforcement was ``shares``; memory never below the VM's last use + reserve, nor below the last
+        alloc's balloon (its floor counted what the guest cannot give back, which only the sample knows),
+        and no balloon where it had none."""
         ceiling = ceilings(last.template, last.template, last.usage, self.settings.mem_reserve_bytes)
+        last_balloon = last.ceiling[:, MEM]
+        # no balloon where the last alloc had none: a VM whose memory fit is not squeezed by the silence
+        ceiling[:, MEM] = np.where(last_balloon == NO_LIMIT, NO_LIMIT, np.maximum(ceiling[:, MEM], last_balloon))
         shares = weights(template_shares(last.template, last.capacity))
         return Targets(in_force(ceiling, last.enforcement, none=NO_LIMIT), shares, ceiling[:, DISK],
                        float(last.capacity[NET]))  # fmt: skip
@@ -231,31 +236,12 @@ class ActuatorCore:
         weight_moved = np.abs(to_weight - weight) > rel * np.maximum(np.abs(weight), 1e-12)
         return toggled | ceiling_moved | weight_moved
 
-    def _memory_floor(
-        self, vms: list[str], limits: dict[str, DomainLimits], current: np.ndarray, wanted: np.ndarray
-    ) -> np.ndarray:
-        """Balloon targets (m,) never below what the guest cannot give back + the reserve, and none at
-        or above a VM's size.
-
-        The floor in ``targets`` is the guest's reported use + reserve; its kernel's own memory is not
-        in that use, and ballooning into it panics the guest. The backend is asked when a balloon would
-        shrink, at most once per GUEST_NEED_MAX_AGE_S per VM (a libvirt call each).
-        """
-        now = self.clock()
-        shrinking = (wanted != NO_LIMIT) & ((current == NO_LIMIT) | (wanted < current))
-        for j in np.flatnonzero(shrinking).tolist():
-            vm = vms[j]
-            if now - self.guest_floor.get(vm, (0.0, -math.inf))[1] >= GUEST_NEED_MAX_AGE_S:
-                need = self.backend.mem_need(vm)
-                floor = 0.0 if need is None else need + self.settings.mem_reserve_bytes
-                self.guest_floor[vm] = (floor, now)
-                if wanted[j] < floor:
-                    self.counters.inc("mem_floor_raised")
-        if self.guest_floor:
-            floors = np.fromiter((self.guest_floor.get(vm, (0.0, 0.0))[0] for vm in vms), float, len(vms))
-            wanted = np.where((wanted != NO_LIMIT) & (wanted < floors), floors, wanted)
+    @staticmethod
+    def _no_balloon_at_size(vms: list[str], limits: dict[str, DomainLimits], wanted: np.ndarray) -> np.ndarray:
+        """Balloon targets (m,): none at or above a VM's size (the only memory rule the backend's
+        knowledge adds; the floor is the scheduler's)."""
         size = np.fromiter((limits[vm].mem_max_bytes for vm in vms), float, len(vms))
-        return np.where(wanted >= size, NO_LIMIT, wanted)  # at or above its size: no balloon
+        return np.where(wanted >= size, NO_LIMIT, wanted)
 
     def _throttle_where_weights_ignored(
         self, vms: list[str], ceiling: np.ndarray, weight: np.ndarray, fallback: np.ndarray, errors: list[ChangeError]
@@ -283,7 +269,6 @@ class ActuatorCore:
                     self.counters.inc("vm_restarts")
                     log.info("%s (%s) was started anew: reading its settings again", vm, limits[vm].name)
                 self.in_force.drop(vm)
-                self.guest_floor.pop(vm, None)
                 self.unenforceable.pop(vm, None)
                 self.backend.forget(vm)
         self.instances = {vm: lim.instance for vm, lim in limits.items()}
@@ -321,7 +306,7 @@ class ActuatorCore:
         ceiling, weight = self.in_force.ceiling[rows], self.in_force.shares[rows]
         to_ceiling, to_weight = targets.ceiling[idx], targets.weight[idx]  # fancy indexing: copies
         self._throttle_where_weights_ignored(names, to_ceiling, to_weight, targets.disk_fallback[idx], errors)
-        to_ceiling[:, MEM] = self._memory_floor(names, limits, ceiling[:, MEM], to_ceiling[:, MEM])
+        to_ceiling[:, MEM] = self._no_balloon_at_size(names, limits, to_ceiling[:, MEM])
         moved = self._moved(ceiling, weight, to_ceiling, to_weight)
         if self.unenforceable:  # reported once by the backend, never retried
             at = {vm: j for j, vm in enumerate(names)}

@@ -34,8 +34,8 @@ class ActuatorSettings:
     )
     mem_reserve_bytes: float = setting(
         64 * 2**20,
-        "never balloon a VM below what its balloon driver says it cannot free + this (the scheduler's own floor "
-        "is [scheduler] mem_reserve_bytes); also the fail-safe's memory floor above last use",
+        "the fail-safe's memory floor: a balloon at least the VM's last use + this (and never below the last "
+        "alloc's); in normal operation the floor is the scheduler's ([scheduler] mem_reserve_bytes)",
         non_negative,
     )
     cpu_period_us: int = setting(100_000, "CFS period for quotas, microseconds", between(1000, 1_000_000))

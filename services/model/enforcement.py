@@ -36,18 +36,21 @@ def ceilings(
     mem_reserve: float,
     fits: np.ndarray | None = None,
     cpu_floor: float = 0.0,
+    mem_floor: np.ndarray | None = None,
 ) -> np.ndarray:
     """The ceilings of an allocation, (n, 4), inf = none (``in_force`` says which the kernel gets).
 
     Never below the template (the guarantee) nor, for cpu, ``cpu_floor``;
-    memory never below use + reserve (ballooning a guest below its use kills
-    it). A resource whose predicted demand fits the host (``fits[r]``, the
-    alloc's mode "fit") gets none: there is no one to protect, and a low
-    prediction must not waste idle capacity.
+    memory never below ``mem_floor`` (n,), by default use + reserve
+    (ballooning a guest below what it cannot give back kills it; the scheduler
+    passes max(use, unreclaimable) + reserve). A resource whose predicted demand
+    fits the host (``fits[r]``, the alloc's mode "fit") gets none: there is no
+    one to protect, and a low prediction must not waste idle capacity.
     """
     ceiling = np.maximum(alloc, template)
     ceiling[:, 0] = np.maximum(ceiling[:, 0], cpu_floor)
-    ceiling[:, MEM] = np.maximum(ceiling[:, MEM], usage[:, MEM] + mem_reserve)
+    floor = usage[:, MEM] + mem_reserve if mem_floor is None else mem_floor
+    ceiling[:, MEM] = np.maximum(ceiling[:, MEM], floor)
     if fits is not None:
         ceiling[:, np.asarray(fits, dtype=bool).reshape(-1)] = np.inf
     return ceiling

@@ -7,7 +7,9 @@ fall back to its last use. The runtime (main.py) owns sockets and the clock.
 The period's decision (policy, floors, fit hysteresis, shares and ceilings
 per the enforcement mode) is ``step.decide``, the same function
 `rescoin evaluate` runs; this class pairs messages, keeps the coin ledger and
-the state ``decide`` needs from one period to the next.
+the state ``decide`` needs from one period to the next: the fit streak and
+the last alloc's ceilings (the throttled-demand probe, and the memory
+balloons that shrink gradually and hold under pressure).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from rescoin.proto.messages import NO_LIMIT, Alloc, Estimate, Sample
 from ..runtime.service import Health, Outgoing
 from ..runtime.support import Counters, move_aside
 from .ledger import CoinLedger, LedgerStateError
+from .pressure import MemoryPressure
 from .settings import SchedulerSettings
 from .step import decide
 
@@ -128,8 +131,11 @@ class SchedulerCore:
             self._last_ceilings(sample.vms),
             self.fit_streak,
             self.settings,
+            MemoryPressure.from_sample(sample),
         )
         self.fit_streak = decision.fit_streak
+        if decision.mem_pressured is not None and decision.mem_pressured.any():
+            self.counters.inc("mem_pressured", int(decision.mem_pressured.sum()))  # VM-periods held or grown
         self.floors_over_capacity = decision.floors_over_capacity
         if self.floors_over_capacity:
             self.counters.inc("floors_over_capacity")

@@ -7,6 +7,13 @@ from dataclasses import dataclass
 from ..runtime.config import between, non_negative, one_of, positive, setting
 from .policy import POLICIES
 
+# Pressure thresholds: provisional, NOT yet validated (docs/EVALUATION.md, memory pressure, says what the
+# real-VM suite measured: a 1-vCPU TCG guest idling or fitting its working set shows PSI some/full < 0.5 %
+# and < 2 major faults/s; a balloon *inflating* alone raises PSI to 2-5 % for some 10 s)
+PRESSURE_SOME_PCT = 5.0
+PRESSURE_FULL_PCT = 2.0
+PRESSURE_MAJFLT_PER_S = 100.0
+
 
 @dataclass
 class SchedulerSettings:
@@ -41,7 +48,40 @@ class SchedulerSettings:
     )
     cpu_floor_cores: float = setting(0.05, "no VM's cpu allocation goes below this", non_negative)
     mem_reserve_bytes: float = setting(
-        64 * 2**20, "memory allocation >= the VM's current use + this (never balloon into swap/OOM)", non_negative
+        64 * 2**20,
+        "memory allocation and balloon >= max(the VM's use, what it cannot give back (the sample's "
+        "mem_unreclaimable)) + this (never balloon into swap/OOM)",
+        non_negative,
+    )
+    mem_pressure_guard: bool = setting(
+        True,
+        "guest memory pressure (the thresholds below) stops a VM's balloon shrinking, and a VM stalling now "
+        "(its major faults, or its PSI where it reports no fault rate) asks for its balloon x (1 + mem_grow_step); "
+        "false = the floor alone",
+    )
+    mem_pressure_some_pct: float = setting(
+        PRESSURE_SOME_PCT,
+        "a VM is under memory pressure at this PSI 'some' avg10, % (a guest idling or fitting its working "
+        "set stays near 0; docs/EVALUATION.md, memory pressure)",
+        between(0.0, 100.0),
+    )
+    mem_pressure_full_pct: float = setting(PRESSURE_FULL_PCT, "... or at this PSI 'full' avg10, %", between(0.0, 100.0))
+    mem_pressure_majflt_per_s: float = setting(
+        PRESSURE_MAJFLT_PER_S,
+        "... or at this many major page faults per second (swap-ins are major faults too)",
+        non_negative,
+    )
+    mem_grow_step: float = setting(
+        0.1,
+        "a pressured VM asks for its balloon x (1 + this): its balloon grows back by up to this fraction "
+        "per period, as far as the policy gives it memory",
+        between(0.0, 10.0),
+    )
+    mem_shrink_step: float = setting(
+        0.05,
+        "without pressure a balloon shrinks by at most this fraction of itself per period (a probe the "
+        "guest's pressure can stop); 1 = straight to the target",
+        between(0.0, 1.0),
     )
     fit_headroom: float = setting(
         0.1,

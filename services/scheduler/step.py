@@ -1,8 +1,9 @@
 """One scheduling period as a pure function: the scheduler service and `rescoin evaluate` both run it.
 
-    estimate ─► demand (a VM pinned at its last ceiling asks for more)
+    estimate ─► demand (a VM pinned at its last ceiling asks for more; one under memory pressure too)
              ─► policy allocation ─► floors ─► fit hysteresis
              ─► what the kernel gets: shares (weights) and ceilings, per the enforcement mode
+                (a balloon held under pressure, otherwise shrinking gradually)
 
 Every policy, the baselines included, goes through the same step with its own
 weights and ceilings (``KERNEL_FORM``). Socket-free, clock-free, no state
@@ -25,6 +26,7 @@ from .policy import (
     template_shares,
     unthrottled_demand,
 )
+from .pressure import MemoryPressure, gradual_ceiling, memory_demand, memory_floor, pressured, stalling
 from .settings import SchedulerSettings
 
 CPU, MEM = 0, 1
@@ -59,16 +61,23 @@ class Decision:
     fit: np.ndarray  # (4,) bool: the resource counts as fit (no ceilings)
     fit_streak: np.ndarray  # (4,): periods in a row each resource fit (the caller keeps it)
     floors_over_capacity: bool  # the floors alone did not fit the host
+    mem_pressured: np.ndarray | None = None  # (n,) bool: the VMs whose memory pressure the guard acted on
 
 
 def apply_floors(
-    alloc: np.ndarray, usage: np.ndarray, capacity: np.ndarray, cpu_floor: float, mem_reserve: float
+    alloc: np.ndarray,
+    usage: np.ndarray,
+    capacity: np.ndarray,
+    cpu_floor: float,
+    mem_reserve: float,
+    mem_floor: np.ndarray | None = None,
 ) -> tuple[np.ndarray, bool]:
-    """Raise allocations to the floors (cpu minimum; memory ≥ use + reserve), then fit Σ ≤ C
-    by shrinking only what lies above the floors. Returns (alloc, floors_exceed_capacity)."""
+    """Raise allocations to the floors (cpu minimum; memory ≥ ``mem_floor`` (n,), by default use +
+    reserve), then fit Σ ≤ C by shrinking only what lies above the floors.
+    Returns (alloc, floors_exceed_capacity)."""
     floor = np.zeros_like(alloc)
     floor[:, CPU] = cpu_floor
-    floor[:, MEM] = usage[:, MEM] + mem_reserve
+    floor[:, MEM] = usage[:, MEM] + mem_reserve if mem_floor is None else mem_floor
     floor = np.minimum(floor, capacity)  # no single floor above the whole host
     alloc = np.maximum(alloc, floor)
     total, floor_total = alloc.sum(axis=0), floor.sum(axis=0)
@@ -108,12 +117,29 @@ def decide(
     last_ceiling: np.ndarray,
     fit_streak: np.ndarray,
     settings: SchedulerSettings,
+    pressure: MemoryPressure | None = None,
 ) -> Decision:
     """One period for one host (DESIGN §6, §7). ``last_ceiling``: the ceilings in force last period
-    (inf where nothing was capped)."""
+    (inf where nothing was capped); ``pressure``: what the guests say of their memory (None: nothing).
+
+    Memory (services/scheduler/pressure.py): the floor is max(use, unreclaimable) + reserve; with
+    ``mem_pressure_guard`` a VM stalling now demands its balloon × (1 + ``mem_grow_step``) and a
+    pressured one's balloon never shrinks; otherwise a balloon shrinks by at most ``mem_shrink_step``
+    per period."""
+    n = estimate.shape[0]
+    pressure = pressure or MemoryPressure.unknown(n)
+    mem_floor = memory_floor(usage[:, MEM], pressure.unreclaimable, settings.mem_reserve_bytes)
+    thresholds = (settings.mem_pressure_some_pct, settings.mem_pressure_full_pct, settings.mem_pressure_majflt_per_s)
+    is_pressured = pressured(pressure, *thresholds) if settings.mem_pressure_guard else np.zeros(n, dtype=bool)
+    is_stalling = stalling(pressure, *thresholds) & is_pressured
     demand = unthrottled_demand(estimate, usage, last_ceiling, settings.throttled_probe)
+    demand[:, MEM] = memory_demand(
+        demand[:, MEM], pressure.unreclaimable, last_ceiling[:, MEM], mem_floor, is_stalling, settings.mem_grow_step
+    )
     alloc = POLICIES[settings.policy](demand, template, capacity, coins, share_leftover=settings.share_leftover)
-    alloc, floors_over = apply_floors(alloc, usage, capacity, settings.cpu_floor_cores, settings.mem_reserve_bytes)
+    alloc, floors_over = apply_floors(
+        alloc, usage, capacity, settings.cpu_floor_cores, settings.mem_reserve_bytes, mem_floor
+    )
     alloc = within_capacity(alloc, capacity)
     fit_streak, fit = fit_after_streak(
         fit_streak, fits_host(demand, capacity, settings.fit_headroom), settings.fit_after_periods
@@ -131,5 +157,7 @@ def decide(
         settings.mem_reserve_bytes,
         fit if settings.release_when_fit else None,
         settings.cpu_floor_cores,
+        mem_floor,
     )
-    return Decision(demand, alloc, shares, ceiling, mode, fit, fit_streak, floors_over)
+    ceiling[:, MEM] = gradual_ceiling(ceiling[:, MEM], last_ceiling[:, MEM], is_pressured, settings.mem_shrink_step)
+    return Decision(demand, alloc, shares, ceiling, mode, fit, fit_streak, floors_over, is_pressured)

@@ -13,7 +13,10 @@ sim host runs). Per period t of the trace:
    mode), with the scheduler's own settings; the enforcement model divides
    the host by those weights up to those ceilings (memory: min(d, balloon
    target)); achieved use follows;
-4. coins are credited from template − achieved use.
+4. coins are credited from template − achieved use;
+5. the memory pressure the next period's step sees is modelled (traces have
+   no PSI): a VM whose balloon held it below its demand stalled for the
+   share it lacked (``modelled_pressure``).
 
 The host is sized by services/model/scenario.py (as the sim host is):
 templates a fraction of each VM's provisioned size, capacity ``--contention``
@@ -36,10 +39,12 @@ from ..model.traces import default_traces_dir, load_bitbrains
 from ..predictor.models import DEFAULT_PARAMS, PREDICTORS, make_predictor
 from ..scheduler.ledger import CoinLedger
 from ..scheduler.policy import POLICIES, SHARE_FORMULAS
+from ..scheduler.pressure import MemoryPressure
 from ..scheduler.settings import SchedulerSettings
 from ..scheduler.step import decide
 
 RES = ("cpu", "mem", "disk", "net")
+MEM = 1
 EPS = 1e-9
 
 
@@ -67,16 +72,29 @@ def simulate(sc: Scenario, policy: str, opts: Options) -> dict[str, np.ndarray]:
     estimate = last_use.copy()
     fit_streak = np.full(4, settings.fit_after_periods)
     ceiling = np.full((n, 4), np.inf)
+    pressure = MemoryPressure.unknown(n)
     for t in range(T):
         coins = ledger.balances(vms)
-        step = decide(estimate, last_use, sc.template, sc.capacity, coins, ceiling, fit_streak, settings)
+        step = decide(estimate, last_use, sc.template, sc.capacity, coins, ceiling, fit_streak, settings, pressure)
         fit_streak, ceiling = step.fit_streak, step.ceiling_in_force
         achieved = enforce(sc.demand[t], step.shares, ceiling, sc.capacity)
+        pressure = modelled_pressure(sc.demand[t, :, MEM], achieved[:, MEM])
         ledger.credit(t, vms, sc.template, achieved, sc.capacity)
         estimate = np.column_stack([m.update(achieved[:, r]) for r, m in enumerate(models)])
         last_use = achieved
         achieved_all[t], alloc_all[t], coins_all[t], shares_all[t] = achieved, step.alloc, coins, step.shares
     return {"achieved": achieved_all, "alloc": alloc_all, "coins": coins_all, "shares": shares_all}
+
+
+def modelled_pressure(demand: np.ndarray, achieved: np.ndarray) -> MemoryPressure:
+    """What a guest's pressure signals would say, from what a trace can tell: it is pressured when its
+    balloon held it below its demand, stalled for the share of its demand it lacked (PSI some = full =
+    100 × shortfall / demand, %). Traces have no faults and no kernel memory: those stay unknown (-1),
+    so the floor is use + reserve. (n,) bytes in."""
+    short = np.maximum(demand - achieved, 0.0)
+    stall = np.where(demand > 0, 100.0 * short / np.where(demand > 0, demand, 1.0), 0.0)
+    unknown = np.full(len(demand), -1.0)
+    return MemoryPressure(stall, stall, unknown, unknown)
 
 
 def _params(name: str, resource: int, opts: Options) -> dict[str, float]:

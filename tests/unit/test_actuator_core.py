@@ -25,17 +25,6 @@ def alloc_env(period, alloc, vms=VMS, template=TC, usage=AU, enforcement="ceilin
     return alloc_envelope(period, make_alloc(vms, alloc, template, usage, C, enforcement, shares, fit))
 
 
-class GuestNeedBackend(CgroupBackend):
-    """The cgroup backend, plus what a balloon driver would say each VM cannot give back."""
-
-    need: dict[str, float] = {}
-    asked: list[str] = []
-
-    def mem_need(self, vm: str) -> float | None:
-        self.asked.append(vm)
-        return self.need.get(vm)
-
-
 @pytest.fixture
 def actuator(tmp_path):
     root = fake_v2_root(tmp_path / "cg", GROUPS)
@@ -115,21 +104,42 @@ def test_memory_ceiling_is_the_allocs_own_floor_included(actuator):
     assert int(v2_files(root, "web")["memory.high"]) == int(1.5e9 + 64 * 2**20)  # the scheduler's floor
 
 
-def test_a_shrinking_balloon_stops_at_what_the_guest_cannot_give_back_plus_reserve(actuator):
+def test_a_balloon_goes_where_the_alloc_says_the_backend_is_not_asked_for_a_floor(actuator):
+    """The floor (what the guest cannot give back + reserve) is the scheduler's, from the sample:
+    the alloc's memory ceiling is written as it is, below use + the actuator's own reserve too."""
     make, root = actuator
-    core = make("actuator.mem_reserve_bytes=1e8", backend=GuestNeedBackend)
-    GuestNeedBackend.need = {VMS[0]: 1.2e9}  # its kernel's own memory is not in the 2e8 it reports
-    GuestNeedBackend.asked = []
-    core.on_alloc(alloc_env(5, np.array([[0.5, 1e6, 0, 0], [0.5, 1e6, 0, 0]])))
-    assert int(v2_files(root, "web")["memory.high"]) == int(1.2e9 + 1e8)  # not use + reserve = 3e8
-    assert int(v2_files(root, "batch")["memory.high"]) == int(1e9)  # need unknown: the template floor
-    assert core.counters.values["mem_floor_raised"] == 1
-    GuestNeedBackend.asked = []
-    core.on_alloc(alloc_env(6, np.array([[0.5, 2e6, 0, 0], [0.5, 2e6, 0, 0]])))
-    assert GuestNeedBackend.asked == []  # still shrinking: its word holds a while (one libvirt call per VM)
-    assert int(v2_files(root, "web")["memory.high"]) == int(1.2e9 + 1e8)
-    core.on_alloc(alloc_env(7, np.array([[0.5, 3e9, 0, 0], [0.5, 3e9, 0, 0]])))
-    assert GuestNeedBackend.asked == []  # growing a balloon needs no check
+    core = make("actuator.mem_reserve_bytes=1e9")
+    body = make_alloc(VMS, np.array([[0.5, 3e8, 0, 0], [0.5, 4e8, 0, 0]]), TC, AU, C)
+    body.ceiling[:, 1] = [2.5e8, 1.2e9]  # as a scheduler with its own floors may send them
+    core.on_alloc(alloc_envelope(5, body))
+    assert int(v2_files(root, "web")["memory.high"]) == int(2.5e8)
+    assert int(v2_files(root, "batch")["memory.high"]) == int(1.2e9)
+
+
+def test_no_balloon_at_or_above_the_vms_size(actuator):
+    make, root = actuator
+    core = make()
+    body = make_alloc(VMS, np.array([[0.5, 3e8, 0, 0], [0.5, 4e8, 0, 0]]), TC, AU, C)
+    size = core.backend.domains()[VMS[0]].mem_max_bytes
+    body.ceiling[:, 1] = [size, 1.2e9]
+    applied = core.on_alloc(alloc_envelope(5, body))
+    assert v2_files(root, "web")["memory.high"].strip() == "max" and applied.set[0, 1] == -1
+    assert applied.set[1, 1] == 1.2e9
+
+
+def test_failsafe_never_shrinks_a_balloon_below_the_last_allocs(actuator):
+    """Silence must not squeeze a guest: the last alloc's balloon counted what it cannot give back,
+    which the fail-safe's template-and-last-use rule would not know."""
+    make, root = actuator
+    core = make("actuator.stale_periods=1")
+    body = make_alloc(VMS, np.array([[0.5, 3e8, 0, 0], [0.5, 4e8, 0, 0]]), TC, AU, C)
+    body.ceiling[:, 1] = [1.6e9, -1.0]  # batch: no balloon (its memory fit)
+    core.on_alloc(alloc_envelope(5, body))
+    core.on_period(5)
+    (out,) = core.on_period(6)
+    assert out.body.mode == "failsafe"
+    assert int(v2_files(root, "web")["memory.high"]) == int(1.6e9)  # not max(template 1e9, use + reserve)
+    assert v2_files(root, "batch")["memory.high"].strip() == "max"  # and none where it had none
 
 
 def test_a_resource_that_fits_the_host_gets_no_ceiling(actuator):

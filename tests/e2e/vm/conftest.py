@@ -152,13 +152,20 @@ def lab(libvirtd, guest_image, tmp_path_factory, request):
     init_server(keys)
     conn = libvirt.open("qemu:///system")
     specs = []
-    for name, mode, mem, cpu, tmem, disk, delay in VM_PLAN + ([STREAMER] if libvirtd.netns else []):
+    # a module may bring its own VMs (VM_PLAN), without the liar (LIAR = False) or the streamer (STREAMER = None),
+    # and files for their read-only "keys" share (GUEST_FILES: name -> {file: text}, e.g. mode mem's ws_mib)
+    plan = getattr(request.module, "VM_PLAN", VM_PLAN)
+    streamer_plan = getattr(request.module, "STREAMER", STREAMER)
+    guest_files = getattr(request.module, "GUEST_FILES", {})
+    for name, mode, mem, cpu, tmem, disk, delay in plan + ([streamer_plan] if libvirtd.netns and streamer_plan else []):
         vm = str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{name}.{tmp.name}.rescoin.test"))
         add_guest(keys, vm)
         guest_keys = tmp / f"{name}-keys"
         guest_keys.mkdir()
         shutil.copy(keys / "guests" / f"{vm}.key_secret", guest_keys / "agent.key_secret")
         shutil.copy(keys / "server.key", guest_keys / "server.key")
+        for file, text in guest_files.get(name, {}).items():
+            (guest_keys / file).write_text(text)
         image = tmp / f"{name}.img"
         with image.open("wb") as f:
             f.write(os.urandom(64 * 2**20))  # random, so reads are real reads
@@ -167,8 +174,9 @@ def lab(libvirtd, guest_image, tmp_path_factory, request):
             delay = getattr(request.module, "SAVER_IDLE_S", delay)
         specs.append(GuestSpec(name, vm, mode, mem, cpu, tmem, disk, delay, free_port(), image, guest_keys, console))
         specs[-1].template_net_bps = NET_TEMPLATE_BPS
-    specs[2].claim_uuid = specs[0].uuid
-    if libvirtd.netns:
+    if getattr(request.module, "LIAR", True):
+        specs[2].claim_uuid = specs[0].uuid
+    if libvirtd.netns and streamer_plan:
         streamer = specs[-1]
         streamer.template_net_bps = STREAMER_NET_BPS
         streamer.tap, streamer.tap_ip, streamer.sink = TAP, f"{GUEST_IP}/24", f"{HOST_IP}:{SINK_PORT}"
@@ -178,7 +186,7 @@ def lab(libvirtd, guest_image, tmp_path_factory, request):
     try:
         for spec in specs:
             lab.start(spec)
-        if lab.netns:
+        if lab.netns and streamer_plan:  # the sink is the streamer's
             sink = _start_sink(lab)
 
         def booted() -> bool:
@@ -192,7 +200,7 @@ def lab(libvirtd, guest_image, tmp_path_factory, request):
         booted_at = re.compile(r"RESCOIN-BOOTED .*uptime=([\d.]+)")  # the guest's own clock
         uptimes = [float(booted_at.search(s.console_log.read_text()).group(1)) for s in specs]
         TIMINGS.append(("slowest guest kernel to /init", max(uptimes)))
-        if lab.netns:
+        if lab.netns and streamer_plan:
             assert wait_for(lambda: lab.sink_total()[1] > 0, 30, 0.2), "the streamer never reached the sink"
             lab.unshaped_net_bps = lab.sink_rate(3.0)
         yield lab
@@ -212,7 +220,9 @@ def host_mem_bytes() -> int:
     return int(Path("/proc/meminfo").read_text().split()[1]) * 1024
 
 
-def host_config(lab: Lab, state: Path, enforcement: str) -> str:
+def host_config(
+    lab: Lab, state: Path, enforcement: str, guest_mem_bytes: int = 80 * 2**20, scheduler_extra: str = ""
+) -> str:
     cores = os.cpu_count() or 1
     agents = ", ".join(f'"{s.uuid}" = "tcp://127.0.0.1:{s.agent_port}"' for s in lab.specs)
     return f"""
@@ -231,7 +241,7 @@ agents = {{ {agents} }}
 backend = "libvirt"
 uri = "qemu:///system"
 reserve_cores = {cores - 1}.0   # a host of one core: the two burning guests contend
-reserve_mem_bytes = {host_mem_bytes() - 80 * 2**20}.0   # 80 MiB: above Σ templates, below Σ use
+reserve_mem_bytes = {host_mem_bytes() - guest_mem_bytes}.0   # 80 MiB by default: above Σ templates, below Σ use
 disk_bps = {3 * 2**20}
 net_bps = {HOST_NET_BPS}
 [scheduler]
@@ -239,6 +249,7 @@ coin_window = 30
 # test_real_vms.py measures quotas, balloons, throttles and tc ceilings (burstable-instance mode);
 # test_real_vms_shares.py the default, kernel weights with no ceilings
 enforcement = "{enforcement}"
+{scheduler_extra}
 [actuator]
 backend = "libvirt"
 uri = "qemu:///system"
@@ -280,7 +291,15 @@ def host_pipeline(lab, request):
     state = lab.tmp / "state"
     (state / "logs").mkdir(parents=True)
     config = lab.tmp / "rescoin.toml"
-    config.write_text(host_config(lab, state, getattr(request.module, "ENFORCEMENT", "ceilings")))
+    config.write_text(
+        host_config(
+            lab,
+            state,
+            getattr(request.module, "ENFORCEMENT", "ceilings"),
+            getattr(request.module, "GUEST_MEM_BYTES", 80 * 2**20),  # the host's memory for guests (C)
+            getattr(request.module, "SCHEDULER_CONFIG", ""),  # more [scheduler] lines
+        )
+    )
     text = (DEPLOY / "supervisord-host.conf").read_text()
     text = text.replace("/var/lib/rescoin", str(state)).replace("/run/rescoin", str(state))
     text = text.replace("%(here)s/host.toml", str(config)).replace(
