@@ -63,6 +63,7 @@ def applied_actuator(tmp_path, root, bus):
         pub_sock = ctx.socket(zmq.PUB)
         pub_sock.connect(bus.pub_endpoint)
         pub = Publisher(pub_sock, "h1", "scheduler")
+
         def applied() -> bool:
             # numbered as the scheduler does, by this host's clock: the actuator refuses old and far-future
             # periods; attempts 250 ms apart never share one of these 0.2 s periods
