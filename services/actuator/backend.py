@@ -24,6 +24,7 @@ ChangeError, never raised, so the others still get their writes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,11 +49,13 @@ class Setting:
 
 @dataclass(frozen=True)
 class DomainLimits:
-    """What bounds a VM's settings: its memory size (the balloon's maximum)."""
+    """What bounds a VM's settings: its memory size (the balloon's maximum) and the template its own
+    definition states (libvirt metadata), below which no ceiling may go whatever an alloc says."""
 
     name: str
     mem_max_bytes: float
     instance: str = ""  # changes when the VM is started anew: what was set died with the old one
+    template: tuple[float, float, float, float] = (math.nan,) * 4  # nan: not stated where the backend reads
 
 
 @dataclass(frozen=True)

@@ -102,9 +102,14 @@ class LibvirtActuatorBackend:
         conn = self._conn()
         try:
             doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-            return {
-                d.UUIDString().lower(): DomainLimits(d.name(), float(d.maxMemory()) * KIB, str(d.ID())) for d in doms
-            }
+            out = {}
+            for d in doms:
+                vm = d.UUIDString().lower()
+                cpu, mem, disk, net = (  # parsed once per VM instance (``forget``); nan: not stated
+                    math.nan if t is None else t for t in self._facts(vm, d).template
+                )
+                out[vm] = DomainLimits(d.name(), float(d.maxMemory()) * KIB, str(d.ID()), (cpu, mem, disk, net))
+            return out
         except libvirt.libvirtError as exc:
             raise self._lost(exc, f"listing domains on {self.settings.uri}") from exc
 

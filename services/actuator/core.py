@@ -8,8 +8,10 @@ state; ``restore`` puts back what was there before ResCoin touched it.
   resource and its ``shares`` as kernel weights (``weights``); the scheduler
   decided both and nothing is re-derived here, the memory floor included
   (the scheduler's: what the guest cannot give back, from the sample's
-  ``mem_unreclaimable``, + reserve). One rule stays here, because only the
-  backend knows a VM's size: no balloon at or above it.
+  ``mem_unreclaimable``, + reserve). Two rules stay here, because only the
+  backend knows them: no balloon at or above a VM's size, and no ceiling below
+  the template the VM's own definition states (libvirt metadata), whatever an
+  alloc says: a scheduler's bug cannot starve a VM below what it was sold.
 * Hysteresis: a setting is written only if it moved by more than
   max(absolute threshold, relative threshold × current value). What is set is
   kept per VM instance as (n, 4) matrices (``InForce``), so what moved is found
@@ -243,6 +245,23 @@ class ActuatorCore:
         size = np.fromiter((limits[vm].mem_max_bytes for vm in vms), float, len(vms))
         return np.where(wanted >= size, NO_LIMIT, wanted)
 
+    def _not_below_template(self, vms: list[str], limits: dict[str, DomainLimits], ceiling: np.ndarray) -> None:
+        """Ceilings below the template a VM's definition states are raised to it (in place) and counted:
+        the scheduler never sends one, so each is a bug or a forgery."""
+        if not vms:
+            return
+        template = np.array([limits[vm].template for vm in vms], dtype=float)  # nan: not stated, not checked
+        below = (ceiling != NO_LIMIT) & (ceiling < template)
+        if below.any():
+            j, r = np.argwhere(below)[0]
+            self.counters.reject(
+                "below_template",
+                f"{int(below.sum())} ceilings below the VM's own template, raised to it (e.g. {vms[j]} "
+                f"{RESOURCES[r]}: {ceiling[j, r]:.6g} < {template[j, r]:.6g})",
+                log,
+            )
+            ceiling[below] = template[below]
+
     def _throttle_where_weights_ignored(
         self, vms: list[str], ceiling: np.ndarray, weight: np.ndarray, fallback: np.ndarray, errors: list[ChangeError]
     ) -> None:
@@ -307,6 +326,7 @@ class ActuatorCore:
         to_ceiling, to_weight = targets.ceiling[idx], targets.weight[idx]  # fancy indexing: copies
         self._throttle_where_weights_ignored(names, to_ceiling, to_weight, targets.disk_fallback[idx], errors)
         to_ceiling[:, MEM] = self._no_balloon_at_size(names, limits, to_ceiling[:, MEM])
+        self._not_below_template(names, limits, to_ceiling)
         moved = self._moved(ceiling, weight, to_ceiling, to_weight)
         if self.unenforceable:  # reported once by the backend, never retried
             at = {vm: j for j, vm in enumerate(names)}

@@ -93,3 +93,20 @@ def test_a_domain_started_anew_gets_its_settings_again(backend, tmp_path):
     apply(2)  # the same alloc: only a fresh read can tell the setting is gone
     assert dom.info()[2] == 768 * 1024
     assert core.counters.values["vm_restarts"] == 1
+
+
+def test_no_ceiling_below_the_template_the_domain_itself_states(backend, tmp_path):
+    """vm1's XML states a disk template of 10 MiB/s and a net one of 1.25 MB/s: an alloc that caps it
+    below either (a scheduler's bug, a forgery) is raised to the template and counted."""
+    core = ActuatorCore("h1", backend.settings, backend, Counters(), tmp_path)
+    assert backend.domains()[VM1].template[2:] == (10485760.0, 1250000.0)
+    vms = sorted(backend.domains())
+    n = len(vms)
+    template = np.tile([0.5, 256 * 2**20, 1e5, 1e5], (n, 1))  # what the alloc claims: far below vm1's own
+    body = make_alloc(vms, template, template, template * 0.1, np.array([8.0, 16 * 2**30, 1e9, 1e9]))
+    applied = core.on_alloc(alloc_envelope(1, body))
+    row = vms.index(VM1)
+    assert applied.set[row, 2] == 10485760.0
+    assert backend.libvirt.get().lookupByUUIDString(VM1).blockIoTune("vda", 0)["total_bytes_sec"] == 10485760
+    assert core.counters.values["rejected.below_template"] == 1
+    assert applied.set[vms.index(VM2), 2] == 1e5  # vm2 states no template: nothing to check against
