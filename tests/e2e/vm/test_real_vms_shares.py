@@ -127,8 +127,19 @@ def test_disk_a_weight_where_the_io_scheduler_honours_it_else_the_allocation_as_
 
     assert wait_for(disk_set, 30, 1.0), host_pipeline.logs()
     time.sleep(2 * PERIOD_S)
-    applied = last_applied(host_pipeline)
-    throttle = dom.blockIoTune("vda", 0)["total_bytes_sec"]
+    seen: list = []
+
+    def read_within_one_apply():  # the hog's disk allocation moves with its demand: no apply in between
+        before = host_pipeline.watcher.since(0, "applied")[-1]
+        throttle = dom.blockIoTune("vda", 0)["total_bytes_sec"]
+        if host_pipeline.watcher.since(0, "applied")[-1].period != before.period:
+            return False
+        seen[:] = [before, throttle]
+        return True
+
+    assert wait_for(read_within_one_apply, 20, 0.05)
+    applied_env, throttle = seen
+    applied = applied_env.body
     print(f"disk: I/O scheduler {scheduler!r}, weight {applied.weight[row, DISK]:.0f}, throttle {throttle:.0f} B/s")
     if scheduler in WEIGHTED_SCHEDULERS:
         assert dom.blkioParameters(0)["weight"] == pytest.approx(applied.weight[row, DISK], abs=1)
@@ -136,7 +147,8 @@ def test_disk_a_weight_where_the_io_scheduler_honours_it_else_the_allocation_as_
     else:
         assert applied.weight[row, DISK] == 0  # no weight claimed where it would do nothing
         assert throttle == pytest.approx(applied.set[row, DISK], rel=0.01)
-        alloc = host_pipeline.watcher.since(0, "alloc")[-1].body
+        allocs = {e.period: e.body for e in host_pipeline.watcher.since(0, "alloc")}
+        alloc = allocs[applied_env.period]  # the alloc this apply answered
         assert throttle == pytest.approx(alloc.ceiling[alloc.vms.index(hog.uuid), DISK], rel=0.3)  # ± hysteresis
         assert throttle >= hog.template_disk_bps - 1
 
