@@ -129,15 +129,19 @@ def test_disk_a_weight_where_the_io_scheduler_honours_it_else_the_allocation_as_
     time.sleep(2 * PERIOD_S)
     seen: list = []
 
-    def read_within_one_apply():  # the hog's disk allocation moves with its demand: no apply in between
-        before = host_pipeline.watcher.since(0, "applied")[-1]
-        throttle = dom.blockIoTune("vda", 0)["total_bytes_sec"]
-        if host_pipeline.watcher.since(0, "applied")[-1].period != before.period:
+    def kernel_agrees_with_a_settled_apply():
+        # the hog's disk allocation moves with its demand, and an apply's writes land before its `applied`
+        # is sent: compare only while the last two applies agree and no newer one came meanwhile
+        applied = host_pipeline.watcher.since(0, "applied")
+        if len(applied) < 2 or applied[-2].body.set[row, DISK] != applied[-1].body.set[row, DISK]:
             return False
-        seen[:] = [before, throttle]
-        return True
+        throttle = dom.blockIoTune("vda", 0)["total_bytes_sec"]
+        if host_pipeline.watcher.since(0, "applied")[-1].period != applied[-1].period:
+            return False
+        seen[:] = [applied[-1], throttle]
+        return throttle == pytest.approx(applied[-1].body.set[row, DISK], rel=0.01)
 
-    assert wait_for(read_within_one_apply, 20, 0.05)
+    assert wait_for(kernel_agrees_with_a_settled_apply, 30, 0.05), seen
     applied_env, throttle = seen
     applied = applied_env.body
     print(f"disk: I/O scheduler {scheduler!r}, weight {applied.weight[row, DISK]:.0f}, throttle {throttle:.0f} B/s")
