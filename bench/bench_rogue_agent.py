@@ -21,6 +21,7 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -30,11 +31,15 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, as bench_libvirt.py
 from common import free_port, write_section
 from rescoin.proto import GUEST_FORMAT_VERSION, Envelope, GuestMem, ProtocolError, encode_guest_report
 from rescoin.proto.codec import decode
 from rescoin.services.ingress.settings import IngressSettings
 from rescoin.services.runtime.simclient import SimhostClient
+
+from tests.support.agents import agent_command
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -311,21 +316,7 @@ def rogue(
 
 def start_agent(setup: Setup, vm: str, meminfo: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [
-            str(VENV_BIN / "rescoin-guest-agent"),
-            "--connect",
-            setup.ingress_endpoint,
-            "--key",
-            str(setup.keys / "guests" / f"{vm}.key_secret"),
-            "--server-key",
-            str(setup.keys / "server.key"),
-            "--uuid",
-            vm,
-            "--period",
-            str(PERIOD_S),
-            "--meminfo",
-            str(meminfo),
-        ],
+        agent_command(VENV_BIN, setup.ingress_endpoint, setup.keys, vm, PERIOD_S, meminfo),
         stdout=subprocess.DEVNULL,
         stderr=log.open("w"),
     )

@@ -40,6 +40,7 @@ from tests.e2e.conftest import (
     supervisord_config,
     wait_running,
 )
+from tests.support.agents import agent_command
 from tests.support.bus import wait_for
 from tests.support.need import missing
 from tests.support.net import free_port
@@ -236,21 +237,7 @@ def test_a_flooding_guest_is_held_to_its_rate_and_honest_guests_still_get_throug
         )
         agents.append(
             subprocess.Popen(
-                [
-                    str(VENV_BIN / "rescoin-guest-agent"),
-                    "--connect",
-                    endpoint,
-                    "--key",
-                    str(keys / "guests" / f"{vm}.key_secret"),
-                    "--server-key",
-                    str(keys / "server.key"),
-                    "--uuid",
-                    vm,
-                    "--period",
-                    str(PERIOD_S),
-                    "--meminfo",
-                    str(meminfo),
-                ],
+                agent_command(VENV_BIN, endpoint, keys, vm, PERIOD_S, meminfo),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
