@@ -69,7 +69,7 @@ fi
 .venv/bin/python - <<'PY' || { echo "demo.sh: no applied messages yet; see state/logs/" >&2; exit 1; }
 import sys, time
 import zmq
-from rescoin.proto.messages import decode
+from rescoin.proto.codec import decode
 from rescoin.services.runtime.config import load_config
 from rescoin.services.schema import service_schema
 cfg = load_config("deploy/demo.toml", sections=service_schema())
