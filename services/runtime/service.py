@@ -27,7 +27,7 @@ from rescoin.proto.envelope import MAX_PAYLOAD_BYTES
 
 from .config import Config, ConfigError, load_config
 from .owners import from_owner
-from .support import Counters, StopFlag, secure_client, setup_logging
+from .support import Counters, StopFlag, keep_freed_memory, secure_client, setup_logging
 
 log = logging.getLogger("rescoin.runtime")
 
@@ -300,6 +300,8 @@ class ServiceLoop:
 
     def run(self) -> int:
         self.stop.install()
+        if not keep_freed_memory():
+            self.logger.info("this C library has no mallopt: freed numpy blocks go back to the kernel each period")
         ctx = zmq.Context()
         pub, sub = bus_sockets(ctx, self.cfg, self.stage.subscriptions(), self.extra_sub_endpoints)
         self.publisher = Publisher(pub, self.cfg.host.name, self.stage.name)

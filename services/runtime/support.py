@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import ctypes
 import logging
 import os
 import signal
@@ -23,6 +24,24 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def setup_logging(level: str = "INFO") -> None:
     """One format, to stderr (supervisord writes it to the service's log file)."""
     logging.basicConfig(level=getattr(logging, level), format=LOG_FORMAT, stream=sys.stderr, force=True)
+
+
+# glibc's mallopt parameters. At 10k VMs each (n, 4) numpy temporary is 320 KiB: by default
+# glibc hands such blocks back to the kernel when freed and faults fresh pages in for the next,
+# which more than doubled the scheduler's period step (docs/BENCHMARKS.md).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEEP_BLOCKS_UP_TO = 32 << 20  # glibc's largest mmap threshold on 64-bit
+KEEP_FREE_UP_TO = 128 << 20  # free memory at the heap's top beyond this goes back to the kernel
+
+
+def keep_freed_memory() -> bool:
+    """Have malloc reuse freed blocks of up to 32 MiB instead of returning them to the kernel (a
+    process keeps at most its peak plus 128 MiB). False where the C library has no ``mallopt``."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, KEEP_BLOCKS_UP_TO)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREE_UP_TO))
 
 
 class StopFlag:
