@@ -62,6 +62,7 @@ from .settings import ActuatorSettings
 
 log = logging.getLogger("rescoin.actuator")
 MEM, DISK, NET = 1, 2, 3
+COUNTERS = ("rejected.backend", "failsafe_entries", "write_errors")  # in hb from the start (alerts use them)
 
 
 BFQ_WEIGHT_MAX = 1000.0  # the kernel's largest BFQ weight (libvirt accepts 100-1000)

@@ -18,7 +18,7 @@ from ..runtime.support import Counters
 from ..schema import service_schema
 from ..simhost.settings import SimhostSettings
 from .backend import ActuatorBackend, BackendError
-from .core import ActuatorCore
+from .core import COUNTERS, ActuatorCore
 from .settings import ActuatorSettings
 
 log = logging.getLogger("rescoin.actuator")
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         extra.append(f"actuator.uri='{args.uri}'")
     use_schema(SCHEMA)
     cfg = config_from_args(args, extra)
-    counters = Counters(max_warnings=cfg.log.max_warnings_per_period)
+    counters = Counters(max_warnings=cfg.log.max_warnings_per_period, declared=COUNTERS)
     try:
         backend = make_backend(cfg)
     except BackendError as exc:

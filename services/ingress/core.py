@@ -25,6 +25,10 @@ from dataclasses import dataclass
 
 from rescoin.proto import KIND_GUEST_MEM, GuestMem, ProtocolError, decode_guest_report, parse_topic
 
+# every cause a guest message is dropped for, in hb from the start (deploy/prometheus alerts on them)
+CAUSES = ("unauthenticated", "zap_denied", "forbidden_topic", "malformed", "wrong_vm", "rate_limited", "guest_format")
+COUNTERS = tuple(f"rejected.{cause}" for cause in CAUSES)
+
 
 @dataclass(frozen=True)
 class Verdict:

@@ -25,7 +25,7 @@ from ..runtime.config import use_schema
 from ..runtime.service import PeriodPacer, Publisher, common_arguments, config_from_args
 from ..runtime.support import Counters, StopFlag, load_curve_keypair
 from ..schema import service_schema
-from .core import GuestRateLimit, check_guest_frames
+from .core import COUNTERS, GuestRateLimit, check_guest_frames
 from .keys import SERVER, trusted_guests
 from .settings import IngressSettings
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     bus = ctx.socket(zmq.PUB)
     bus.connect(cfg.bus.pub_endpoint)
     publisher = Publisher(bus, cfg.host.name, "ingress")
-    counters = Counters(max_warnings=cfg.log.max_warnings_per_period)
+    counters = Counters(max_warnings=cfg.log.max_warnings_per_period, declared=COUNTERS)
     period_s = cfg.host.period_s
     pacer = PeriodPacer(period_s)
     limit = GuestRateLimit(cfg.ingress.reports_per_period, cfg.ingress.report_burst, period_s)

@@ -10,6 +10,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,10 @@ class Counters:
     to ``max_warnings`` times per period.
     """
 
-    def __init__(self, keep: int = 20, max_warnings: int = 10) -> None:
-        # the counters proto/README.md names are present from the first heartbeat
-        self.values: collections.Counter[str] = collections.Counter(dict.fromkeys(BASE_COUNTERS, 0))
+    def __init__(self, keep: int = 20, max_warnings: int = 10, declared: Iterable[str] = ()) -> None:
+        # present from the first heartbeat: the counters proto/README.md names, and a service's
+        # ``declared`` ones (an alert's increase() sees no first event in a series that starts at 1)
+        self.values: collections.Counter[str] = collections.Counter(dict.fromkeys((*BASE_COUNTERS, *declared), 0))
         self.recent_errors: collections.deque[str] = collections.deque(maxlen=keep)
         self.max_warnings = max_warnings
         self._warned_this_period = 0

@@ -29,6 +29,8 @@ from .pressure import MemoryPressure
 from .settings import SchedulerSettings
 from .step import decide
 
+COUNTERS = ("floors_over_capacity", "mem_pressured")  # in hb from the start (deploy/prometheus alerts on them)
+
 log = logging.getLogger("rescoin.scheduler")
 
 

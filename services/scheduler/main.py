@@ -9,7 +9,7 @@ from ..runtime.config import use_schema
 from ..runtime.service import common_arguments, config_from_args, run_stage
 from ..runtime.support import Counters
 from ..schema import service_schema
-from .core import SchedulerCore
+from .core import COUNTERS, SchedulerCore
 from .settings import SchedulerSettings
 
 SCHEMA = service_schema(scheduler=SchedulerSettings)  # the config sections this program reads
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     use_schema(SCHEMA)
     cfg = config_from_args(args, [f"scheduler.policy='{args.policy}'"] if args.policy else [])
-    counters = Counters(max_warnings=cfg.log.max_warnings_per_period)
+    counters = Counters(max_warnings=cfg.log.max_warnings_per_period, declared=COUNTERS)
     core = SchedulerCore(cfg.host.name, cfg.scheduler, counters, Path(cfg.host.state_dir))
     return run_stage(core, cfg, counters)
 
