@@ -5,9 +5,9 @@
 #   rescoin.claim=UUID (tests only: the agent reports as another VM, which the host must refuse),
 #   rescoin.ip=ADDR/LEN (the address of the NIC that is not QEMU user networking),
 #   rescoin.sink=IP:PORT (mode net: stream zeros there over TCP, reconnecting forever)
-# Mode mem: touch a working set of W MiB of /dev/vda through mmap, page by page, in a loop, so
-#   its page cache is what the guest lives on (evicted, it comes back as major faults and PSI
-#   stalls); W is read from ws_mib in the read-only "keys" share before every pass (the host can
+# Mode mem: touch a working set of W MiB of /dev/vda through mmap, page by page in a random order
+#   without readahead, in a loop, so its page cache is what the guest lives on (evicted, a page
+#   comes back as one major fault and a PSI stall); W is read from ws_mib in the read-only "keys" share before every pass (the host can
 #   grow or shrink it live), 32 when absent, at most the disk's size. Mode agent2: the agent
 #   speaks the previous guest format (--format 2).
 /bin/busybox mkdir -p /bin /sbin /proc /sys /dev /tmp /mnt/root
@@ -58,24 +58,30 @@ mount_root() {   # the Python root filesystem (9p, read-only) with /proc, /sys, 
     ROOT_MOUNTED=1
 }
 WORKING_SET_PY='
-import mmap, os, time
-MIB = 1 << 20
+import mmap, os, random, resource, time
+MIB, PAGE = 1 << 20, 4096
 fd = os.open("/dev/vda", os.O_RDONLY)
 disk = os.lseek(fd, 0, os.SEEK_END)
 pages = mmap.mmap(fd, disk, prot=mmap.PROT_READ)
+pages.madvise(mmap.MADV_RANDOM)  # no readahead: each page evicted from the set is one major fault
+order = list(range(0, disk, PAGE))
+random.Random(1).shuffle(order)  # random order: the kernel cannot guess the next page either
 def wanted():
     try:
         return min(int(open("/mnt/ws_mib").read()), disk // MIB)
     except (OSError, ValueError):
         return 32
-passes, since = 0, time.monotonic()
+ws, offsets, passes, since = -1, [], 0, time.monotonic()
 while True:
-    ws = wanted() * MIB
-    for offset in range(0, ws, 4096):
+    if wanted() != ws:
+        ws = wanted()
+        offsets = [o for o in order if o < ws * MIB]
+    for offset in offsets:
         pages[offset]
     passes += 1
     if time.monotonic() - since >= 5:
-        print(f"ws_mib={ws // MIB} passes={passes}", flush=True)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+        print(f"ws_mib={ws} passes={passes} own_majflt={faults}", flush=True)
         passes, since = 0, time.monotonic()
     time.sleep(0.05)  # a working set touched all the time, by a guest that leaves its agent some CPU
 '
@@ -99,6 +105,6 @@ case ",$MODE," in *,agent,*|*,agent2,*)
     fi ;;
 esac
 while :; do
-    echo "RESCOIN-TICK name=$NAME up=$(cut -d' ' -f1 /proc/uptime) $(awk '/^MemTotal:|^MemAvailable:/{printf "%s%s ", $1, $2}' /proc/meminfo)$(awk '/^pgmajfault /{printf "pgmajfault=%s ", $2}' /proc/vmstat)$(sed -n 's/^full avg10=\([0-9.]*\).*/psi_full_avg10=\1/p' /proc/pressure/memory 2>/dev/null)"
+    echo "RESCOIN-TICK name=$NAME up=$(cut -d' ' -f1 /proc/uptime) $(awk '/^MemTotal:|^MemAvailable:|^Cached:|^Mapped:|^Active.file.:|^Inactive.file.:/{printf "%s%s ", $1, $2}' /proc/meminfo)$(awk '/^pgmajfault /{printf "pgmajfault=%s ", $2}' /proc/vmstat)$(sed -n 's/^full avg10=\([0-9.]*\).*/psi_full_avg10=\1/p' /proc/pressure/memory 2>/dev/null)"
     sleep 5
 done

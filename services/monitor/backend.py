@@ -38,6 +38,7 @@ class DomainReading:
     template: tuple[float | None, float | None, float | None, float | None] = (None, None, None, None)
     # the template if the backend knows it (domain metadata, the sim host); None = derive it
     balloon_unreclaimable_bytes: float | None = None  # what the guest cannot give back: balloon actual - usable
+    balloon_stats_at_s: float | None = None  # when the guest last refreshed its balloon stats (wall clock, s)
 
 
 @dataclass(frozen=True)

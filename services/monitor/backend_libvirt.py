@@ -134,6 +134,7 @@ class LibvirtMonitorBackend:
             balloon_used_bytes=_balloon_used(balloon),
             template=facts.template,
             balloon_unreclaimable_bytes=_balloon_unreclaimable(balloon),
+            balloon_stats_at_s=_float_or_none(balloon.get("last-update", balloon.get("last_update"))),
         )
 
     def capacity(self) -> HostCapacity:
@@ -153,6 +154,10 @@ class LibvirtMonitorBackend:
 
 def _get(st: dict, key: str, default: float = 0.0) -> float:
     return float(st.get(key, default))
+
+
+def _float_or_none(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
 
 
 def _balloon_used(balloon: dict) -> float | None:

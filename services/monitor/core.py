@@ -16,9 +16,16 @@ takes a decoded guest report. Rules:
   (``none``: a VM whose use is unknown is taken to use what it has, so it
   earns no memory coins and is never ballooned below it);
 * memory pressure (``mem_psi_some``, ``mem_psi_full``: PSI avg10 in %;
-  ``mem_majflt``, ``mem_swapin``: per second) comes from the same fresh agent
   report, field by field; ``mem_unreclaimable`` (bytes) from the balloon
-  stats (actual - usable). Whatever nobody told the monitor is UNKNOWN (-1),
+  stats (actual - usable): the median of the last ``UNRECLAIMABLE_READINGS``
+  stats the guest refreshed after the balloon was last seen moving. Both
+  filters were found on a real guest (tests/e2e/vm/test_real_vms_memory.py):
+  while the balloon moves, QEMU's ``actual`` is current and the guest's
+  ``usable`` up to a stats period old, so their difference swung by ±60 MiB
+  a period and drove a floor-only balloon into the guest's OOM killer; and
+  while a thrashing guest fills a large inflation its MemAvailable drops
+  for a reading or two (164 MiB "unreclaimable" against 94 at rest), which
+  set a floor-only balloon oscillating between 110 and 180 MiB. Whatever nobody told the monitor is UNKNOWN (-1),
   never 0: an old agent, a kernel without /proc/pressure, a first report
   without rates, a guest without balloon stats;
 * a reading with bad values (NaN, negative) is rejected for that VM only,
@@ -27,8 +34,10 @@ takes a decoded guest report. Rules:
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
+import statistics
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +54,17 @@ ABSURD_GUEST_FACTOR = 1.5  # a guest claiming more than this times its max memor
 # the sample's pressure vectors and where each comes from: a fresh guest report's field, else balloon stats
 GUEST_PRESSURE = ("psi_some_avg10", "psi_full_avg10", "pgmajfault_per_s", "pswpin_per_s")
 SAMPLE_PRESSURE = ("mem_psi_some", "mem_psi_full", "mem_majflt", "mem_swapin", "mem_unreclaimable")
+
+
+@dataclass
+class _Balloon:
+    size: float  # the balloon's actual size at the last reading, bytes
+    moved_at_s: float  # when a reading first showed it at that size (the backend's clock)
+    unreclaimable: collections.deque[float]  # actual - usable of the last fresh stats (see above)
+
+
+BALLOON_MOVED_BYTES = 2**20  # a smaller change is not a balloon move
+UNRECLAIMABLE_READINGS = 5
 
 
 @dataclass
@@ -73,6 +93,7 @@ class MonitorCore:
         self.baselines: dict[str, _Baseline] = {}
         self.guest: dict[str, tuple[int, GuestMem]] = {}  # vm -> (period received, report)
         self.known: dict[str, float] = {}  # vm -> max memory, from the last reading
+        self.balloons: dict[str, _Balloon] = {}
 
     def on_guest_mem(self, env: Envelope, period: int) -> None:
         """Keep the latest report of a VM we know; reject the rest."""
@@ -127,11 +148,12 @@ class MonitorCore:
             templates.append(self.template_of(dom))
             usages.append([rates[0], mem, rates[1], rates[2]])
             sources.append(source)
-            pressure.append(self._pressure(dom, period))
+            pressure.append(self._pressure(dom, period, self._unreclaimable(dom, reading.ts_ns / 1e9)))
         for gone in set(self.baselines) - present:
             del self.baselines[gone]
             self.guest.pop(gone, None)
             self.known.pop(gone, None)
+            self.balloons.pop(gone, None)
         n = len(vms)
         columns = np.array(pressure, dtype=float).reshape(n, len(SAMPLE_PRESSURE)).T
         return Sample(
@@ -185,11 +207,31 @@ class MonitorCore:
         report = self.guest.get(vm)
         return report[1] if report is not None and period - report[0] <= GUEST_REPORT_MAX_AGE else None
 
-    def _pressure(self, dom: DomainReading, period: int) -> tuple[float, ...]:
+    def _unreclaimable(self, dom: DomainReading, now_s: float) -> float | None:
+        """The median actual - usable of the last stats the guest refreshed after the balloon was last seen
+        moving (without a stats time: when it has not moved since the last reading); None before any.
+        At first sight nobody saw it move: the stats are taken as they are."""
+        before = self.balloons.get(dom.uuid)
+        if before is None:
+            state = _Balloon(dom.mem_current_bytes, -math.inf, collections.deque(maxlen=UNRECLAIMABLE_READINGS))
+            moved = False
+        else:
+            moved = abs(dom.mem_current_bytes - before.size) > BALLOON_MOVED_BYTES
+            state = _Balloon(dom.mem_current_bytes, now_s, before.unreclaimable) if moved else before
+        if dom.balloon_stats_at_s is not None:
+            fresh = dom.balloon_stats_at_s > state.moved_at_s
+        else:
+            fresh = not moved
+        if fresh and dom.balloon_unreclaimable_bytes is not None:
+            state.unreclaimable.append(dom.balloon_unreclaimable_bytes)
+        self.balloons[dom.uuid] = state
+        return statistics.median(state.unreclaimable) if state.unreclaimable else None
+
+    def _pressure(self, dom: DomainReading, period: int, unreclaimable: float | None) -> tuple[float, ...]:
         """One row of the sample's pressure vectors (SAMPLE_PRESSURE order); UNKNOWN where nobody told us."""
         report = self._fresh_report(dom.uuid, period)
         told = [getattr(report, name) if report is not None else None for name in GUEST_PRESSURE]
-        told.append(dom.balloon_unreclaimable_bytes)
+        told.append(unreclaimable)
         return tuple(UNKNOWN if value is None else float(value) for value in told)
 
     def _memory(self, dom: DomainReading, period: int) -> tuple[float, str]:

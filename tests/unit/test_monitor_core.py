@@ -192,3 +192,49 @@ def test_a_sample_with_pressure_is_one_the_bus_accepts(core):
     assert pressure(back, 0) == [35.5, 12.25, 420.0, 64.0, GIB] and pressure(back, 1) == [-1.0] * 5
     empty = core.observe(reading(2), 2, 1.0, CAP)
     assert empty.mem_psi_some.shape == (0,) and decode(encode(Envelope("sample", "h1", "monitor", 1, 1, 0, 2, empty)))
+
+
+MIB = 2**20
+
+
+def unreclaimable_seen(core, t_s, actual_mib, unreclaimable_mib, stats_at_s=None):
+    """One reading of A with balloon ``actual_mib`` and raw stats actual - usable; the sample's value, MiB."""
+    d = dom(
+        A, t_s, 0, 0,
+        mem_current_bytes=actual_mib * MIB,
+        balloon_unreclaimable_bytes=unreclaimable_mib * MIB,
+        balloon_stats_at_s=stats_at_s,
+    )  # fmt: skip
+    s = core.observe(reading(t_s, d), int(t_s), 1.0, CAP)
+    return s.mem_unreclaimable[0] / MIB if s.vms else None
+
+
+def test_unreclaimable_is_held_while_the_balloon_moves_and_taken_from_stats_refreshed_after():
+    """Numbers like the real-VM run that found it (tests/e2e/vm/test_real_vms_memory.py): QEMU's actual is
+    current, the guest's usable a stats period old, so actual - usable swung 136, 52, 141, 41 MiB."""
+    core = MonitorCore(load_config(None).monitor, Counters())
+    assert unreclaimable_seen(core, 99.2, 192, 94, stats_at_s=99) is None  # a rate needs two readings
+    assert unreclaimable_seen(core, 100.2, 192, 94, stats_at_s=100) == 94  # first sight: as the stats say
+    assert unreclaimable_seen(core, 101.2, 192, 96, stats_at_s=101) == 95  # standing still: fresh stats count
+    assert unreclaimable_seen(core, 102.2, 110, 41, stats_at_s=102) == 95  # moved: stats older than the move
+    assert unreclaimable_seen(core, 103.2, 152, 136, stats_at_s=103) == 95  # moved again
+    assert unreclaimable_seen(core, 104.2, 152, 136, stats_at_s=103) == 95  # still, but no stats since
+    assert unreclaimable_seen(core, 105.2, 152, 96, stats_at_s=105) == 96  # stats from after the move
+
+
+def test_one_readings_spike_in_unreclaimable_does_not_move_it():
+    """A thrashing guest filling a large inflation: MemAvailable fell for a reading (164 MiB against 94)."""
+    core = MonitorCore(load_config(None).monitor, Counters())
+    seen = [unreclaimable_seen(core, t, 110, value) for t, value in enumerate([94, 94, 95, 164, 94, 93])]
+    assert seen[1:] == [94, 94.5, 95, 94.5, 94]  # the median of up to five: 164 never counts
+    grown = [unreclaimable_seen(core, t, 110, 120) for t in range(6, 9)]
+    assert grown[-1] == 120  # a lasting change is taken within three readings
+
+
+def test_without_a_stats_time_unreclaimable_counts_once_the_balloon_stood_still_a_reading():
+    core = MonitorCore(load_config(None).monitor, Counters())
+    assert unreclaimable_seen(core, 0, 192, 94) is None
+    assert unreclaimable_seen(core, 1, 192, 94) == 94
+    assert unreclaimable_seen(core, 2, 120, 20) == 94  # moving
+    assert unreclaimable_seen(core, 3, 120, 96) == 95  # still since the last reading
+    assert unreclaimable_seen(core, 4, 120.5, 98) == 96  # half a MiB is not a move

@@ -264,6 +264,7 @@ listen_port = {free_port()}
 class HostPipeline:
     state: Path
     conf: Path
+    config: Path  # the host's rescoin.toml
     watcher: BusWatcher
     proc: subprocess.Popen
 
@@ -278,6 +279,16 @@ class HostPipeline:
             if parts and parts[0] == f"rescoin:{program}" and parts[1] == "RUNNING":
                 return int(parts[3].rstrip(","))
         return 0
+
+    def set_scheduler(self, **settings: bool | float) -> None:
+        """Set [scheduler] settings in the host's config and restart the scheduler (its ledger is kept)."""
+        lines = self.config.read_text().splitlines()
+        lines = [ln for ln in lines if ln.split("=")[0].strip() not in settings]
+        at = lines.index("[scheduler]") + 1
+        lines[at:at] = [f"{key} = {str(v).lower() if isinstance(v, bool) else v}" for key, v in settings.items()]
+        self.config.write_text("\n".join(lines) + "\n")
+        done = self.ctl("restart", "rescoin:scheduler")
+        assert "started" in done.stdout, done.stdout + done.stderr
 
     def logs(self) -> str:
         return "\n".join(
@@ -318,7 +329,7 @@ def host_pipeline(lab, request):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    pipeline = HostPipeline(state, conf, watcher, proc)
+    pipeline = HostPipeline(state, conf, config, watcher, proc)
     try:
         yield pipeline
     finally:
