@@ -189,16 +189,19 @@ def lab(libvirtd, guest_image, tmp_path_factory, request):
         if lab.netns and streamer_plan:  # the sink is the streamer's
             sink = _start_sink(lab)
 
-        def booted() -> bool:
-            logs = [s.console_log.read_text(errors="replace") if s.console_log.exists() else "" for s in specs]
-            return all("RESCOIN-BOOTED" in log for log in logs)
+        booted_at = re.compile(r"RESCOIN-BOOTED .*uptime=([\d.]+)\s")  # the guest's own clock, the whole line
+
+        def console(spec: GuestSpec) -> str:
+            return spec.console_log.read_text(errors="replace") if spec.console_log.exists() else ""
+
+        def booted() -> bool:  # the whole line: a console read mid-line has the tag but not the uptime yet
+            return all(booted_at.search(console(s)) for s in specs)
 
         assert wait_for(booted, 120, 0.5), "\n".join(
             s.console_log.read_text(errors="replace")[-1500:] for s in specs if s.console_log.exists()
         )
         TIMINGS.append((f"{len(specs)} TCG guests booted", time.monotonic() - t0))
-        booted_at = re.compile(r"RESCOIN-BOOTED .*uptime=([\d.]+)")  # the guest's own clock
-        uptimes = [float(booted_at.search(s.console_log.read_text()).group(1)) for s in specs]
+        uptimes = [float(booted_at.search(console(s)).group(1)) for s in specs]  # type: ignore[union-attr]
         TIMINGS.append(("slowest guest kernel to /init", max(uptimes)))
         if lab.netns and streamer_plan:
             assert wait_for(lambda: lab.sink_total()[1] > 0, 30, 0.2), "the streamer never reached the sink"
