@@ -16,6 +16,7 @@ takes a decoded guest report. Rules:
   (``none``: a VM whose use is unknown is taken to use what it has, so it
   earns no memory coins and is never ballooned below it);
 * memory pressure (``mem_psi_some``, ``mem_psi_full``: PSI avg10 in %;
+  ``mem_majflt``, ``mem_swapin``: per second) comes from the same fresh agent
   report, field by field; ``mem_unreclaimable`` (bytes) from the balloon
   stats (actual - usable): the median of the last ``UNRECLAIMABLE_READINGS``
   stats the guest refreshed after the balloon was last seen moving. Both
@@ -25,9 +26,10 @@ takes a decoded guest report. Rules:
   a period and drove a floor-only balloon into the guest's OOM killer; and
   while a thrashing guest fills a large inflation its MemAvailable drops
   for a reading or two (164 MiB "unreclaimable" against 94 at rest), which
-  set a floor-only balloon oscillating between 110 and 180 MiB. Whatever nobody told the monitor is UNKNOWN (-1),
-  never 0: an old agent, a kernel without /proc/pressure, a first report
-  without rates, a guest without balloon stats;
+  set a floor-only balloon oscillating between 110 and 180 MiB. Whatever
+  nobody told the monitor is UNKNOWN (-1), never 0: an old agent, a kernel
+  without /proc/pressure, a first report without rates, a guest without
+  balloon stats;
 * a reading with bad values (NaN, negative) is rejected for that VM only,
   counted and logged; the other VMs' sample still goes out.
 """
