@@ -34,12 +34,12 @@ import zmq.auth
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, as bench_libvirt.py
 from common import free_port, write_section
-from rescoin.proto import GUEST_FORMAT_VERSION, Envelope, GuestMem, ProtocolError, encode_guest_report
-from rescoin.proto.codec import decode
+from rescoin.proto import GUEST_FORMAT_VERSION, Envelope, GuestMem, encode_guest_report
 from rescoin.services.ingress.settings import IngressSettings
 from rescoin.services.runtime.simclient import SimhostClient
 
 from tests.support.agents import agent_command
+from tests.support.bus import BusListener, decoded
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -154,35 +154,23 @@ class BusCounts:
     info: dict[str, dict] = field(default_factory=dict)  # service -> its latest hb info
     mem_source: dict[int, dict[str, str]] = field(default_factory=dict)  # period -> vm -> guest|balloon|none
     lock: threading.Lock = field(default_factory=threading.Lock)
-    stopping: bool = False
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        prefixes = (b"guest.mem/", b"hb/", b"sample/")
+        self.listener = BusListener(self.endpoint, decoded(self._count), prefixes, hwm=0).start()  # count every one
 
-    def _run(self) -> None:
-        ctx = zmq.Context()
-        sub = ctx.socket(zmq.SUB)
-        sub.rcvhwm = 0
-        sub.connect(self.endpoint)
-        for prefix in (b"guest.mem/", b"hb/", b"sample/"):
-            sub.subscribe(prefix)
-        while not self.stopping:
-            if not sub.poll(100):
-                continue
-            try:
-                env = decode(sub.recv_multipart())
-            except ProtocolError:
-                continue
-            with self.lock:
-                if env.kind == "guest.mem":
-                    self.reports[(env.body.vm, env.period)] += 1
-                elif env.kind == "hb":
-                    self.counters[env.src] = dict(env.body.counters)
-                    self.info[env.src] = dict(env.body.info)
-                elif env.kind == "sample":
-                    self.mem_source[env.period] = dict(zip(env.body.vms, env.body.mem_source, strict=True))
-        ctx.destroy(linger=0)
+    def stop(self) -> None:
+        self.listener.stop()
+
+    def _count(self, _frames: list[bytes], env: Envelope) -> None:
+        with self.lock:
+            if env.kind == "guest.mem":
+                self.reports[(env.body.vm, env.period)] += 1
+            elif env.kind == "hb":
+                self.counters[env.src] = dict(env.body.counters)
+                self.info[env.src] = dict(env.body.info)
+            elif env.kind == "sample":
+                self.mem_source[env.period] = dict(zip(env.body.vms, env.body.mem_source, strict=True))
 
     def hb(self, service: str) -> dict[str, int]:
         with self.lock:
@@ -458,7 +446,7 @@ def run(tmp: Path) -> dict:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        watcher.stopping = True
+        watcher.stop()
 
 
 def _describe(sim: SimhostClient):

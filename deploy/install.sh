@@ -15,7 +15,7 @@ WANT_TEST=0
 export DEBIAN_FRONTEND=noninteractive
 
 # libvirt-python has no wheels: it builds against libvirt-dev with pkg-config and gcc.
-PKGS="python3 python3-venv python3-dev libvirt-dev pkg-config gcc iproute2"
+PKGS="python3 python3-venv python3-dev libvirt-dev pkg-config gcc iproute2 curl"
 if [ "$WANT_TEST" = 1 ]; then
     # libvirt-daemon-system is left out on purpose: it pulls systemd; we start libvirtd by hand.
     PKGS="$PKGS libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \

@@ -16,16 +16,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import zmq
 from rescoin.services.ingress.keys import add_guest, init_server
 from rescoin.services.tools.buses import RecordWriter
 
 from tests.e2e.conftest import VENV_BIN, start_pipeline, stop_pipeline
-from tests.support.bus import wait_for
+from tests.support.bus import BusListener, wait_for
 from tests.support.net import free_port
 
 
@@ -33,30 +31,14 @@ class RawRecorder:
     """Every two-frame message on the bus with its arrival time, undecoded (a thread fills it)."""
 
     def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
         self.frames: list[tuple[int, list[bytes]]] = []
-        self.stopping = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        ctx = zmq.Context()
-        sub = ctx.socket(zmq.SUB)
-        sub.connect(self.endpoint)
-        sub.subscribe(b"")
-        try:
-            while not self.stopping:
-                if sub.poll(100):
-                    self.frames.append((time.time_ns(), sub.recv_multipart()))
-        finally:
-            ctx.destroy(linger=0)
+        self.listener = BusListener(endpoint, lambda frames: self.frames.append((time.time_ns(), frames))).start()
 
     def count(self, prefix: bytes) -> int:
         return sum(frames[0].startswith(prefix) for _, frames in list(self.frames))
 
     def stop(self) -> None:
-        self.stopping = True
-        self.thread.join(timeout=5)
+        self.listener.stop()
 
 
 def record(stem: Path, periods: int) -> int:

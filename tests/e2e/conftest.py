@@ -20,12 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import zmq
-from rescoin.proto import Envelope, ProtocolError
-from rescoin.proto.codec import decode
+from rescoin.proto import Envelope
 from rescoin.services.runtime.simclient import SimhostClient
 
-from tests.support.bus import wait_for
+from tests.support.bus import BusListener, decoded, wait_for
 from tests.support.need import missing
 from tests.support.net import free_port
 
@@ -78,33 +76,16 @@ class BusWatcher:
     endpoint: str
     heard: list[Heard] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    stopping: bool = False
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        self.listener = BusListener(self.endpoint, decoded(self._hear)).start()
 
-    def _run(self) -> None:
-        ctx = zmq.Context()
-        sub = ctx.socket(zmq.SUB)
-        sub.connect(self.endpoint)
-        sub.subscribe(b"")
-        try:
-            while not self.stopping:
-                if sub.poll(100):
-                    frames = sub.recv_multipart()
-                    try:
-                        env = decode(frames)
-                    except ProtocolError:
-                        continue
-                    with self.lock:
-                        self.heard.append(Heard(time.monotonic(), time.time_ns(), frames, env))
-        finally:
-            ctx.destroy(linger=0)
+    def _hear(self, frames: list[bytes], env: Envelope) -> None:
+        with self.lock:
+            self.heard.append(Heard(time.monotonic(), time.time_ns(), frames, env))
 
     def stop(self) -> None:
-        self.stopping = True
-        self.thread.join(timeout=5)
+        self.listener.stop()
 
     def heard_since(self, t: float) -> list[Heard]:
         with self.lock:
