@@ -136,7 +136,7 @@ class SchedulerCore:
             MemoryPressure.from_sample(sample),
         )
         self.fit_streak = decision.fit_streak
-        if decision.mem_pressured is not None and decision.mem_pressured.any():
+        if decision.mem_pressured.any():
             self.counters.inc("mem_pressured", int(decision.mem_pressured.sum()))  # VM-periods held or grown
         self.floors_over_capacity = decision.floors_over_capacity
         if self.floors_over_capacity:

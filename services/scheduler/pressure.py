@@ -39,9 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from rescoin.proto.messages import Sample
-
-UNKNOWN = -1.0  # the wire's "nobody told the monitor"
+from rescoin.proto.messages import UNKNOWN, Sample
 
 
 @dataclass(frozen=True)
@@ -85,9 +83,14 @@ def stalling(pressure: MemoryPressure, some_pct: float, full_pct: float, majflt_
     return np.where(faults_known, pressure.majflt >= majflt_per_s, pressured(pressure, some_pct, full_pct, np.inf))
 
 
+def known(values: np.ndarray) -> np.ndarray:
+    """``values`` with UNKNOWN read as 0 (for a lower bound: nothing known adds nothing)."""
+    return np.where(values == UNKNOWN, 0.0, values)
+
+
 def memory_floor(use: np.ndarray, unreclaimable: np.ndarray, reserve: float) -> np.ndarray:
     """The lowest safe balloon, (n,): max(use, what it cannot give back where known) + reserve."""
-    return np.maximum(use, np.where(unreclaimable == UNKNOWN, 0.0, unreclaimable)) + reserve
+    return np.maximum(use, known(unreclaimable)) + reserve
 
 
 def memory_demand(
@@ -96,7 +99,7 @@ def memory_demand(
 ) -> np.ndarray:  # fmt: skip
     """What each VM asks for in memory, (n,): at least what it cannot give back, and one stalling now
     at least its balloon (its floor where none is known) × (1 + ``grow_step``)."""
-    demand = np.maximum(demand, np.where(unreclaimable == UNKNOWN, 0.0, unreclaimable))
+    demand = np.maximum(demand, known(unreclaimable))
     balloon = np.where(np.isfinite(last_ceiling), last_ceiling, floor)
     return np.where(is_stalling, np.maximum(demand, balloon * (1.0 + grow_step)), demand)
 

@@ -7,13 +7,6 @@ from dataclasses import dataclass
 from ..runtime.config import between, non_negative, one_of, positive, setting
 from .policy import POLICIES
 
-# Pressure thresholds, as measured on real guests (docs/EVALUATION.md, memory pressure): a probe step raised
-# PSI some by at most 1.6 % and a thrash by 9.9-47.8 %; major faults were 0/s with the working set resident
-# and 190-840/s whenever it was not
-PRESSURE_SOME_PCT = 5.0
-PRESSURE_FULL_PCT = 2.0
-PRESSURE_MAJFLT_PER_S = 100.0
-
 
 @dataclass
 class SchedulerSettings:
@@ -59,15 +52,18 @@ class SchedulerSettings:
         "(its major faults, or its PSI where it reports no fault rate) asks for its balloon x (1 + mem_grow_step); "
         "false = the floor alone",
     )
+    # the pressure thresholds as measured on real guests (docs/EVALUATION.md, memory pressure): a probe step
+    # raised PSI some by at most 1.6 % and a thrash by 9.9-47.8 %; major faults were 0/s with the working set
+    # resident and 190-840/s whenever it was not
     mem_pressure_some_pct: float = setting(
-        PRESSURE_SOME_PCT,
+        5.0,
         "a VM is under memory pressure at this PSI 'some' avg10, % (a guest idling or fitting its working "
         "set stays near 0; docs/EVALUATION.md, memory pressure)",
         between(0.0, 100.0),
     )
-    mem_pressure_full_pct: float = setting(PRESSURE_FULL_PCT, "... or at this PSI 'full' avg10, %", between(0.0, 100.0))
+    mem_pressure_full_pct: float = setting(2.0, "... or at this PSI 'full' avg10, %", between(0.0, 100.0))
     mem_pressure_majflt_per_s: float = setting(
-        PRESSURE_MAJFLT_PER_S,
+        100.0,
         "... or at this many major page faults per second (swap-ins are major faults too)",
         non_negative,
     )

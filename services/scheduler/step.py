@@ -61,23 +61,17 @@ class Decision:
     fit: np.ndarray  # (4,) bool: the resource counts as fit (no ceilings)
     fit_streak: np.ndarray  # (4,): periods in a row each resource fit (the caller keeps it)
     floors_over_capacity: bool  # the floors alone did not fit the host
-    mem_pressured: np.ndarray | None = None  # (n,) bool: the VMs whose memory pressure the guard acted on
+    mem_pressured: np.ndarray  # (n,) bool: the VMs whose memory pressure the guard acted on
 
 
 def apply_floors(
-    alloc: np.ndarray,
-    usage: np.ndarray,
-    capacity: np.ndarray,
-    cpu_floor: float,
-    mem_reserve: float,
-    mem_floor: np.ndarray | None = None,
+    alloc: np.ndarray, capacity: np.ndarray, cpu_floor: float, mem_floor: np.ndarray
 ) -> tuple[np.ndarray, bool]:
-    """Raise allocations to the floors (cpu minimum; memory ≥ ``mem_floor`` (n,), by default use +
-    reserve), then fit Σ ≤ C by shrinking only what lies above the floors.
-    Returns (alloc, floors_exceed_capacity)."""
+    """Raise allocations to the floors (cpu minimum; memory ≥ ``mem_floor`` (n,)), then fit Σ ≤ C by
+    shrinking only what lies above the floors. Returns (alloc, floors_exceed_capacity)."""
     floor = np.zeros_like(alloc)
     floor[:, CPU] = cpu_floor
-    floor[:, MEM] = usage[:, MEM] + mem_reserve if mem_floor is None else mem_floor
+    floor[:, MEM] = mem_floor
     floor = np.minimum(floor, capacity)  # no single floor above the whole host
     alloc = np.maximum(alloc, floor)
     total, floor_total = alloc.sum(axis=0), floor.sum(axis=0)
@@ -141,9 +135,7 @@ def decide(
         demand[:, MEM], pressure.unreclaimable, last_ceiling[:, MEM], mem_floor, is_stalling, settings.mem_grow_step
     )
     alloc = POLICIES[settings.policy](demand, template, capacity, coins, share_leftover=settings.share_leftover)
-    alloc, floors_over = apply_floors(
-        alloc, usage, capacity, settings.cpu_floor_cores, settings.mem_reserve_bytes, mem_floor
-    )
+    alloc, floors_over = apply_floors(alloc, capacity, settings.cpu_floor_cores, mem_floor)
     alloc = within_capacity(alloc, capacity)
     fit_streak, fit = fit_after_streak(
         fit_streak, fits_host(demand, capacity, settings.fit_headroom), settings.fit_after_periods

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..model.enforcement import ENFORCEMENT_MODES, enforce
+from ..model.enforcement import ENFORCEMENT_MODES, MEM, enforce
 from ..model.scenario import Scenario, build_scenario
 from ..model.traces import default_traces_dir, load_bitbrains
 from ..predictor.models import DEFAULT_PARAMS, PREDICTORS, make_predictor
@@ -44,7 +44,6 @@ from ..scheduler.settings import SchedulerSettings
 from ..scheduler.step import decide
 
 RES = ("cpu", "mem", "disk", "net")
-MEM = 1
 EPS = 1e-9
 
 
@@ -93,8 +92,8 @@ def modelled_pressure(demand: np.ndarray, achieved: np.ndarray) -> MemoryPressur
     so the floor is use + reserve. (n,) bytes in."""
     short = np.maximum(demand - achieved, 0.0)
     stall = np.where(demand > 0, 100.0 * short / np.where(demand > 0, demand, 1.0), 0.0)
-    unknown = np.full(len(demand), -1.0)
-    return MemoryPressure(stall, stall, unknown, unknown)
+    none = MemoryPressure.unknown(len(demand))
+    return MemoryPressure(stall, stall, none.majflt, none.unreclaimable)
 
 
 def _params(name: str, resource: int, opts: Options) -> dict[str, float]:

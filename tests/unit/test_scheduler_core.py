@@ -161,6 +161,6 @@ def test_vms_that_come_and_go_keep_their_own_coins(tmp_path):
 def test_floors_hold_and_capacity_is_respected():
     alloc = np.array([[0.0, 1e9, 0, 0], [3.9, 7e9, 0, 0]])
     usage = np.array([[0.0, 2e9, 0, 0], [3.0, 5e9, 0, 0]])
-    out, over = apply_floors(alloc, usage, C, 0.05, 64 * 2**20)
+    out, over = apply_floors(alloc, C, 0.05, usage[:, 1] + 64 * 2**20)
     assert out[0, 0] >= 0.05 and out[0, 1] >= 2e9 + 64 * 2**20
     assert (out.sum(axis=0) <= C + 1e-6).all() and not over
