@@ -304,7 +304,15 @@ def rogue(
 
 def start_agent(setup: Setup, vm: str, meminfo: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        agent_command(VENV_BIN, setup.ingress_endpoint, setup.keys, vm, PERIOD_S, meminfo),
+        agent_command(
+            setup.ingress_endpoint,
+            setup.keys,
+            vm,
+            meminfo,
+            "--period",
+            str(PERIOD_S),
+            program=[str(VENV_BIN / "rescoin-guest-agent")],
+        ),  # fmt: skip
         stdout=subprocess.DEVNULL,
         stderr=log.open("w"),
     )

@@ -87,6 +87,11 @@ class BusWatcher:
     def stop(self) -> None:
         self.listener.stop()
 
+    def latest(self, kind: str) -> Envelope:
+        """The last message of ``kind`` heard (without copying the whole history, as since(0) would)."""
+        with self.lock:
+            return next(h.env for h in reversed(self.heard) if h.env.kind == kind)
+
     def heard_since(self, t: float) -> list[Heard]:
         with self.lock:
             return [h for h in self.heard if h.when >= t]

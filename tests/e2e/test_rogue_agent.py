@@ -49,6 +49,7 @@ pytestmark = pytest.mark.e2e
 
 FLOOD_S = 12.0
 RSS_GROWTH_BOUND_MIB = 50.0
+AGENT = VENV_BIN / "rescoin-guest-agent"  # the installed script, as a guest runs it
 LIMITS = IngressSettings()  # the pipeline's ingress runs with the default rate limit
 TOOLS = (
     "supervisord",
@@ -237,7 +238,7 @@ def test_a_flooding_guest_is_held_to_its_rate_and_honest_guests_still_get_throug
         )
         agents.append(
             subprocess.Popen(
-                agent_command(VENV_BIN, endpoint, keys, vm, PERIOD_S, meminfo),
+                agent_command(endpoint, keys, vm, meminfo, "--period", str(PERIOD_S), program=[str(AGENT)]),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

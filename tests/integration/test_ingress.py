@@ -15,6 +15,7 @@ from rescoin.proto import GUEST_FORMAT_VERSION, Envelope, GuestMem, encode_guest
 from rescoin.proto.codec import decode
 from rescoin.services.ingress.keys import add_guest, init_server
 
+from tests.support.agents import agent_command
 from tests.support.bus import running_bus, wait_for
 from tests.support.net import free_port
 
@@ -169,24 +170,8 @@ def test_a_flooding_guest_is_rate_limited_and_an_honest_one_still_gets_through(i
 def test_agent_process_once_reaches_the_bus(ingress, tmp_path):
     meminfo = tmp_path / "meminfo"
     meminfo.write_text(MEMINFO)
-    keys = ingress["keys"]
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rescoin.guest_agent.agent",
-            "--connect",
-            ingress["endpoint"],
-            "--key",
-            str(keys / "guests" / f"{VM_A}.key_secret"),
-            "--server-key",
-            str(keys / "server.key"),
-            "--uuid",
-            VM_A,
-            "--meminfo",
-            str(meminfo),
-            "--once",
-        ],
+        agent_command(ingress["endpoint"], ingress["keys"], VM_A, meminfo, "--once"),
         capture_output=True,
         text=True,
         timeout=60,
@@ -200,38 +185,23 @@ def test_agent_process_once_reaches_the_bus(ingress, tmp_path):
 PSI = "some avg10=2.50 avg60=1.00 avg300=0.50 total=777\nfull avg10=0.75 avg60=0.25 avg300=0.00 total=55\n"
 
 
-def agent_command(ingress, vm: str, tmp_path: Path, *extra: str) -> list[str]:
+def agent_with_pressure(ingress, vm: str, tmp_path: Path, *extra: str) -> list[str]:
+    """The agent reporting fixed meminfo, PSI and vmstat files."""
     files = {}
     for name, text in (("meminfo", MEMINFO), ("pressure", PSI), ("vmstat", "pgmajfault 1000\npswpin 20\n")):
         files[name] = tmp_path / f"{vm}.{name}"
         files[name].write_text(text)
-    keys = ingress["keys"]
-    return [
-        sys.executable,
-        "-m",
-        "rescoin.guest_agent.agent",
-        "--connect",
-        ingress["endpoint"],
-        "--key",
-        str(keys / "guests" / f"{vm}.key_secret"),
-        "--server-key",
-        str(keys / "server.key"),
-        "--uuid",
-        vm,
-        "--meminfo",
-        str(files["meminfo"]),
-        "--pressure",
-        str(files["pressure"]),
-        "--vmstat",
-        str(files["vmstat"]),
-        *extra,
-    ]
+    return agent_command(
+        ingress["endpoint"], ingress["keys"], vm, files["meminfo"],
+        "--pressure", str(files["pressure"]), "--vmstat", str(files["vmstat"]), *extra,
+    )  # fmt: skip
 
 
 def test_agents_of_the_previous_and_the_current_guest_format_reach_the_bus_side_by_side(ingress, tmp_path):
     """A: today's guest format (2, no pressure); B: the current one (3) every 0.2 s. Same ingress, same time."""
-    old = subprocess.Popen(agent_command(ingress, VM_A, tmp_path, "--format", "2", "--once"), stderr=subprocess.PIPE)
-    new = subprocess.Popen(agent_command(ingress, VM_B, tmp_path, "--period", "0.2"), stderr=subprocess.PIPE)
+    old_agent = agent_with_pressure(ingress, VM_A, tmp_path, "--format", "2", "--once")
+    old = subprocess.Popen(old_agent, stderr=subprocess.PIPE)
+    new = subprocess.Popen(agent_with_pressure(ingress, VM_B, tmp_path, "--period", "0.2"), stderr=subprocess.PIPE)
     try:
 
         def both_arrived(seen):

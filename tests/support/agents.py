@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+AGENT_MODULE = (sys.executable, "-m", "rescoin.guest_agent.agent")
 
-def agent_command(bin_dir: Path, endpoint: str, keys: Path, vm: str, period_s: float, meminfo: Path) -> list[str]:
-    """``rescoin-guest-agent`` connecting to the ingress at ``endpoint`` with ``vm``'s key from ``keys``,
-    reporting ``meminfo`` every ``period_s``."""
+
+def agent_command(
+    endpoint: str, keys: Path, vm: str, meminfo: Path, *options: str, program: Sequence[str] = AGENT_MODULE
+) -> list[str]:
+    """The guest agent (``program``) connecting to the ingress at ``endpoint`` with ``vm``'s key from
+    ``keys``, reading ``meminfo``, with more ``options`` (``--period``, ``--once``, ``--format``, …)."""
     return [
-        str(bin_dir / "rescoin-guest-agent"),
+        *program,
         "--connect",
         endpoint,
         "--key",
@@ -18,8 +24,7 @@ def agent_command(bin_dir: Path, endpoint: str, keys: Path, vm: str, period_s: f
         str(keys / "server.key"),
         "--uuid",
         vm,
-        "--period",
-        str(period_s),
         "--meminfo",
         str(meminfo),
+        *options,
     ]

@@ -92,7 +92,7 @@ def test_cpu_the_vm_with_coins_gets_more_and_measured_use_follows_the_quota(lab,
     assert mean[0] > mean[1] + 0.1  # coins bought the saver most of the spare (0.60 vs 0.31 measured)
     assert (mean >= 0.3 - 0.05).all()  # nobody below its template (0.3 core)
     assert (np.abs(mean - quota) < 0.15).all()  # TCG's measured use follows the quota in force
-    applied = host_pipeline.watcher.since(0, "applied")[-1].body
+    applied = host_pipeline.watcher.latest("applied").body
     for spec in lab.specs:  # and libvirt holds what the actuator reported
         params = lab.dom(spec.name).schedulerParameters()
         assert params["global_quota"] == pytest.approx(
@@ -110,7 +110,7 @@ def test_memory_balloon_target_is_set_visible_in_the_guest_and_above_use_plus_re
 
     assert wait_for(ballooned, 60, 1.0), host_pipeline.logs()
     time.sleep(3 * PERIOD_S)  # the balloon driver needs a moment; the agent reports every period
-    body = host_pipeline.watcher.since(0, "applied")[-1].body
+    body = host_pipeline.watcher.latest("applied").body
     last = samples(host_pipeline)[-1].body
     for spec in lab.specs[:HONEST]:
         target = body.set[body.vms.index(spec.uuid), MEM]
@@ -161,7 +161,7 @@ def test_disk_reads_are_held_to_the_throttle_the_actuator_set(lab, host_pipeline
     assert wait_for(throttled, 60, 1.0), host_pipeline.logs()
     time.sleep(6 * PERIOD_S)
     limit = dom.blockIoTune("vda", 0)["total_bytes_sec"]
-    applied = host_pipeline.watcher.since(0, "applied")[-1].body
+    applied = host_pipeline.watcher.latest("applied").body
     assert applied.set[applied.vms.index(hog.uuid), DISK] == pytest.approx(limit, rel=0.05)
     window = [e for e in samples(host_pipeline) if rows(e, hog.uuid) is not None][-5:]
     measured = np.mean([e.body.usage[rows(e, hog.uuid), DISK] for e in window])
@@ -181,7 +181,7 @@ def test_network_the_tc_ceiling_holds_the_rate_a_streaming_vm_delivers(lab, host
     meanwhile = host_pipeline.watcher.since(t_measure, "applied")
     in_force = [e.body.set[e.body.vms.index(streamer.uuid), NET] for e in meanwhile]
     assert in_force and all(s == pytest.approx(ceiling, rel=0.02) for s in in_force)  # never lifted meanwhile
-    applied = host_pipeline.watcher.since(0, "applied")[-1].body
+    applied = host_pipeline.watcher.latest("applied").body
     assert applied.set[applied.vms.index(streamer.uuid), NET] == pytest.approx(ceiling, rel=0.02)  # tc rounds
     no_tap = sorted(s.uuid for s in lab.specs if not s.tap)  # user networking only: nothing libvirt can shape
     assert all(applied.set[applied.vms.index(vm), NET] == -1 for vm in no_tap)  # shown as not limited

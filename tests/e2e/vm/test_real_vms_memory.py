@@ -88,7 +88,7 @@ def test_agents_of_both_guest_formats_report_their_memory_into_the_sample(lab, h
 
     assert wait_for(both_in_sample, 120, 0.5), host_pipeline.logs()
     time.sleep(3 * PERIOD_S)  # a rate needs two reports
-    body = host_pipeline.watcher.since(0, "sample")[-1].body
+    body = host_pipeline.watcher.latest("sample").body
     i, j = body.vms.index(new.uuid), body.vms.index(old.uuid)
     print(
         f"rc-mem (format 3): use {body.usage[i, MEM] / MIB:.0f} MiB, PSI some {body.mem_psi_some[i]}, "
@@ -140,7 +140,7 @@ def watch(lab, pipe, spec, secs: float) -> Window:
     dom, start, rows = lab.dom(spec.name), spec.console_log.stat().st_size, []
     end = time.monotonic() + secs
     while time.monotonic() < end:
-        body = pipe.watcher.since(0, "sample")[-1].body
+        body = pipe.watcher.latest("sample").body
         i = body.vms.index(spec.uuid)
         rows.append((balloon_mib(dom), body.mem_majflt[i], body.mem_psi_some[i], body.mem_psi_full[i]))
         time.sleep(PERIOD_S)

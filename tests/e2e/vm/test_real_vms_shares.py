@@ -55,7 +55,7 @@ def cpu_use(pipe, vms, last):
 
 
 def last_applied(pipe):
-    return pipe.watcher.since(0, "applied")[-1].body
+    return pipe.watcher.latest("applied").body
 
 
 def test_coins_buy_the_saver_the_larger_weight_and_the_core_is_divided_by_it(lab, host_pipeline):
@@ -76,7 +76,7 @@ def test_coins_buy_the_saver_the_larger_weight_and_the_core_is_divided_by_it(lab
         params = lab.dom(spec.name).schedulerParameters()
         assert params["cpu_shares"] == pytest.approx(weight[spec.name] * SHARES_PER_CORE, rel=0.01, abs=2)
         assert params["global_quota"] in (-1, 0) or params["global_quota"] > 10**15
-    assert host_pipeline.watcher.since(0, "alloc")[-1].body.enforcement == "shares"
+    assert host_pipeline.watcher.latest("alloc").body.enforcement == "shares"
     assert (applied.set[:, CPU] == -1).all()  # and no cpu ceiling in force
     saver_use, hog_use = use[0], use[1]
     print(
@@ -141,7 +141,7 @@ def test_disk_a_weight_where_the_io_scheduler_honours_it_else_the_allocation_as_
         if last is None or last != disk(applied[-2].body, "set"):
             return False
         throttle = dom.blockIoTune("vda", 0)["total_bytes_sec"]
-        if host_pipeline.watcher.since(0, "applied")[-1].period != applied[-1].period:
+        if host_pipeline.watcher.latest("applied").period != applied[-1].period:
             return False
         seen[:] = [applied[-1], throttle]
         return throttle == pytest.approx(disk(applied[-1].body, "set"), rel=0.01)
