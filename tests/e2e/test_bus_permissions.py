@@ -102,7 +102,7 @@ def publish(frames: list[bytes], bus_dir: Path, as_nobody: bool, groups: tuple[i
 @pytest.fixture
 def demo_pipeline():
     if os.geteuid() != 0:
-        pytest.skip("needs root: drops to nobody")
+        missing("needs root: drops to nobody")
     # /tmp/pytest-of-root is 0700: that alone would keep nobody out. A folder anyone may traverse
     # leaves only the bus's own permissions in the way.
     top = Path(tempfile.mkdtemp(prefix="rc-perm-", dir="/tmp"))
@@ -170,7 +170,7 @@ HOST_BUS = Path("/run/rescoin/bus")  # deploy/host.toml's [bus]
 def host_layout_bus():
     """The bus alone, started as root from deploy/host.toml: its sockets where a real host has them."""
     if os.geteuid() != 0:
-        pytest.skip("needs root: /run/rescoin and dropping to nobody")
+        missing("needs root: /run/rescoin and dropping to nobody")
     if (HOST_BUS / "pub.sock").exists():
         pytest.skip(f"{HOST_BUS} is in use (a ResCoin bus runs on this machine): not touching it")
     try:
