@@ -47,6 +47,15 @@ MAX_PARAMS = 64
 MAX_NAME_CHARS = 256  # a domain name in `sample`, a predictor's name in `estimate`
 MAX_ERROR_CHARS = 2000  # an `applied` error text
 NO_LIMIT = -1.0  # in `applied`: this resource has no ceiling set
+
+
+def column_sums(matrix: np.ndarray) -> np.ndarray:
+    """Σ over the rows of (n, m), as §4 defines it for ``Σ alloc ≤ C``: float64, the rows added in
+    order. numpy's axis-0 sum of a C-ordered array is exactly that; of a Fortran-ordered one it is
+    pairwise and rounds differently, so any other layout is copied first."""
+    return np.ascontiguousarray(matrix, dtype=float).sum(axis=0)
+
+
 UNKNOWN = -1.0  # in `sample`'s memory-pressure vectors: not known for this VM (NaN is not allowed on the wire)
 MAX_PSI_PCT = 100.0
 # sample's per-VM memory-pressure vectors, shape (n,), each value UNKNOWN or in [0, max]
@@ -268,7 +277,7 @@ class Alloc:
         n = len(vms)
         capacity = check_matrix(body["C"], "body.C", len(RESOURCES), None)
         alloc = check_matrix(body["alloc"], "body.alloc", n)
-        over = alloc.sum(axis=0) > capacity
+        over = column_sums(alloc) > capacity
         if over.any():
             names = ", ".join(RESOURCES[r] for r in np.flatnonzero(over))
             raise ProtocolError(f"sum of allocations exceeds capacity for {names}", "body.alloc")

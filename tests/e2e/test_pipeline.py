@@ -51,6 +51,10 @@ def test_every_program_runs_and_applied_arrives_for_every_vm(pipeline):
     # what the actuator says it set is what the sim host has (once no newer apply is in flight)
     assert wait_for(lambda: applied_matches_sim(pipeline), 10, 0.05)
     assert_guarantees_kept(pipeline)
+    # no stage refused to send its own output (an encoder validates as a receiver would)
+    beats = pipeline.watcher.since(0, "hb")
+    refused = {(e.src, name) for e in beats for name in e.body.counters if "send_failed" in name}
+    assert not refused, refused
 
 
 @pytest.mark.parametrize("program", ["monitor", "predictor", "scheduler", "actuator", "bus"])
