@@ -21,6 +21,12 @@ sim host runs). Per period t of the trace:
 The host is sized by services/model/scenario.py (as the sim host is):
 templates a fraction of each VM's provisioned size, capacity ``--contention``
 of the way from Σ templates to the peak of Σ demand.
+
+``--estimate`` swaps what the step is fed for the predictor's estimate, for
+evaluation only (the live predictor is untouched): ``oracle`` is the true
+demand of the period being decided, ``quantile`` a per-VM quantile of recent
+use (``evaluate_oracle.RecentQuantile``). ``--bound`` adds the best any
+allocation that honours entitlements can do (``evaluate_oracle``).
 """
 
 from __future__ import annotations
@@ -35,16 +41,21 @@ import numpy as np
 
 from ..model.enforcement import ENFORCEMENT_MODES, MEM, enforce
 from ..model.scenario import Scenario, build_scenario
-from ..model.traces import default_traces_dir, load_bitbrains
+from ..model.traces import PACKAGED, default_traces_dir, load_traces
 from ..predictor.models import DEFAULT_PARAMS, PREDICTORS, make_predictor
 from ..scheduler.ledger import CoinLedger
 from ..scheduler.policy import POLICIES, SHARE_FORMULAS
 from ..scheduler.pressure import MemoryPressure
 from ..scheduler.settings import SchedulerSettings
 from ..scheduler.step import decide
+from .evaluate_oracle import RecentQuantile, bound_allocation, savers
 
 RES = ("cpu", "mem", "disk", "net")
 EPS = 1e-9
+ORACLE, QUANTILE = "oracle", "quantile"  # evaluation-only estimates (not predictors the service can run)
+ESTIMATES = (*PREDICTORS, QUANTILE, ORACLE)
+LIVE_PREDICTOR = "ewma_dev"  # what the predictor service runs by default: rows fed it keep their plain label
+QUANTILE_PARAMS = {"q": 0.9, "window": 12}  # the 90th percentile of the last hour
 
 
 @dataclass
@@ -52,7 +63,7 @@ class Options:
     """What a run simulates: the scheduler's own settings, plus the predictors it feeds it."""
 
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
-    predictors: list[str] = field(default_factory=lambda: ["ewma_dev"] * 4)
+    predictors: list[str] = field(default_factory=lambda: ["ewma_dev"] * 4)  # per resource; or ESTIMATES
     beta: float = 1.0
 
 
@@ -60,13 +71,15 @@ def simulate(sc: Scenario, policy: str, opts: Options) -> dict[str, np.ndarray]:
     """Run one policy over the scenario; returns per-period arrays (T, n, 4)."""
     T, n, _ = sc.demand.shape
     settings = replace(opts.scheduler, policy=policy)
-    models = [make_predictor(name, _params(name, r, opts)) for r, name in enumerate(opts.predictors)]
+    models = [_model(name, r, opts) for r, name in enumerate(opts.predictors)]
+    oracle = np.array([name == ORACLE for name in opts.predictors])
     ledger = CoinLedger(settings.coin_window)
     vms = [str(i) for i in range(n)]
     achieved_all = np.zeros_like(sc.demand)
     alloc_all = np.zeros_like(sc.demand)
     coins_all = np.zeros_like(sc.demand)
     shares_all = np.zeros_like(sc.demand)
+    asked_all = np.zeros_like(sc.demand)
     last_use = np.minimum(sc.demand[0], sc.template)
     estimate = last_use.copy()
     fit_streak = np.full(4, settings.fit_after_periods)
@@ -74,6 +87,8 @@ def simulate(sc: Scenario, policy: str, opts: Options) -> dict[str, np.ndarray]:
     pressure = MemoryPressure.unknown(n)
     for t in range(T):
         coins = ledger.balances(vms)
+        if oracle.any():  # the true demand of the period being decided
+            estimate = np.where(oracle[None], sc.demand[t], estimate)
         step = decide(estimate, last_use, sc.template, sc.capacity, coins, ceiling, fit_streak, settings, pressure)
         fit_streak, ceiling = step.fit_streak, step.ceiling_in_force
         achieved = enforce(sc.demand[t], step.shares, ceiling, sc.capacity)
@@ -82,7 +97,17 @@ def simulate(sc: Scenario, policy: str, opts: Options) -> dict[str, np.ndarray]:
         estimate = np.column_stack([m.update(achieved[:, r]) for r, m in enumerate(models)])
         last_use = achieved
         achieved_all[t], alloc_all[t], coins_all[t], shares_all[t] = achieved, step.alloc, coins, step.shares
-    return {"achieved": achieved_all, "alloc": alloc_all, "coins": coins_all, "shares": shares_all}
+        asked_all[t] = step.demand
+    return {"achieved": achieved_all, "alloc": alloc_all, "coins": coins_all, "shares": shares_all, "asked": asked_all}
+
+
+def _model(name: str, resource: int, opts: Options):  # type: ignore[no-untyped-def]
+    """A predictor by name; ``quantile`` is evaluation-only, ``oracle`` predicts nothing (see simulate)."""
+    if name == QUANTILE:
+        return RecentQuantile(**QUANTILE_PARAMS)  # type: ignore[arg-type]
+    if name == ORACLE:
+        return make_predictor("last")  # its estimate is replaced by the true demand
+    return make_predictor(name, _params(name, resource, opts))
 
 
 def modelled_pressure(demand: np.ndarray, achieved: np.ndarray) -> MemoryPressure:
@@ -107,10 +132,11 @@ def _params(name: str, resource: int, opts: Options) -> dict[str, float]:
 
 def metrics(sc: Scenario, run: dict[str, np.ndarray]) -> dict[str, float]:
     """The fairness and efficiency figures of one run (see docs/EVALUATION.md)."""
-    d, a, tc, cap = sc.demand, run["achieved"], sc.template, sc.capacity
+    d, a, tc = sc.demand, run["achieved"], sc.template
+    cap = np.where(sc.capacity > 0, sc.capacity, 1.0)  # a resource the host lacks (PlanetLab's) has no demand
     served = np.minimum(a, d)
     entitled = np.minimum(d, tc[None])
-    not_oversold = entitled.sum(axis=1) <= cap[None] * (1 + 1e-9)  # (T, 4)
+    not_oversold = entitled.sum(axis=1) <= sc.capacity[None] * (1 + 1e-9)  # (T, 4)
     short = (served < entitled * (1 - 1e-6) - 1e-9) & not_oversold[:, None, :]
     violations = short.any(axis=2)  # VM-periods with any resource short of its entitlement
     demand_norm = d / cap  # resources made comparable
@@ -119,7 +145,7 @@ def metrics(sc: Scenario, run: dict[str, np.ndarray]) -> dict[str, float]:
     jain = per_vm_sat.sum() ** 2 / (len(per_vm_sat) * (per_vm_sat**2).sum())
     burst_d = np.maximum(d - tc[None], 0) / cap
     burst_s = np.maximum(served - tc[None], 0) / cap
-    saver = (d.mean(axis=0) < tc).all(axis=1)  # VMs whose mean use is under their template in every resource
+    saver = savers(sc)  # VMs whose mean use is under their template in every resource the host has
     unmet = ((d - served) / cap).sum(axis=2)  # per VM-period, over resources
     return {
         "entitlement_violations": int(violations.sum()),
@@ -138,10 +164,10 @@ def predictor_accuracy(sc: Scenario, opts: Options) -> dict[str, dict[str, dict[
     """MAPE, under-estimation rate and slack of every predictor on the true demand."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     d = sc.demand
-    for name in PREDICTORS:
+    for name in (*PREDICTORS, QUANTILE):
         out[name] = {}
         for r, res in enumerate(RES):
-            model = make_predictor(name, _params(name, r, opts))
+            model = _model(name, r, opts)
             est = np.empty_like(d[:, :, r])
             est[0] = d[0, :, r]
             for t in range(len(d) - 1):
@@ -159,7 +185,11 @@ def predictor_accuracy(sc: Scenario, opts: Options) -> dict[str, dict[str, dict[
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SchedulerSettings()
-    parser.add_argument("--trace", help=f"folder of Bitbrains-format .csv.gz files (default: {default_traces_dir()})")
+    parser.add_argument(
+        "--trace",
+        help=f"a shipped set ({', '.join(PACKAGED)}) or a folder of Bitbrains-format .csv.gz files or of PlanetLab "
+        f"planetlab_<day>.csv.gz files (default: {default_traces_dir()})",
+    )
     parser.add_argument("--vms", type=int, help="use the first N VMs (default: all)")
     parser.add_argument("--periods", type=int, help="use the first N 5-minute periods (default: all)")
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
@@ -178,6 +208,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ResCoin's shares formula(s); each is a row",
     )
     parser.add_argument("--predictors", action="store_true", help="also report every predictor's accuracy")
+    parser.add_argument(
+        "--estimate",
+        nargs="+",
+        default=[LIVE_PREDICTOR],
+        choices=ESTIMATES,
+        help="what every row's step is fed, each a row set (evaluation only): a predictor, 'quantile' (q 0.9 of "
+        "the last 12 periods) or 'oracle' (the true demand); rows fed anything but ewma_dev are labelled name@estimate",
+    )
+    parser.add_argument(
+        "--bound", action="store_true", help="add the best any allocation honouring entitlements can do (a row)"
+    )
     parser.add_argument(
         "--template-fraction", type=float, default=0.3, help="template = this fraction of the provisioned size"
     )
@@ -211,7 +252,7 @@ def variants(args: argparse.Namespace, base: SchedulerSettings) -> dict[str, tup
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    traces = load_bitbrains(args.trace, None, args.vms)
+    traces = load_traces(args.trace, args.vms)
     sc = build_scenario(traces, args.periods, args.template_fraction, args.contention)
     base = replace(
         SchedulerSettings(),
@@ -222,10 +263,16 @@ def run(args: argparse.Namespace) -> int:
     rows = variants(args, base)
     progress = sys.stderr.isatty() and not args.json
     runs = {}
-    for label, (policy, settings) in rows.items():
-        if progress:
-            print(f"  simulating {label} ...", file=sys.stderr, end="\r", flush=True)
-        runs[label] = simulate(sc, policy, Options(scheduler=settings, beta=args.beta))
+    for estimate in args.estimate:
+        for label, (policy, settings) in rows.items():
+            name = label if estimate == LIVE_PREDICTOR else f"{label}@{estimate}"
+            if progress:
+                print(f"  simulating {name} ...", file=sys.stderr, end="\r", flush=True)
+            runs[name] = simulate(sc, policy, Options(scheduler=settings, predictors=[estimate] * 4, beta=args.beta))
+    certificate = None
+    if args.bound:
+        served, certificate = bound_allocation(sc)
+        runs["bound"] = {"achieved": served, "alloc": served, "coins": np.zeros_like(served), "shares": served}
     report: dict[str, object] = {
         "scenario": {
             "vms": sc.demand.shape[1],
@@ -238,9 +285,12 @@ def run(args: argparse.Namespace) -> int:
             "beta": args.beta,
             "enforcement": base.enforcement,
             "share_formula": base.share_formula,
+            "estimate": args.estimate,
         },
         "policies": {label: metrics(sc, r) for label, r in runs.items()},
     }
+    if certificate is not None:
+        report["bound"] = certificate
     if args.predictors:
         report["predictors"] = predictor_accuracy(sc, Options(scheduler=base, beta=args.beta))
     report["wall_s"] = round(time.monotonic() - started, 2)
@@ -286,5 +336,11 @@ def print_table(report: dict) -> None:
                 f"{res}: mape {v['mape']:.3f} under {v['under_rate']:.3f} slack {v['slack']:.3f}"
                 for res, v in per_res.items()
             )
+        )
+    if "bound" in report:
+        b = report["bound"]
+        print(
+            f"bound: lowest satisfaction {b['lowest']:.4f} (no allocation honouring entitlements exceeds "
+            f"{b['lowest_upper']:.4f}); savers' burst service at most {b['saver_upper']:.4f}"
         )
     print(f"({report['wall_s']} s)", file=sys.stderr)
