@@ -27,11 +27,20 @@ memory_bytes, disk_bytes_per_second, network_bytes_per_second):
 | rescoin_service_state | host, service, state | 1 for the current state |
 | rescoin_service_events_total | host, service, counter | the service's hb counters |
 | rescoin_service_last_period | host, service | last period it reported |
+
+What it keeps is bounded: a host (its messages, latencies, estimates) or a
+(host, service) heard nothing from for ``forget_after_s`` is dropped at the
+next period (counted ``series_forgotten``), and at most ``max_hosts`` hosts,
+``max_services`` (host, service) pairs and ``max_vms`` (host, vm) label sets
+over all hosts are kept: a message that would pass a cap is not taken in,
+counted ``series_capped.{host,service,vm}`` in the exporter's own hb counters
+and logged (rate-limited, as every rejection).
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -42,6 +51,9 @@ from rescoin.proto import RESOURCES, SERVICE_STATES, Envelope
 from rescoin.proto.messages import Alloc, Estimate
 
 from ..runtime.service import Health, Outgoing
+from ..runtime.support import Counters
+
+log = logging.getLogger("rescoin.exporter")
 
 LABELS = ["host", "vm", "name"]  # of every per-VM gauge
 UNIT_SUFFIX = ("cpu_cores", "memory_bytes", "disk_bytes_per_second", "network_bytes_per_second")
@@ -56,6 +68,8 @@ LOOP_MODES = ("normal", "dry-run")  # applies that close the loop (failsafe and 
 # seconds; a period is 1 s by default, so the interesting range is a few ms to a few periods
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 KEEP_ESTIMATES = 4  # estimates kept per host to pair with the alloc of the same period
+# the exporter's own hb counters, present from its first heartbeat
+CORE_COUNTERS = ("series_capped", "series_forgotten")
 
 
 class LatencyHistogram:
@@ -101,9 +115,25 @@ def entitlement(alloc: Alloc, estimate: Estimate | None) -> np.ndarray | None:
 class ExporterCore:
     name = "exporter"
 
-    def __init__(self, down_after_misses: int = 3) -> None:
+    def __init__(
+        self,
+        down_after_misses: int = 3,
+        forget_after_s: float = 86400.0,
+        max_services: int = 4096,
+        max_hosts: int = 1024,
+        max_vms: int = 20000,
+        counters: Counters | None = None,
+    ) -> None:
         self.down_after = down_after_misses
+        self.forget_after_s = forget_after_s
+        self.max_services = max_services
+        self.max_hosts = max_hosts
+        self.max_vms = max_vms
+        self.counters = counters if counters is not None else Counters(declared=CORE_COUNTERS)
         self.lock = threading.Lock()
+        self.heard: dict[str, float] = {}  # host -> last sample/estimate/alloc/applied from it (monotonic)
+        self.host_vms: dict[str, dict[str, int]] = {}  # host -> kind -> VMs in its latest message of that kind
+        self.total_vms = 0  # sum over hosts of the most VMs any of its kept messages names
         self.latest: dict[tuple[str, str], Envelope] = {}  # (host, kind) -> last message
         self.seen: dict[tuple[str, str], float] = {}  # (host, kind) -> when it arrived (monotonic)
         self.beats: dict[tuple[str, str], tuple[float, Envelope]] = {}  # (host, service) -> (seen, hb)
@@ -119,10 +149,17 @@ class ExporterCore:
         now = now if now is not None else time.monotonic()
         with self.lock:
             if env.kind == "hb":
-                self.beats[(env.host, env.body.service)] = (now, env)
+                key = (env.host, env.body.service)
+                if key not in self.beats and len(self.beats) >= self.max_services:
+                    self._capped("service", f"hb of {env.body.service:.40} on {env.host:.40}", self.max_services)
+                    return []
+                self.beats[key] = (now, env)
+                return []
+            if not self._room_for(env):
                 return []
             self.latest[(env.host, env.kind)] = env
             self.seen[(env.host, env.kind)] = now
+            self.heard[env.host] = now
             if env.kind == "estimate":
                 kept = self.estimates.setdefault(env.host, {})
                 kept[env.period] = env.body
@@ -137,6 +174,48 @@ class ExporterCore:
             elif env.kind == "applied":
                 self._observe_applied(env)
         return []
+
+    def _capped(self, what: str, detail: str, cap: int) -> None:
+        self.counters.fail("series_capped", what, f"{detail} not kept: {cap} {what}s already (max_{what}s)", log)
+
+    def _room_for(self, env: Envelope) -> bool:
+        """Whether ``env``'s host and VMs fit under the caps; if so, its VM count is booked."""
+        kinds = self.host_vms.get(env.host)
+        if kinds is None and len(self.host_vms) >= self.max_hosts:
+            self._capped("host", f"{env.kind} from {env.host:.40}", self.max_hosts)
+            return False
+        old = max(kinds.values(), default=0) if kinds else 0
+        vms = getattr(env.body, "vms", ())
+        new = max(len(vms), *(n for k, n in (kinds or {}).items() if k != env.kind), 0)
+        if self.total_vms - old + new > self.max_vms:
+            self._capped("vm", f"{env.kind} of {len(vms)} VMs from {env.host:.40}", self.max_vms)
+            return False
+        self.host_vms.setdefault(env.host, {})[env.kind] = len(vms)
+        self.total_vms += new - old
+        return True
+
+    def forget(self, now: float) -> int:
+        """Drop the hosts and (host, service) pairs not heard from for ``forget_after_s``; how many went."""
+        horizon = now - self.forget_after_s
+        with self.lock:
+            hosts = [h for h, at in self.heard.items() if at < horizon]
+            services = [key for key, (at, _) in self.beats.items() if at < horizon]
+            for host in hosts:
+                del self.heard[host]
+                self.total_vms -= max(self.host_vms.pop(host, {}).values(), default=0)
+                for kind in AGED_KINDS:
+                    self.latest.pop((host, kind), None)
+                    self.seen.pop((host, kind), None)
+                for table in (self.estimates, self.entitled, self.loop_latency, self.apply_latency):
+                    table.pop(host, None)
+            for key in services:
+                del self.beats[key]
+        gone = len(hosts) + len(services)
+        if gone:
+            self.counters.inc("series_forgotten", gone)
+            log.info("forgot %d hosts and %d services not heard from for %.0f s", len(hosts), len(services),
+                     self.forget_after_s)  # fmt: skip
+        return gone
 
     def _observe_applied(self, env: Envelope) -> None:
         if env.body.mode not in LOOP_MODES:
@@ -245,12 +324,13 @@ class ExporterCore:
                 hist.add_metric([host], buckets, total)
             yield hist
 
-    def on_period(self, ended_period: int) -> list[Outgoing]:
+    def on_period(self, ended_period: int, now: float | None = None) -> list[Outgoing]:
+        self.forget(now if now is not None else time.monotonic())
         return []
 
     def health(self) -> Health:
         with self.lock:
-            return Health("ok", {"hosts": len({h for h, _ in self.latest}), "services": len(self.beats)})
+            return Health("ok", {"hosts": len(self.heard), "services": len(self.beats), "vms": self.total_vms})
 
     def close(self) -> list[Outgoing]:
         return []

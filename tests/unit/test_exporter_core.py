@@ -37,7 +37,7 @@ def estimate_env(period: int, estimate: np.ndarray, vms: list[str] = VMS, host: 
 
 
 def applied_env(period: int, ceiling: np.ndarray, mode: str = "normal", latency_s: float = 0.004, sent_s: float = 0.0):
-    body = Applied(VMS, ceiling, ceiling, np.ones_like(ceiling), [], latency_s, mode, "sim", 0)
+    body = Applied(VMS, ceiling, ceiling, np.ones_like(ceiling), [], latency_s, mode, "sim", 0, ["bbbb"] * len(VMS), [])
     return Envelope("applied", "h1", "actuator", 1, period, int(sent_s * 1e9), period, body)
 
 
@@ -210,3 +210,70 @@ def test_the_exposition_is_valid_text_with_every_family_once():
     types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")]
     assert len(types) == len(set(types))
     assert 'rescoin_control_loop_latency_seconds_bucket{host="h1",le="+Inf"} 1.0' in text
+
+
+def host_hb(host: str, service: str) -> Envelope:
+    return Envelope("hb", host, service, 1, 0, 0, 9, Heartbeat(service, "ok", PERIOD_S, {"received": 1}))
+
+
+def test_hosts_and_services_not_heard_for_forget_after_leave_the_metrics():
+    core = ExporterCore(forget_after_s=100.0)
+    core.on_message(sample_env(10, host="old"), now=0.0)
+    core.on_message(alloc_envelope(11, make_alloc(VMS, TEMPLATE.copy(), TEMPLATE, USAGE, CAPACITY)), now=0.0)
+    core.on_message(estimate_env(11, USAGE), now=0.0)  # h1: its sample below keeps the whole host
+    core.on_message(host_hb("old", "monitor"), now=0.0)
+    core.on_message(sample_env(10, host="h1"), now=90.0)
+    core.on_message(host_hb("h1", "monitor"), now=90.0)
+    assert core.forget(100.0) == 0  # exactly forget_after_s: still kept
+    assert core.forget(150.0) == 2  # host "old" and ("old", "monitor"); h1 was heard at 90
+    hosts = {dict(labels).get("host") for _, labels in scrape(core, 150.0)}
+    assert hosts == {"h1"}
+    assert core.counters.snapshot()["series_forgotten"] == 2
+    assert ("h1", "alloc") in core.latest and "h1" in core.estimates  # a host goes whole or not at all
+    assert core.total_vms == len(VMS)
+    core.on_period(0, now=191.0)  # on_period forgets too
+    assert not any(dict(labels).get("host") for _, labels in scrape(core, 191.0))
+    assert core.total_vms == 0 and not core.heard and not core.beats and not core.estimates and not core.entitled
+
+
+def test_a_forgotten_host_comes_back_when_it_speaks_again():
+    core = ExporterCore(forget_after_s=10.0)
+    core.on_message(sample_env(10), now=0.0)
+    core.forget(20.0)
+    core.on_message(sample_env(30), now=21.0)
+    assert value(scrape(core, 21.0), "rescoin_host_period_seconds", host="h1") == PERIOD_S
+
+
+def test_distinct_services_are_capped_counted_and_logged_rate_limited(caplog):
+    core = ExporterCore(max_services=100)
+    for i in range(100):
+        core.on_message(host_hb("h1", f"svc{i}"), now=0.0)
+    with caplog.at_level("WARNING", logger="rescoin.exporter"):
+        for i in range(100, 5000):
+            core.on_message(host_hb("h1", f"svc{i}"), now=0.0)
+    core.on_message(host_hb("h1", "svc7"), now=5.0)  # one already kept still updates
+    got = scrape(core, 5.0)
+    assert len([k for k in got if k[0] == "rescoin_service_up"]) == 100
+    assert value(got, "rescoin_service_last_period", host="h1", service="svc7") == 9.0
+    counters = core.counters.snapshot()
+    assert counters["series_capped"] == counters["series_capped.service"] == 4900
+    assert len(caplog.records) == core.counters.max_warnings  # per period, the rest counted
+    assert "max_services" in caplog.records[0].getMessage()
+
+
+def test_hosts_and_vms_are_capped():
+    core = ExporterCore(max_hosts=2, max_vms=3)
+    core.on_message(sample_env(10, host="a"), now=0.0)  # 2 VMs
+    core.on_message(sample_env(10, host="b", vms=VMS[:1]), now=0.0)  # 1 VM: 3 in all
+    core.on_message(sample_env(10, host="c", vms=VMS[:1]), now=0.0)  # a third host
+    assert core.counters.snapshot()["series_capped.host"] == 1
+    core.on_message(sample_env(11, host="b"), now=0.0)  # b grows to 2 VMs: 4 > 3
+    assert core.counters.snapshot()["series_capped.vm"] == 1
+    core.on_message(estimate_env(11, USAGE[:1], vms=VMS[:1], host="b"), now=0.0)  # no more VMs: fine
+    core.on_message(sample_env(12, host="a", vms=VMS[:1]), now=0.0)  # a shrinks to 1 VM...
+    core.on_message(sample_env(12, host="b"), now=0.0)  # ...so b may grow
+    assert core.total_vms == 3
+    assert core.counters.snapshot()["series_capped"] == 2
+    got = scrape(core, 0.0)
+    assert {dict(labels)["host"] for name, labels in got if name == "rescoin_vm_usage_cpu_cores"} == {"a", "b"}
+    assert value(got, "rescoin_vm_usage_cpu_cores", host="b", vm=VMS[1], name="vm-b") == USAGE[1, 0]
