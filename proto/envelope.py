@@ -21,7 +21,7 @@ import msgpack
 
 from .errors import ProtocolError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 4  # 3 is skipped: it is guest format 3, and a bus version never equals a guest format
 
 RESOURCES = ("cpu", "mem", "disk", "net")
 UNITS = ("cores", "bytes", "bytes/s", "bytes/s")
@@ -42,7 +42,7 @@ MAX_TOPIC_BYTES = 256
 # A guest report is ~250 bytes: its payload is refused unread above this (ingress socket too).
 MAX_GUEST_PAYLOAD_BYTES = 4096
 
-# msgpack length limits, from the documented limits (proto/README.md): msgpack
+# msgpack length limits, from the documented limits (proto/README.md §6): msgpack
 # refuses a longer container or string before it builds a single object of it.
 MAX_VMS = 100_000  # VMs in one batch body
 MAX_ARRAY_LEN = 4 * MAX_VMS  # the longest list: `applied` errors, one per VM and resource
@@ -50,6 +50,68 @@ MAX_MAP_LEN = 256  # the largest map: `hb` counters or info
 MAX_STR_BYTES = 8192  # the longest string: an `applied` error text (2000 chars of UTF-8)
 MAX_BIN_BYTES = MAX_STR_BYTES  # no field is binary; arrays are extensions
 MAX_EXT_BYTES = 8 * 4 * MAX_VMS + 64  # one (MAX_VMS, 4) float64 array and its [dtype, shape] header
+
+
+@dataclass(frozen=True, slots=True)
+class KindLimits:
+    """What a decoder reads of one payload of a kind, at most (proto/README.md §6, "Decoding budget").
+
+    Derived from the kind's legal shape, so no legal payload reaches any of
+    them; they bound what a hostile one costs. ``payload_bytes`` is checked
+    before msgpack reads a byte, ``list_items`` and ``map_entries`` by msgpack
+    at each header, ``containers`` (maps and lists, the envelope's two maps
+    included) and ``arrays`` (extension 1) by hooks as msgpack builds them,
+    together with the budget every kind shares: at most ``16 + size // 24``
+    containers and ``1024 + size // 3`` list items, map keys and map values.
+    """
+
+    payload_bytes: int
+    list_items: int
+    map_entries: int
+    containers: int
+    arrays: int
+    items: int = MAX_PAYLOAD_BYTES  # list items, map keys and values: the common budget, unless a kind's is less
+
+
+# A few more containers and arrays than legal (SPARE), so that a map, list or array where a scalar
+# belongs is still decoded and refused by name ("body.agent"), not as "payload".
+SPARE = 4
+
+KIND_LIMITS: dict[str, KindLimits] = {
+    # two maps (envelope, body: 9 and at most 15 entries), no list, no array
+    KIND_GUEST_MEM: KindLimits(MAX_GUEST_PAYLOAD_BYTES, 16, 16, 2 + SPARE, SPARE),
+    # + counters, info, errors (20 strs); the largest legal payload is ~6.4 MB
+    KIND_HB: KindLimits(8 * 2**20, 20, MAX_MAP_LEN, 5 + SPARE, SPARE),
+    # + vms, names, mem_src; C, tc, au and the five pressure vectors; may reach the common 64 MiB
+    KIND_SAMPLE: KindLimits(MAX_PAYLOAD_BYTES, MAX_VMS, 16, 5 + SPARE, 8 + SPARE),
+    # + vms, predictor, params (64); est; the largest legal payload is ~8.4 MB
+    KIND_ESTIMATE: KindLimits(16 * 2**20, MAX_VMS, 64, 5 + SPARE, 1 + SPARE),
+    # + vms, mode; alloc, coins, tc, au, C, shares, ceil; the largest legal payload is ~26.5 MB
+    KIND_ALLOC: KindLimits(32 * 2**20, MAX_VMS, 16, 4 + SPARE, 7 + SPARE),
+    # + vms, errors, enforced, unenforced and a map per error and per unenforced cell; set, before, weight
+    # items: vms and enforced (one per VM), errors (7 per entry with its map's), unenforced (9 per entry)
+    KIND_APPLIED: KindLimits(
+        MAX_PAYLOAD_BYTES,
+        MAX_ARRAY_LEN,
+        16,
+        6 + 2 * MAX_ARRAY_LEN + SPARE,
+        3 + SPARE,
+        2 * MAX_VMS + 16 * MAX_ARRAY_LEN + 64,
+    ),
+}
+
+
+def container_budget(size: int) -> int:
+    """Maps and lists a payload of ``size`` bytes may hold, whatever its kind (a legal map in a list
+    of maps, the only containers a body repeats, takes at least 26 bytes)."""
+    return 16 + size // 24
+
+
+def item_budget(size: int) -> int:
+    """List items, map keys and map values a payload of ``size`` bytes may hold, whatever its kind
+    (the densest legal body, `applied` errors, has one per 3.7 bytes)."""
+    return 1024 + size // 3
+
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")  # always fullmatch: "$" accepts a trailing \n
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -224,22 +286,27 @@ def unpack_frames(
     raw = frames[1]
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise ProtocolError("payload frame must be bytes", "payload")
-    limit = MAX_GUEST_PAYLOAD_BYTES if topic_kind == KIND_GUEST_MEM else MAX_PAYLOAD_BYTES
-    if len(raw) > limit:  # msgpack's max_buffer_size: unpackb has none, the frame is already whole
-        raise ProtocolError(f"payload of {len(raw)} bytes exceeds {limit}", "payload")
+    limits = KIND_LIMITS.get(topic_kind)
+    if limits is None:  # nothing of a kind nobody speaks is read
+        raise ProtocolError(f"topic kind must be one of {', '.join(KINDS)}, got {topic_kind!r:.40}", "topic")
+    size = len(raw)
+    if size > limits.payload_bytes:  # msgpack's max_buffer_size: unpackb has none, the frame is already whole
+        raise ProtocolError(f"{topic_kind} payload of {size} bytes exceeds {limits.payload_bytes}", "payload")
+    budget = _Budget(topic_kind, limits, size, ext_hook or _reject_ext)
     try:
         payload = msgpack.unpackb(
             raw,
             raw=False,
             strict_map_key=True,
             use_list=True,
-            ext_hook=ext_hook or _reject_ext,
+            ext_hook=budget.on_ext,
+            list_hook=budget.on_list,
+            object_pairs_hook=budget.on_map,
             max_str_len=MAX_STR_BYTES,
             max_bin_len=MAX_BIN_BYTES,
-            max_array_len=MAX_ARRAY_LEN,
-            max_map_len=MAX_MAP_LEN,
+            max_array_len=limits.list_items,
+            max_map_len=limits.map_entries,
             max_ext_len=MAX_EXT_BYTES,
-            object_pairs_hook=_map_without_repeats,
         )
     except ProtocolError:
         raise
@@ -265,6 +332,46 @@ def unpack_frames(
         raise ProtocolError(f"topic host {topic_key!r} does not match payload host {payload['host']!r}", "topic")
     check_map(payload["body"], "body")
     return kind, topic_key, payload
+
+
+class _Budget:
+    """msgpack's hooks for one payload: count what it builds and stop at the kind's budget.
+
+    msgpack calls ``list``/``map`` as each container is complete and ``ext``
+    for each extension, so a payload is refused after building at most the
+    budget's worth of objects, never the millions a small frame can describe
+    (an empty list is one byte on the wire, ~60 in memory)."""
+
+    __slots__ = ("kind", "containers", "items", "arrays", "ext_hook")
+
+    def __init__(self, kind: str, limits: KindLimits, size: int, ext_hook: Callable[[int, bytes], Any]) -> None:
+        self.kind = kind
+        self.containers = min(limits.containers, container_budget(size))
+        self.items = min(limits.items, item_budget(size))
+        self.arrays = limits.arrays
+        self.ext_hook = ext_hook
+
+    def _spend(self, items: int) -> None:
+        self.containers -= 1
+        self.items -= items
+        if self.containers < 0 or self.items < 0:
+            raise ProtocolError(
+                f"more maps, lists or items than a legal {self.kind} (the topic's kind) of this size holds", "payload"
+            )
+
+    def on_list(self, items: list[Any]) -> list[Any]:
+        self._spend(len(items))
+        return items
+
+    def on_map(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        self._spend(2 * len(pairs))
+        return _map_without_repeats(pairs)
+
+    def on_ext(self, code: int, data: bytes) -> Any:
+        self.arrays -= 1
+        if self.arrays < 0:
+            raise ProtocolError(f"more arrays than a legal {self.kind} (the topic's kind) holds", "payload")
+        return self.ext_hook(code, data)
 
 
 def _map_without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

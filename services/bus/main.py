@@ -1,22 +1,39 @@
 """rescoin-bus: the host's XSUB -> XPUB proxy, with counters in `hb`.
 
-The forwarding itself runs in libzmq (``zmq.proxy_steerable`` in a thread,
-no Python per message); this process only asks it for statistics once a
-period and publishes them. A slow subscriber hits the XPUB high-water mark
-and loses messages (subscribers see the gap in ``seq``); it never blocks a
-publisher.
+One thread forwards: messages from publishers (XSUB) to subscribers (XPUB),
+and, the other way, the subscribers' subscriptions, which it reads itself
+(``ZMQ_XPUB_MANUAL``) so that none costs more than a legal one
+(docs/SECURITY.md "Subscriptions"):
+
+* a subscription message longer than ``MAX_SUBSCRIPTION_MESSAGE`` bytes never
+  reaches the bus: libzmq disconnects its sender (``ZMQ_MAXMSGSIZE``) before it
+  is buffered; the SUB reconnects and may try again (counted among
+  ``subscribers_disconnected``);
+* a prefix longer than a topic (``rejected.subscription_length``) or that no
+  legal topic (``kind/key/``, proto/README.md §2) starts with
+  (``rejected.subscription_prefix``) is refused, and so is any beyond
+  ``MAX_SUBSCRIPTIONS`` in force at once (``rejected.subscription_limit``);
+* nothing goes upstream: the bus subscribes once to every topic (``""``), so a
+  publisher holds one subscription, whatever subscribers ask for.
+
+A slow subscriber hits the XPUB high-water mark and loses messages
+(subscribers see the gap in ``seq``); it never blocks a publisher.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import logging
-import struct
+import re
 import threading
 import time
 
 import zmq
-from rescoin.proto import KIND_HB, Heartbeat
+from rescoin.proto import KIND_HB, KINDS, Heartbeat
+from rescoin.proto.envelope import MAX_TOPIC_BYTES
+from zmq.utils.monitor import parse_monitor_message
 
 from ..runtime.config import Config, use_schema
 from ..runtime.service import (
@@ -35,31 +52,42 @@ log = logging.getLogger("rescoin.bus")
 
 SCHEMA = service_schema()  # the config sections this program reads
 
+# Every message a subscriber sends the bus is at most this long, or libzmq disconnects it before it
+# is buffered: room for the CURVE handshake (INITIATE, ~300 bytes) and a ZMTP 3.1 SUBSCRIBE command for
+# a topic prefix of MAX_TOPIC_BYTES (CURVE adds 33 bytes); longer prefixes up to it are refused here.
+MAX_SUBSCRIPTION_MESSAGE = 512
+# Subscriptions in force at once, all subscribers together (XPUB cannot tell one connection from
+# another): a host's services and tools hold a few dozen.
+MAX_SUBSCRIPTIONS = 1024
+# A prefix of a legal topic: "", part of a kind, a kind and "/", then part of a key (a name or a
+# uuid, 1-128 chars of [A-Za-z0-9_.:-]), then the closing "/".
+_KIND_PREFIXES = frozenset(kind[:i].encode() for kind in KINDS for i in range(len(kind) + 1))
+_KEY_PREFIX = re.compile(rb"(?:[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}/?)?")
+FORWARD_BATCH = 1000  # messages forwarded before subscriptions and control are looked at again
 
-STAT_NAMES = (
-    "in_frames",
-    "in_bytes",
-    "xsub_sent_frames",
-    "xsub_sent_bytes",
-    "xpub_received_frames",
-    "xpub_received_bytes",
-    "out_frames",
-    "out_bytes",
-)  # the order of libzmq's STATISTICS reply: frontend in/out, backend in/out
+
+def legal_prefix(prefix: bytes) -> bool:
+    """Whether ``prefix`` starts some legal topic ``kind/key/`` (proto/README.md §2)."""
+    kind, slash, key = prefix.partition(b"/")
+    if not slash:
+        return kind in _KIND_PREFIXES
+    return kind.decode("ascii", "replace") in KINDS and _KEY_PREFIX.fullmatch(key) is not None
 
 
 class Bus:
-    """Owns the proxy thread and its control socket."""
+    """Owns the forwarding thread and its control socket."""
 
-    def __init__(self, ctx: zmq.Context, cfg: Config) -> None:
+    def __init__(self, ctx: zmq.Context, cfg: Config, max_subscriptions: int = MAX_SUBSCRIPTIONS) -> None:
         self.ctx = ctx
         self.cfg = cfg
+        self.max_subscriptions = max_subscriptions
         self.xsub = ctx.socket(zmq.XSUB)
         self.xpub = ctx.socket(zmq.XPUB)
-        # a publisher sending a larger frame, or a subscriber a larger subscription, is disconnected
+        # a publisher sending a larger frame, or a subscriber a longer subscription, is disconnected
         # before it is buffered (the decoders refuse such frames anyway)
         self.xsub.maxmsgsize = MAX_FRAME_BYTES
-        self.xpub.maxmsgsize = MAX_SUBSCRIPTION_BYTES
+        self.xpub.maxmsgsize = MAX_SUBSCRIPTION_MESSAGE
+        self.xpub.setsockopt(zmq.XPUB_MANUAL, 1)  # subscriptions come to this thread, which applies them
         for sock in (self.xsub, self.xpub):
             sock.linger = 0
             sock.rcvhwm = cfg.bus.hwm
@@ -69,40 +97,126 @@ class Bus:
                 sock.curve_server = True
                 sock.curve_publickey = public
                 sock.curve_secretkey = secret
+        self.monitor = self.xpub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         for endpoint in (cfg.bus.pub_endpoint, cfg.bus.sub_endpoint):
             prepare_socket_dir(endpoint)  # ipc://: who may connect is decided by Unix permissions
         self.xsub.bind(cfg.bus.pub_endpoint)
         self.xpub.bind(cfg.bus.sub_endpoint)
         restrict_socket(cfg.bus.pub_endpoint, PUBLISH_MODE)  # the pipeline's own services publish
         restrict_socket(cfg.bus.sub_endpoint, SUBSCRIBE_MODE)  # group rescoin may subscribe
+        self.xsub.send(b"\x01")  # every topic, from every publisher, now and after it (re)connects
         control_addr = f"inproc://bus-control-{id(self)}"
         self.control = ctx.socket(zmq.PAIR)
         self.control.bind(control_addr)
-        proxy_control = ctx.socket(zmq.PAIR)
-        proxy_control.connect(control_addr)
-        self.thread = threading.Thread(target=self._run_proxy, args=(proxy_control,), name="bus-proxy", daemon=True)
+        self._proxy_control = ctx.socket(zmq.PAIR)
+        self._proxy_control.connect(control_addr)
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.in_force: collections.Counter[bytes] = collections.Counter()  # prefix -> subscriptions holding it
+        self.thread = threading.Thread(target=self._run, name="bus-proxy", daemon=True)
 
-    def _run_proxy(self, proxy_control: zmq.Socket) -> None:
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        for sock in (self.xsub, self.xpub, self._proxy_control, self.monitor):
+            poller.register(sock, zmq.POLLIN)
         try:
-            zmq.proxy_steerable(self.xsub, self.xpub, None, proxy_control)
+            while True:
+                ready = dict(poller.poll())
+                if self.xsub in ready:
+                    self._forward()
+                if self.xpub in ready:
+                    self._subscriptions()
+                if self.monitor in ready:
+                    while self.monitor.poll(0):
+                        parse_monitor_message(self.monitor.recv_multipart())
+                        self.counters["subscribers_disconnected"] += 1
+                if self._proxy_control in ready:
+                    command = self._proxy_control.recv()
+                    if command == b"TERMINATE":
+                        return
+                    self._proxy_control.send(json.dumps(self.snapshot()).encode())
         except zmq.ContextTerminated:
             pass
         finally:
-            proxy_control.close(linger=0)
+            self.xpub.disable_monitor()
+            for sock in (self._proxy_control, self.monitor):
+                sock.close(linger=0)
+
+    def _forward(self) -> None:
+        counters = self.counters
+        for _ in range(FORWARD_BATCH):
+            try:
+                frames = self.xsub.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            size = sum(len(f) for f in frames)
+            counters["received"] += 1
+            counters["received_bytes"] += size
+            self.xpub.send_multipart(frames, copy=False)
+            counters["sent"] += 1
+            counters["sent_bytes"] += size
+
+    def _subscriptions(self) -> None:
+        counters, in_force = self.counters, self.in_force
+        while True:
+            try:
+                message = self.xpub.recv(zmq.NOBLOCK)  # b"\x01" + prefix or b"\x00" + prefix
+            except zmq.Again:
+                return
+            counters["subscription_frames"] += 1
+            flag, prefix = message[:1], message[1:]
+            if flag == b"\x00":  # an unsubscription, or libzmq's own for a subscriber that left
+                if in_force[prefix] > 0:
+                    self.xpub.setsockopt(zmq.UNSUBSCRIBE, prefix)
+                    in_force[prefix] -= 1
+                    if not in_force[prefix]:
+                        del in_force[prefix]
+                continue
+            if len(prefix) > MAX_TOPIC_BYTES:
+                self._refuse("subscription_length")
+            elif flag != b"\x01" or not legal_prefix(prefix):
+                self._refuse("subscription_prefix")
+            elif in_force.total() >= self.max_subscriptions:
+                self._refuse("subscription_limit")
+            else:
+                self.xpub.setsockopt(zmq.SUBSCRIBE, prefix)  # for the subscriber this came from
+                in_force[prefix] += 1
+                counters["subscribed"] += 1
+
+    def _refuse(self, cause: str) -> None:
+        self.counters["rejected"] += 1
+        self.counters[f"rejected.{cause}"] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        """The counters, and the subscriptions in force (``subscriptions``, not a counter)."""
+        return {**self.counters, "subscriptions": self.in_force.total()}
 
     def start(self) -> None:
         self.thread.start()
 
     def statistics(self) -> dict[str, int]:
         self.control.send(b"STATISTICS")
-        reply = self.control.recv_multipart()
-        return {name: struct.unpack("<Q", value)[0] for name, value in zip(STAT_NAMES, reply, strict=True)}
+        return json.loads(self.control.recv())
 
     def stop(self) -> None:
         self.control.send(b"TERMINATE")
         self.thread.join(timeout=5)
         for sock in (self.control, self.xsub, self.xpub):
             sock.close(linger=0)
+
+
+COUNTERS = (
+    "received",
+    "sent",
+    "received_bytes",
+    "sent_bytes",
+    "subscription_frames",
+    "subscribed",
+    "subscribers_disconnected",
+    "rejected",
+    "rejected.subscription_length",
+    "rejected.subscription_prefix",
+    "rejected.subscription_limit",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,19 +256,18 @@ def main(argv: list[str] | None = None) -> int:
             ended = pacer.due()
             if ended is not None:
                 stats = bus.statistics()
-                counters = {
-                    "received": stats["in_frames"] // 2,
-                    "sent": stats["out_frames"] // 2,
-                    "received_bytes": stats["in_bytes"],
-                    "sent_bytes": stats["out_bytes"],
-                    "subscription_frames": stats["xpub_received_frames"],
-                }
+                counters = {name: stats.get(name, 0) for name in COUNTERS}
                 hb = Heartbeat(
                     "bus",
                     "ok",
                     period_s,
                     counters,
-                    {"pub_endpoint": cfg.bus.pub_endpoint, "sub_endpoint": cfg.bus.sub_endpoint},
+                    {
+                        "pub_endpoint": cfg.bus.pub_endpoint,
+                        "sub_endpoint": cfg.bus.sub_endpoint,
+                        "subscriptions": stats["subscriptions"],
+                        "max_subscriptions": bus.max_subscriptions,
+                    },
                     [],
                 )
                 publisher.send(KIND_HB, ended, hb)
