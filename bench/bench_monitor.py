@@ -127,7 +127,7 @@ def main() -> None:
         f"come back empty, so the backend falls back to per-domain calls for {', '.join(fallbacks) or 'none'} — "
         "the same calls as the loop, plus the bulk call itself and building its readings. On `qemu:///system` "
         "the bulk call carries every group in one round trip (8.3 ms for one VM on a host busy with TCG "
-        "guests, lab notes shared/LAB.md §3.5) and the backend makes no per-domain calls; a QEMU host with "
+        "guests, docs/DESIGN.md appendix A.7) and the backend makes no per-domain calls; a QEMU host with "
         "1,000 VMs was not available to measure that case. On the test driver every call is in-process and "
         "cheap, so the ratio mostly shows the bulk call's own cost plus the backend's Python per domain "
         "(cached XML facts, assembling each reading). No target was set for this benchmark."

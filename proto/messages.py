@@ -40,6 +40,26 @@ ESTIMATE_SOURCES = ("estimate", "last_use")
 ENFORCEMENT_MODES = ("shares", "ceilings", "both")
 POLICY_NAMES = ("rescoin", "static", "shares", "maxmin", "credits", "karma")
 APPLY_MODES = ("normal", "failsafe", "dry-run", "restore")
+# `applied.enforced`: per VM one letter per resource (cpu, mem, disk, net) saying what holds it now
+ENFORCED_LETTERS = {
+    "w": "weight",  # the share as a kernel weight (cpu_shares/cpu.weight, a BFQ weight, an htb rate)
+    "b": "weight+ceiling",  # the weight and a ceiling (ceilings/both modes)
+    "c": "ceiling",  # a ceiling alone: a balloon/memory.high target, a quota, an interface average
+    "t": "throttle",  # a ceiling standing in for a weight this device ignores (the alloc's ceil)
+    "-": "open",  # nothing to hold: no ceiling asked and no weight to set (e.g. memory that fits)
+    "x": "unenforced",  # nothing holds it: the reason is in `unenforced`
+}
+UNENFORCED_REASONS = (
+    "backend_down",  # the backend could not be reached this period
+    "unknown_vm",  # the alloc names a VM the backend does not have
+    "busy",  # the domain did not answer in time (a migration's job, a stopped QEMU): skipped this period
+    "read_failed",  # what is set could not be read, so nothing is written (no original to restore)
+    "write_failed",  # the last write failed; tried again next period
+    "no_device",  # no host device to act on: no disk, a user-mode/vhost-user/hostdev NIC
+    "no_balloon",  # no balloon device, or a balloon that does not follow its target
+    "unsupported",  # this backend or driver has no mechanism for it (no controller, no quota, ...)
+    "foreign_qdisc",  # the tap carries a qdisc ResCoin did not create: left alone
+)
 BACKENDS = ("libvirt", "cgroup", "sim")
 ERROR_RESOURCES = (*RESOURCES, "all")
 ALL_VMS = "*"  # an `applied` error's vm when it concerns the whole host (the backend is down)
@@ -311,6 +331,8 @@ class Applied:
     mode: str  # normal | failsafe | dry-run | restore
     backend: str
     writes: int  # backend calls that changed something
+    enforced: list[str]  # per VM, 4 letters of ENFORCED_LETTERS (cpu, mem, disk, net)
+    unenforced: list[dict[str, str]]  # one {"vm", "resource", "reason", "detail"} per "x" in `enforced`
 
     WIRE: ClassVar[tuple[str, ...]] = (
         "vms",
@@ -322,6 +344,8 @@ class Applied:
         "mode",
         "backend",
         "writes",
+        "enforced",
+        "unenforced",
     )
 
     def to_wire(self) -> dict[str, Any]:
@@ -335,6 +359,8 @@ class Applied:
             "mode": self.mode,
             "backend": self.backend,
             "writes": int(self.writes),
+            "enforced": list(self.enforced),
+            "unenforced": [dict(u) for u in self.unenforced],
         }
 
     @classmethod
@@ -353,6 +379,8 @@ class Applied:
             check_one_of(err["resource"], f"body.errors[{i}].resource", ERROR_RESOURCES)
             check_str(err["error"], f"body.errors[{i}].error", MAX_ERROR_CHARS)
         mode = check_one_of(body["mode"], "body.mode", APPLY_MODES)
+        enforced = _check_enforced(body["enforced"], vms)
+        unenforced = _check_unenforced(body["unenforced"], vms, enforced)
         return cls(
             vms=vms,
             set=_check_ceilings(body["set"], "body.set", n),
@@ -363,7 +391,43 @@ class Applied:
             mode=mode,
             backend=check_one_of(body["backend"], "body.backend", BACKENDS),
             writes=check_int(body["writes"], "body.writes"),
+            enforced=enforced,
+            unenforced=unenforced,
         )
+
+
+def _check_enforced(value: Any, vms: list[str]) -> list[str]:
+    if not isinstance(value, list) or len(value) != len(vms):
+        raise ProtocolError(f"must be a list of {len(vms)} strings, one per VM", "body.enforced")
+    for i, letters in enumerate(value):
+        if (
+            not isinstance(letters, str)
+            or len(letters) != len(RESOURCES)
+            or not set(letters) <= ENFORCED_LETTERS.keys()
+        ):
+            shown = repr(letters)[:20] if isinstance(letters, str) else type(letters).__name__
+            raise ProtocolError(f"must be 4 letters of {''.join(ENFORCED_LETTERS)}, got {shown}", f"body.enforced[{i}]")
+    return list(value)
+
+
+def _check_unenforced(value: Any, vms: list[str], enforced: list[str]) -> list[dict[str, str]]:
+    """Exactly one entry per "x" in `enforced`, naming that VM and resource."""
+    if not isinstance(value, list) or len(value) > len(RESOURCES) * MAX_VMS:
+        raise ProtocolError("must be a list of maps", "body.unenforced")
+    cells = set()
+    for i, entry in enumerate(value):
+        where = f"body.unenforced[{i}]"
+        entry = check_map(entry, where)
+        require_keys(entry, ("vm", "resource", "reason", "detail"), (), where)
+        vm = check_uuid(entry["vm"], f"{where}.vm")
+        resource = check_one_of(entry["resource"], f"{where}.resource", RESOURCES)
+        check_one_of(entry["reason"], f"{where}.reason", UNENFORCED_REASONS)
+        check_str(entry["detail"], f"{where}.detail", MAX_ERROR_CHARS)
+        cells.add((vm, RESOURCES.index(resource)))
+    marked = {(vm, r) for vm, letters in zip(vms, enforced, strict=True) for r, c in enumerate(letters) if c == "x"}
+    if cells != marked or len(cells) != len(value):
+        raise ProtocolError("must have exactly one entry per 'x' in body.enforced", "body.unenforced")
+    return [dict(e) for e in value]
 
 
 BATCH_BODIES: dict[str, Any] = {

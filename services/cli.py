@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "record": ("rescoin.services.tools.record", "write bus messages to a file"),
     "replay": ("rescoin.services.tools.replay", "publish a recorded file back onto a bus"),
     "status": ("rescoin.services.tools.status", "liveness of every service on every host, from hb"),
+    "doctor": ("rescoin.services.tools.doctor", "what ResCoin can enforce on this host and each VM, and why not"),
     "evaluate": ("rescoin.services.tools.evaluate", "run policies and predictors over real traces"),
     "keys": (
         "rescoin.services.tools.keys",

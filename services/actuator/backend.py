@@ -1,25 +1,28 @@
-"""What the actuator drives: per VM and resource, a ceiling and a weight.
+"""What the actuator drives: per VM and resource, a ceiling and a weight, and what can hold them.
 
-DESIGN §7: coins reach the kernel as *weights* (the scheduler's shares) and,
+docs/DESIGN.md §7.2-§7.3: coins reach the kernel as *weights* (the scheduler's shares) and,
 in the ceilings/both modes, the allocation as a *ceiling*. Per VM and
 resource (cpu, mem, disk, net) a backend holds a Setting:
 
 * ``ceiling`` — cpu quota in cores, memory balloon target in bytes, disk and
   net throttles in bytes/s; ``NO_LIMIT`` (-1) = none;
-* ``shares`` — the weight: cpu in cores (libvirt cpu_shares = 1024 per core,
-  cgroup v2 cpu.weight = 100 per core), disk as a BFQ weight (1–1000), net as
-  the guaranteed htb rate in bytes/s; memory has none. 0 = leave unset;
+* ``weight`` — cpu in cores (each backend maps cores into its kernel's
+  range: ``CpuWeightRange``), disk as a BFQ weight (1–1000), net as the
+  guaranteed htb rate in bytes/s; memory has none. 0 = leave unset;
 * ``link`` — net only: the host's network capacity the shares divide
   (bytes/s, from the alloc), the rate of the shared htb tree.
 
-Where a disk's I/O scheduler ignores weights (``disk_weights_honoured``), the
-core sends the alloc's disk ceiling as a throttle and no weight, so
-``applied`` shows what is in force.
+Each VM's resources are *probed* (``probe``): a ``Capability`` says whether
+a weight and a ceiling can hold that resource of that VM here, or why
+neither can (a closed reason code, proto's ``UNENFORCED_REASONS``). The
+plan (plan.py) chooses the mechanism from it: the weight where honoured, the
+alloc's ceiling as a throttle where only a ceiling works, *unenforced* with
+the reason where nothing does.
 
-A backend reads what is set (so the actuator can record the originals and
-report "before"), writes changes in a batch, and says which resources it can
-enforce and how (``capabilities``). One VM's failure is returned as a
-ChangeError, never raised, so the others still get their writes.
+A backend reads one resource of one VM at a time (so one unreadable
+resource costs only itself), writes changes in a batch, and returns one
+VM's failure as a ChangeError, never raised, so the others still get their
+writes.
 """
 
 from __future__ import annotations
@@ -39,12 +42,56 @@ class BackendError(RuntimeError):
 class UnenforceableError(BackendError):
     """This instance of a VM cannot take this setting at all (e.g. no device to shape)."""
 
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # proto's UNENFORCED_REASONS
+
+
+class BusyError(BackendError):
+    """The domain did not answer in time (a migration's job lock, a stopped QEMU): skipped this period."""
+
 
 @dataclass(frozen=True)
 class Setting:
     ceiling: float = NO_LIMIT
-    shares: float = 0.0
+    weight: float = 0.0
     link: float = 0.0  # net: the link capacity the shares divide, bytes/s
+
+
+@dataclass(frozen=True)
+class Capability:
+    """What can hold one resource of one VM on this host."""
+
+    weight: bool  # a weight set here is honoured (e.g. the disk's I/O scheduler is BFQ)
+    ceiling: bool  # a ceiling can be set (quota, balloon, throttle, htb ceil)
+    how: str  # for an operator: the mechanism, or why there is none
+    reason: str = ""  # proto's UNENFORCED_REASONS when neither holds
+
+    @property
+    def enforceable(self) -> bool:
+        return self.weight or self.ceiling
+
+
+def capable(how: str, weight: bool = True, ceiling: bool = True) -> Capability:
+    return Capability(weight, ceiling, how)
+
+
+def incapable(reason: str, why: str) -> Capability:
+    return Capability(False, False, why, reason)
+
+
+@dataclass(frozen=True)
+class CpuWeightRange:
+    """How a backend turns cpu cores of share into its kernel's weight: ``per_core`` × cores, within
+    [lo, hi] (cgroup v1 cpu.shares 2–262144 at 1024 a core; v2 cpu.weight 1–10000). The core scales
+    every VM's cpu weight by one factor when the largest would pass ``hi``, so ratios are kept."""
+
+    per_core: float
+    lo: int
+    hi: int
+
+
+CPU_SHARES_V1 = CpuWeightRange(1024, 2, 262144)
 
 
 @dataclass(frozen=True)
@@ -56,6 +103,7 @@ class DomainLimits:
     mem_max_bytes: float
     instance: str = ""  # changes when the VM is started anew: what was set died with the old one
     template: tuple[float, float, float, float] = (math.nan,) * 4  # nan: not stated where the backend reads
+    problem: str = ""  # what is wrong with its definition (a malformed template: not checked, said here)
 
 
 @dataclass(frozen=True)
@@ -70,11 +118,18 @@ class ChangeError:
     vm: str
     resource: str  # cpu | mem | disk | net | all
     error: str
-    lasting: bool = False  # this instance of the VM cannot take this setting at all: do not retry
+    reason: str = "write_failed"  # proto's UNENFORCED_REASONS
+
+    @property
+    def lasting(self) -> bool:
+        """This instance of the VM cannot take this setting at all: not retried until it restarts."""
+        return self.reason not in ("write_failed", "busy", "backend_down", "read_failed")
 
 
 def change_error(vm: str, resource: str, exc: Exception) -> ChangeError:
-    return ChangeError(vm, resource, str(exc), lasting=isinstance(exc, UnenforceableError))
+    if isinstance(exc, UnenforceableError):
+        return ChangeError(vm, resource, str(exc), exc.reason)
+    return ChangeError(vm, resource, str(exc), "busy" if isinstance(exc, BusyError) else "write_failed")
 
 
 class ActuatorBackend(Protocol):
@@ -84,16 +139,20 @@ class ActuatorBackend(Protocol):
         """The VMs this backend can act on, by UUID."""
         ...
 
-    def read(self, vm: str) -> list[Setting]:
-        """The four settings in force for ``vm`` (cpu, mem, disk, net)."""
+    def probe(self, vm: str) -> list[Capability]:
+        """Per resource (cpu, mem, disk, net), what can hold it for this instance of ``vm``."""
+        ...
+
+    def read(self, vm: str, resource: int) -> Setting:
+        """The setting in force for one resource of ``vm`` (an index into RESOURCES)."""
         ...
 
     def write(self, changes: list[Change]) -> list[ChangeError]:
         """Apply ``changes``; return the ones that failed."""
         ...
 
-    def disk_weights_honoured(self, vm: str) -> bool:
-        """Every disk of ``vm`` is on a device whose I/O scheduler divides it by weight (BFQ)."""
+    def cpu_weight_range(self) -> CpuWeightRange:
+        """How cpu cores of share become this backend's kernel weight."""
         ...
 
     def forget(self, vm: str) -> None:
@@ -101,7 +160,7 @@ class ActuatorBackend(Protocol):
         ...
 
     def capabilities(self) -> dict[str, str]:
-        """Per resource: how it is enforced, or why it is not ("unsupported: ...")."""
+        """Host-wide facts an operator needs (cgroup layout, I/O schedulers, ...), for hb and doctor."""
         ...
 
     def close(self) -> None: ...

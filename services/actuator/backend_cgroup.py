@@ -2,20 +2,23 @@
 
 Each group in ``actuator.cgroups`` (name = path below the hierarchy root) is
 one "VM", identified by ``uuid5(CGROUP_NAMESPACE, name)``. The layout is
-detected per controller: cgroup v1 if ``<root>/<controller>/`` is mounted,
-else the v2 hierarchy at ``cgroup_v2_root`` (its ``cgroup.controllers`` must
-list the controller).
+found per controller from /proc/self/mountinfo (runtime/cgroups.py): v1
+where a v1 mount has the controller, else v2 where the cgroup2 root offers
+it; ``cgroup_root``/``cgroup_v2_root`` override that (tests on a file tree).
 
 | resource | v1 | v2 |
 | --- | --- | --- |
 | cpu ceiling | cpu.cfs_quota_us / cpu.cfs_period_us (-1 = none) | cpu.max "quota period" ("max" = none) |
-| cpu shares | cpu.shares = 1024 × template cores | cpu.weight = 100 × template cores (1…10000) |
+| cpu weight | cpu.shares = 1024 × weight cores (2…262144) | cpu.weight = 100 × weight cores (1…10000) |
 | mem | memory.soft_limit_in_bytes (reclaimed to it under pressure, never OOM-killed) | memory.high |
 | disk weight | blkio.bfq.weight (1…1000) where the device runs BFQ | io.bfq.weight |
 | disk ceiling | blkio.throttle.read_bps_device + write_bps_device | io.max rbps= wbps= |
-| net | unsupported: reported in every `applied` and in `hb` | unsupported |
+| net | unenforced ("unsupported"): cgroups have no bandwidth control | unenforced |
 
-A disk weight needs BFQ on the device; elsewhere the core sends a throttle instead (disk_weights_honoured).
+The core scales every group's cpu weight by one factor where the largest
+would pass the range (``cpu_weight_range``), so the ratios hold. A disk
+weight needs BFQ on the device; elsewhere the probe says so and the plan
+throttles at the alloc's ceiling instead.
 """
 
 from __future__ import annotations
@@ -25,16 +28,22 @@ import os
 import uuid
 from pathlib import Path
 
+from ..runtime.cgroups import CgroupMounts, cgroup_mounts
 from .backend import (
+    CPU_SHARES_V1,
     NO_LIMIT,
     RESOURCES,
     BackendError,
+    Capability,
     Change,
     ChangeError,
+    CpuWeightRange,
     DomainLimits,
     Setting,
     UnenforceableError,
+    capable,
     change_error,
+    incapable,
 )
 from .blockdev import WEIGHTED_SCHEDULERS, active_scheduler_of
 from .settings import ActuatorSettings
@@ -43,8 +52,9 @@ log = logging.getLogger("rescoin.actuator.cgroup")
 CGROUP_NAMESPACE = uuid.UUID("0c2b3a8e-5d1f-4e0b-9c3a-72657363676f")
 V1_DIRS = {"cpu": "cpu", "mem": "memory", "disk": "blkio"}
 V2_CONTROLLERS = {"cpu": "cpu", "mem": "memory", "disk": "io"}
+CPU_WEIGHT_V2 = CpuWeightRange(100, 1, 10000)
 UNLIMITED_V1 = 2**63 - 1  # what v1 memory files print for "no limit" (rounded to the page size)
-NET_UNSUPPORTED = "unsupported: cgroups have no network bandwidth control (use the libvirt backend's tc shaping)"
+NET_UNSUPPORTED = "cgroups have no network bandwidth control (the libvirt backend's tc shaping has)"
 
 
 def group_uuid(name: str) -> str:
@@ -56,26 +66,31 @@ class CgroupBackend:
 
     def __init__(self, settings: ActuatorSettings) -> None:
         self.settings = settings
-        self.root = Path(settings.cgroup_root)
-        self.v2_root = Path(settings.cgroup_v2_root)
+        self.mounts = self._mounts(settings)
         self.groups = {group_uuid(name): (name, rel) for name, rel in settings.cgroups.items()}
-        self.layout = {res: self._detect(res) for res in V1_DIRS}
+        self.base: dict[str, Path] = {}
+        self.layout: dict[str, str] = {}
+        for res, controller in V2_CONTROLLERS.items():
+            layout, base = self.mounts.where(controller)
+            self.layout[res] = layout
+            if base is not None:
+                self.base[res] = base
         self.weights_honoured: bool | None = None  # the disk's I/O scheduler divides by weight (asked once)
         if not self.groups:
             raise BackendError("actuator.cgroups names no cgroup to manage")
 
-    def _detect(self, resource: str) -> str:
-        if (self.root / V1_DIRS[resource]).is_dir():
-            return "v1"
-        controllers = self.v2_root / "cgroup.controllers"
-        if controllers.exists() and V2_CONTROLLERS[resource] in controllers.read_text().split():
-            return "v2"
-        return "none"
+    @staticmethod
+    def _mounts(settings: ActuatorSettings) -> CgroupMounts:
+        """From /proc/self/mountinfo, unless the settings name the roots (a file tree in tests)."""
+        if not settings.cgroup_root and not settings.cgroup_v2_root:
+            return cgroup_mounts()
+        root = Path(settings.cgroup_root) if settings.cgroup_root else None
+        v1 = {d: root / d for d in V1_DIRS.values() if root and (root / d).is_dir()}
+        return CgroupMounts(v1, Path(settings.cgroup_v2_root) if settings.cgroup_v2_root else None)
 
     def _dir(self, vm: str, resource: str) -> Path:
         _name, rel = self.groups[vm]
-        base = self.root / V1_DIRS[resource] if self.layout[resource] == "v1" else self.v2_root
-        return base / rel
+        return self.base[resource] / rel
 
     def domains(self) -> dict[str, DomainLimits]:
         host_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -97,31 +112,55 @@ class CgroupBackend:
 
     # -- read ----------------------------------------------------------------------
 
-    def read(self, vm: str) -> list[Setting]:
+    def probe(self, vm: str) -> list[Capability]:
         if vm not in self.groups:
             raise BackendError(f"no cgroup for VM {vm}")
-        return [self._read_cpu(vm), self._read_mem(vm), self._read_disk(vm), Setting()]
+        files = {"v1": ("cpu.shares + cpu.cfs_quota_us", "memory.soft_limit_in_bytes", "blkio.throttle"),
+                 "v2": ("cpu.weight + cpu.max", "memory.high", "io.max")}  # fmt: skip
+        found = []
+        for r, res in enumerate(("cpu", "mem", "disk")):
+            layout = self.layout[res]
+            if layout == "none":
+                found.append(incapable("unsupported", f"no {V2_CONTROLLERS[res]} controller, v1 or v2"))
+            elif res == "disk" and not self.settings.cgroup_block_device:
+                found.append(incapable("unsupported", "actuator.cgroup_block_device is not set"))
+            elif res == "disk":
+                weighted = self._device_weights_honoured() and self._has_weight(vm)
+                how = f"{self._weight_file()} + {files[layout][r]}" if weighted else f"{files[layout][r]} (throttle)"
+                found.append(capable(f"cgroup {layout} {how}", weight=weighted))
+            else:
+                found.append(capable(f"cgroup {layout} {files[layout][r]}", weight=res == "cpu"))
+        found.append(incapable("unsupported", NET_UNSUPPORTED))
+        return found
+
+    def cpu_weight_range(self) -> CpuWeightRange:
+        return CPU_WEIGHT_V2 if self.layout["cpu"] == "v2" else CPU_SHARES_V1
+
+    def read(self, vm: str, resource: int) -> Setting:
+        if vm not in self.groups:
+            raise BackendError(f"no cgroup for VM {vm}")
+        res = RESOURCES[resource]
+        if res == "net" or self.layout[res] == "none":
+            return Setting()
+        return getattr(self, f"_read_{res}")(vm)
 
     def _read_cpu(self, vm: str) -> Setting:
+        per_core = self.cpu_weight_range().per_core
         if self.layout["cpu"] == "v1":
             quota = int(self._read(vm, "cpu", "cpu.cfs_quota_us"))
             period = int(self._read(vm, "cpu", "cpu.cfs_period_us"))
-            shares = int(self._read(vm, "cpu", "cpu.shares")) / 1024
-            return Setting(quota / period if quota > 0 else NO_LIMIT, shares)
-        if self.layout["cpu"] == "v2":
-            max_quota, max_period = self._read(vm, "cpu", "cpu.max").split()
-            weight = int(self._read(vm, "cpu", "cpu.weight")) / 100
-            return Setting(NO_LIMIT if max_quota == "max" else int(max_quota) / int(max_period), weight)
-        return Setting()
+            weight = int(self._read(vm, "cpu", "cpu.shares")) / per_core
+            return Setting(quota / period if quota > 0 else NO_LIMIT, weight)
+        max_quota, max_period = self._read(vm, "cpu", "cpu.max").split()
+        weight = int(self._read(vm, "cpu", "cpu.weight")) / per_core
+        return Setting(NO_LIMIT if max_quota == "max" else int(max_quota) / int(max_period), weight)
 
     def _read_mem(self, vm: str) -> Setting:
         if self.layout["mem"] == "v1":
             value = int(self._read(vm, "mem", "memory.soft_limit_in_bytes"))
             return Setting(NO_LIMIT if value >= UNLIMITED_V1 - 2**20 else float(value))
-        if self.layout["mem"] == "v2":
-            high = self._read(vm, "mem", "memory.high")
-            return Setting(NO_LIMIT if high == "max" else float(high))
-        return Setting()
+        high = self._read(vm, "mem", "memory.high")
+        return Setting(NO_LIMIT if high == "max" else float(high))
 
     def _read_disk(self, vm: str) -> Setting:
         device = self.settings.cgroup_block_device
@@ -148,11 +187,6 @@ class CgroupBackend:
     def _has_weight(self, vm: str) -> bool:
         return (self._dir(vm, "disk") / self._weight_file()).exists()
 
-    def disk_weights_honoured(self, vm: str) -> bool:
-        if not self.settings.cgroup_block_device:
-            return False  # no disk control at all: _write_disk says so once
-        return self._device_weights_honoured() and self._has_weight(vm)
-
     def _device_weights_honoured(self) -> bool:
         """The device's I/O scheduler divides it by weight (BFQ); said once when not."""
         if self.weights_honoured is None:
@@ -170,13 +204,9 @@ class CgroupBackend:
         errors = []
         for change in changes:
             resource = RESOURCES[change.resource]
-            try:
-                if resource == "net":
-                    if change.setting.ceiling != NO_LIMIT:
-                        raise UnenforceableError(NET_UNSUPPORTED)
-                    continue
-                if self.layout[resource] == "none":
-                    raise UnenforceableError(f"unsupported: no {resource} controller (v1 or v2) on this host")
+            try:  # the plan writes only what the probe said can hold it; anything else is refused here too
+                if resource == "net" or self.layout[resource] == "none":
+                    raise UnenforceableError("unsupported", NET_UNSUPPORTED if resource == "net" else "no controller")
                 getattr(self, f"_write_{resource}")(change.vm, change.setting)
             except BackendError as exc:
                 errors.append(change_error(change.vm, resource, exc))
@@ -185,15 +215,17 @@ class CgroupBackend:
     def _write_cpu(self, vm: str, setting: Setting) -> None:
         period = self.settings.cpu_period_us
         quota = -1 if setting.ceiling == NO_LIMIT else max(int(setting.ceiling * period), 1000)
+        span = self.cpu_weight_range()
+        weight = str(min(max(round(setting.weight * span.per_core), span.lo), span.hi))
         if self.layout["cpu"] == "v1":
             self._write(vm, "cpu", "cpu.cfs_period_us", str(period))
             self._write(vm, "cpu", "cpu.cfs_quota_us", str(quota))
-            if setting.shares > 0:
-                self._write(vm, "cpu", "cpu.shares", str(max(int(setting.shares * 1024), 2)))
-        else:
+            if setting.weight > 0:
+                self._write(vm, "cpu", "cpu.shares", weight)
+        else:  # quota and weight each on its own: a refused weight does not cost the quota
             self._write(vm, "cpu", "cpu.max", f"{'max' if quota < 0 else quota} {period}")
-            if setting.shares > 0:
-                self._write(vm, "cpu", "cpu.weight", str(min(max(int(setting.shares * 100), 1), 10000)))
+            if setting.weight > 0:
+                self._write(vm, "cpu", "cpu.weight", weight)
 
     def _write_mem(self, vm: str, setting: Setting) -> None:
         unlimited = setting.ceiling == NO_LIMIT
@@ -204,13 +236,9 @@ class CgroupBackend:
 
     def _write_disk(self, vm: str, setting: Setting) -> None:
         device = self.settings.cgroup_block_device
-        if not device:
-            if setting.ceiling != NO_LIMIT:
-                raise UnenforceableError("unsupported: actuator.cgroup_block_device is not set")
-            return
         ceiling = setting.ceiling
-        if setting.shares > 0:  # the core sends none where disk_weights_honoured says no
-            self._write(vm, "disk", self._weight_file(), str(int(min(max(round(setting.shares), 1), 1000))))
+        if setting.weight > 0:  # the plan sends none where the probe said the device ignores weights
+            self._write(vm, "disk", self._weight_file(), str(int(min(max(round(setting.weight), 1), 1000))))
         if self.layout["disk"] == "v1":
             bps = "0" if ceiling == NO_LIMIT else str(max(int(ceiling), 1))
             for file in ("blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device"):
@@ -223,14 +251,11 @@ class CgroupBackend:
         """Nothing is cached per VM instance here."""
 
     def capabilities(self) -> dict[str, str]:
-        caps = {
-            res: f"cgroup {layout}" if layout != "none" else "unsupported: no controller"
-            for res, layout in self.layout.items()
-        }
-        if not self.settings.cgroup_block_device:
-            caps["disk"] = "unsupported: actuator.cgroup_block_device not set"
-        caps["net"] = NET_UNSUPPORTED
-        return caps
+        facts = {"cgroups": self.mounts.layout()}
+        facts.update({f"{res}.controller": layout for res, layout in self.layout.items()})
+        device = self.settings.cgroup_block_device
+        facts["disk.device"] = f"{device} ({active_scheduler_of(device) or 'scheduler unknown'})" if device else "none"
+        return facts
 
     def close(self) -> None:
         """Files need no closing."""

@@ -1,53 +1,67 @@
 """The actuator's libvirt backend (any URI).
 
-Mapping and units (DESIGN §7; libvirt wants µs, KiB and KiB/s in places):
+Mapping and units (libvirt wants µs, KiB and KiB/s in places):
 
-* cpu: ``cpu_shares`` = 1024 × share cores (2…262144); the ceiling as a
-  domain-wide quota, ``global_period`` = cpu_period_us and ``global_quota`` =
-  ceiling × period (µs) — or, where the driver has no global_quota,
-  ``vcpu_quota`` = ceiling × period / vcpus per vCPU; -1 = no quota. The test
-  driver knows only ``weight`` (and no *Flags scheduler calls): shares go
-  there, and a quota is reported as unsupported.
-* mem: ``setMemoryFlags(KiB, AFFECT_LIVE)`` (plain ``setMemory`` where the
-  driver lacks the flags call).
-* disk: the weight as ``setBlkioParameters({"weight"})`` (blkiotune, 100–1000:
-  libvirt writes ``blkio.bfq.weight``) where every disk's device is scheduled
-  by BFQ; elsewhere (mq-deadline, none) weights do nothing, so that is logged
-  once (``disk_weights_honoured``) and the core sends a throttle instead. The
-  ceiling as ``setBlockIoTune(dev, total_bytes_sec)`` per disk, every other
-  field passed as 0 (libvirt keeps old values otherwise); the test driver also
-  needs ``total_bytes_sec_max``. 0 = no limit.
-* net: ResCoin's own tc shaping (services/actuator/netshape.py): one htb
-  tree per direction for the whole host, the link = the alloc's network
-  capacity, each VM a class with its share as the guaranteed rate and its
-  ceiling (or the link) as ceil. ``net_shaping = "libvirt"`` holds ceilings
-  through ``setInterfaceParameters`` instead (the kernel needs sch_sfq and
-  act_police, shared/LAB.md §3.9); it has no guarantee against neighbours,
-  so network shares are not enforced there.
+* cpu: ``cpu_shares`` = 1024 × weight cores; libvirt writes it unchanged
+  into cgroup v1 cpu.shares (2…262144) or v2 cpu.weight (1…10000), so the
+  range is the domains' cgroup layout's (``cpu_weight_range``: on v2 the
+  core scales every VM's weight by one factor above 9.8 cores). The ceiling
+  as a domain-wide quota, ``global_period``/``global_quota`` (or, where the
+  driver has no global_quota, ``vcpu_quota`` per vCPU), set in its own call
+  so a refused weight does not cost the quota. The test driver knows only
+  ``weight``: no quota there (the probe says so).
+* mem: ``setMemoryFlags(KiB, AFFECT_LIVE)``; a domain without a balloon
+  device, or hugepage-backed (a balloon frees nothing), is *unenforced*.
+* disk: the weight as ``setBlkioParameters({"weight"})`` where every disk's
+  physical device is scheduled by BFQ (dm/md/LVM resolved to the devices
+  below them, blockdev.py); elsewhere, and for network disks (rbd, iscsi,
+  nbd: no host device), the probe says weights are ignored and the plan
+  throttles at the alloc's ceiling. The throttle is ``setBlockIoTune`` on
+  every disk, all in one QEMU throttle group per VM (``group_name``) when it
+  has several, so N disks share one ceiling; every other field passed as 0.
+* net: ResCoin's own tc shaping (netshape.py): one htb tree per direction
+  for the whole host, each VM a class. ``net_shaping = "libvirt"`` holds
+  ceilings through ``setInterfaceParameters`` instead (a throttle: no
+  guarantee against neighbours). A VM with no tap (user, vhost-user,
+  hostdev NICs) or with macvtap (its traffic never crosses the host's tap)
+  is *unenforced*.
 
-Settings read back: quota → cores, cpu_shares → template cores, balloon
-(``info()[2]`` KiB), block I/O tune bytes/s, interface average KiB/s.
+Busy domains: every call for a domain runs in a worker (``workers`` at
+once, one domain each) and is waited for ``busy_after_s`` at most. A
+domain that takes longer (a migration holds its job lock for up to 30 s; a
+stopped QEMU answers nothing) is reported busy for the period and skipped
+until its worker returns: the other domains are not held up. tc runs in
+the calling thread, after the libvirt calls, with its own timeout.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any, TypeVar
 
 import libvirt
 
-from ..runtime.domxml import DomainFacts, parse_domain_xml
+from ..runtime.cgroups import cgroup_mounts
+from ..runtime.domxml import DomainFacts, DomainXMLError, parse_domain_xml
 from ..runtime.libvirt_conn import LibvirtConnection, LibvirtDown
 from .backend import (
+    CPU_SHARES_V1,
     NO_LIMIT,
     RESOURCES,
     BackendError,
+    BusyError,
+    Capability,
     Change,
     ChangeError,
+    CpuWeightRange,
     DomainLimits,
     Setting,
-    UnenforceableError,
+    capable,
     change_error,
+    incapable,
 )
 from .blockdev import active_scheduler, honours_weights
 from .netshape import ShapingError, SharedLinkShaper
@@ -55,9 +69,10 @@ from .settings import ActuatorSettings
 
 log = logging.getLogger("rescoin.actuator.libvirt")
 KIB = 1024
-SHARES_PER_CORE = 1024
+CPU_SHARES_ON_V2 = CpuWeightRange(1024, 1, 10000)  # libvirt passes cpu_shares to cpu.weight unchanged
 BLKIO_WEIGHT_MIN, BLKIO_WEIGHT_MAX = 100, 1000  # what libvirt's blkiotune accepts
 LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
+T = TypeVar("T")
 
 
 class LibvirtActuatorBackend:
@@ -67,13 +82,17 @@ class LibvirtActuatorBackend:
         self.settings = settings
         self.libvirt = LibvirtConnection(settings.uri)  # reconnects after a libvirtd restart; keepalive
         self.facts: dict[str, DomainFacts] = {}  # parsed domain XML, per VM instance (see ``forget``)
+        self.probed: dict[str, list[Capability]] = {}  # per VM instance
         self.net_mode = settings.net_shaping
         if self.net_mode == "libvirt":
-            log.warning("libvirt's interface shaping holds ceilings only: network shares are not enforced")
+            log.warning("libvirt's interface shaping holds ceilings only: network shares are throttles there")
         self.shaper = SharedLinkShaper()
         self.stale_shaping_checked = False  # classes an earlier process left: dropped after the first write
-        self.disk_weights: dict[tuple[str, ...], bool] = {}  # disk sources -> their scheduler honours weights
         self.warned_schedulers: set[str] = set()  # I/O schedulers already said to ignore weights
+        self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="libvirt")
+        self.in_flight: dict[str, Future[Any]] = {}  # VM -> a call still running past busy_after_s
+        cpu = cgroup_mounts().where("cpu")[0]
+        self.cpu_range = CPU_SHARES_ON_V2 if cpu == "v2" else CPU_SHARES_V1
 
     def _conn(self) -> libvirt.virConnect:
         try:
@@ -98,71 +117,157 @@ class LibvirtActuatorBackend:
             self.facts[vm] = parse_domain_xml(dom.XMLDesc(0))
         return self.facts[vm]
 
+    # -- one worker per domain, waited for busy_after_s --------------------------------
+
+    def _busy(self, vm: str) -> bool:
+        future = self.in_flight.get(vm)
+        if future is not None and future.done():
+            del self.in_flight[vm]
+            return False
+        return future is not None
+
+    def _call(self, vm: str, fn: Callable[[], T]) -> T:
+        """``fn()`` in a worker; BusyError if the domain's last call still runs or this one takes too long."""
+        if self._busy(vm):
+            raise BusyError(f"{vm} is still answering an earlier call (a migration, a stopped QEMU?)")
+        future = self.pool.submit(fn)
+        done, _ = wait([future], timeout=self.settings.busy_after_s)
+        if not done:
+            self.in_flight[vm] = future
+            raise BusyError(f"{vm} did not answer within {self.settings.busy_after_s:g} s: skipped this period")
+        try:
+            return future.result()
+        except libvirt.libvirtError as exc:
+            raise self._lost(exc, f"{vm}") from exc
+
+    # -- discovery -----------------------------------------------------------------
+
     def domains(self) -> dict[str, DomainLimits]:
         conn = self._conn()
         try:
             doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-            out = {}
-            for d in doms:
-                vm = d.UUIDString().lower()
-                cpu, mem, disk, net = (  # parsed once per VM instance (``forget``); nan: not stated
-                    math.nan if t is None else t for t in self._facts(vm, d).template
-                )
-                out[vm] = DomainLimits(d.name(), float(d.maxMemory()) * KIB, str(d.ID()), (cpu, mem, disk, net))
-            return out
         except libvirt.libvirtError as exc:
             raise self._lost(exc, f"listing domains on {self.settings.uri}") from exc
+        out = {}
+        for d in doms:  # one domain's trouble (it went away, its XML is broken) costs only itself
+            try:
+                vm = d.UUIDString().lower()
+                facts = self._facts(vm, d)
+                template = tuple(math.nan if t is None else t for t in facts.template)
+                out[vm] = DomainLimits(facts.name, facts.mem_max_bytes, str(d.ID()), template,  # type: ignore[arg-type]
+                                       facts.template_problem)  # fmt: skip
+            except (libvirt.libvirtError, DomainXMLError) as exc:
+                log.warning("domain %s left out this period: %s", d.name() if d else "?", exc)
+        return out
 
     def forget(self, vm: str) -> None:
-        self.facts.pop(vm, None)  # its XML (tap names...) may have changed
+        self.facts.pop(vm, None)  # its XML (tap names, disks...) may have changed
+        self.probed.pop(vm, None)
         if self.net_mode == "tc":  # its taps went with it; its class and MAC filters would stay behind
             self.shaper.remove_vm(vm)
 
+    def cpu_weight_range(self) -> CpuWeightRange:
+        return self.cpu_range
+
+    def probe(self, vm: str) -> list[Capability]:
+        dom = self._domain(vm)
+        facts = self._call(vm, lambda: self._facts(vm, dom))
+        params = self._call(vm, dom.schedulerParameters)
+        found = [
+            capable("cpu_shares + global_quota")
+            if "cpu_shares" in params
+            else capable("weight (this driver has no cpu quota)", ceiling=False),
+            self._probe_mem(facts),
+            self._probe_disk(facts),
+            self._probe_net(facts),
+        ]
+        self.probed[vm] = found
+        return found
+
+    @staticmethod
+    def _probe_mem(facts: DomainFacts) -> Capability:
+        if not facts.balloon:
+            return incapable("no_balloon", "no balloon device (<memballoon model='none'>)")
+        if facts.hugepages:
+            return incapable("no_balloon", "hugepage-backed memory: a balloon frees nothing on the host")
+        return capable("balloon (setMemoryFlags)", weight=False)
+
+    def _probe_disk(self, facts: DomainFacts) -> Capability:
+        if not facts.disks:
+            return incapable("no_device", "no disk")
+        if self.settings.uri.startswith("test"):
+            return capable("blkiotune weight + setBlockIoTune")  # the test driver stores both; no device to ask
+        network = [d for d, src in zip(facts.disks, facts.disk_sources, strict=True) if not src]
+        ignoring = {active_scheduler(src) or "an unknown scheduler" for src in facts.disk_sources
+                    if src and not honours_weights(src)}  # fmt: skip
+        for scheduler in sorted(ignoring - self.warned_schedulers):  # once per scheduler, not per VM
+            log.warning("disk weights are ignored by %s: throttling at the allocation instead", scheduler)
+        self.warned_schedulers |= ignoring
+        if network or ignoring:
+            why = ", ".join([*(f"{s} ignores weights" for s in sorted(ignoring)),
+                             *(f"{d} has no host device" for d in network)])  # fmt: skip
+            return capable(f"setBlockIoTune throttle ({why})", weight=False)
+        return capable("blkiotune weight (BFQ) + setBlockIoTune")
+
+    def _probe_net(self, facts: DomainFacts) -> Capability:
+        if self.net_mode == "off":
+            return incapable("unsupported", "actuator.net_shaping = off")
+        if facts.macvtap:
+            return incapable("unsupported", "macvtap: its traffic never crosses a host tap to shape")
+        if not facts.interfaces:
+            kinds = ", ".join(facts.hostless_nics) or "none"
+            return incapable("no_device", f"no NIC with a host tap (NICs: {kinds})")
+        if facts.hostless_nics:
+            return incapable("no_device", f"NICs without a host tap ({', '.join(facts.hostless_nics)}) bypass shaping")
+        taps = ", ".join(facts.interfaces)
+        for tap in facts.interfaces if self.net_mode == "tc" else ():
+            foreign = self.shaper.foreign_qdisc(tap)
+            if foreign:
+                return incapable("foreign_qdisc", f"{tap} carries {foreign} ResCoin did not create: left alone")
+        if self.net_mode == "libvirt":
+            return capable(f"interface average on {taps}", weight=False)
+        return capable(f"htb class on {taps}")
+
     # -- read ----------------------------------------------------------------------
 
-    def read(self, vm: str) -> list[Setting]:
+    def read(self, vm: str, resource: int) -> Setting:
         dom = self._domain(vm)
-        try:
-            return [
-                self._read_cpu(vm, dom),
-                Setting(float(dom.info()[2]) * KIB, 0.0),
-                self._read_disk(vm, dom),
-                self._read_net(vm, dom),
-            ]
-        except libvirt.libvirtError as exc:
-            raise self._lost(exc, f"reading {vm}") from exc
+        res = RESOURCES[resource]
+        if res == "mem":
+            return Setting(float(self._call(vm, dom.info)[2]) * KIB, 0.0)
+        if res == "net":
+            return self._call(vm, lambda: self._read_net(vm, dom))
+        return self._call(vm, lambda: getattr(self, f"_read_{res}")(vm, dom))
 
     def _read_cpu(self, vm: str, dom: libvirt.virDomain) -> Setting:
         params = dom.schedulerParameters()
+        per_core = self.cpu_range.per_core
         if "cpu_shares" not in params:
-            return Setting(NO_LIMIT, float(params.get("weight", 0)) / SHARES_PER_CORE)
-        shares = float(params["cpu_shares"]) / SHARES_PER_CORE
+            return Setting(NO_LIMIT, float(params.get("weight", 0)) / per_core)
+        weight = float(params["cpu_shares"]) / per_core
         quota, period = params.get("global_quota", -1), params.get("global_period", 0)
         if quota > 0 and period > 0:
-            return Setting(quota / period, shares)
+            return Setting(quota / period, weight)
         quota, period = params.get("vcpu_quota", -1), params.get("vcpu_period", 0)
         if quota > 0 and period > 0:
-            return Setting(quota / period * self._facts(vm, dom).vcpus, shares)
-        return Setting(NO_LIMIT, shares)
+            return Setting(quota / period * self._facts(vm, dom).vcpus, weight)
+        return Setting(NO_LIMIT, weight)
 
     def _read_disk(self, vm: str, dom: libvirt.virDomain) -> Setting:
         disks = self._facts(vm, dom).disks
-        if not disks:
-            return Setting(NO_LIMIT, 0.0)
         total = float(dom.blockIoTune(disks[0], LIVE).get("total_bytes_sec", 0))
-        weight = float(dom.blkioParameters(LIVE).get("weight", 0))
+        weighted = self.probed.get(vm, [None, None, capable("")])[2]
+        # blkio weights can be read only where a weighted scheduler runs ("valid only for bfq or cfq")
+        weight = float(dom.blkioParameters(LIVE).get("weight", 0)) if weighted and weighted.weight else 0.0
         return Setting(total if total > 0 else NO_LIMIT, weight)
 
     def _read_net(self, vm: str, dom: libvirt.virDomain) -> Setting:
         nics = self._facts(vm, dom).interfaces
-        mode = self.net_mode if nics else "off"
-        if mode == "tc":
+        if self.net_mode == "tc":
             rate, ceil = self.shaper.rate_bps(vm), self.shaper.ceiling_bps(vm)
             if rate is None or ceil is None:
                 return Setting(NO_LIMIT, 0.0)
             return Setting(NO_LIMIT if ceil >= self.shaper.link_bps else ceil, rate)
-        if mode != "libvirt":
-            return Setting(NO_LIMIT, 0.0)
         params = dom.interfaceParameters(nics[0], LIVE)
         average = float(params.get("inbound.average", 0)) * KIB
         return Setting(average if average > 0 else NO_LIMIT, 0.0)
@@ -170,17 +275,38 @@ class LibvirtActuatorBackend:
     # -- write ---------------------------------------------------------------------
 
     def write(self, changes: list[Change]) -> list[ChangeError]:
-        errors = []
+        """Each domain's libvirt changes in its own worker, all waited for busy_after_s; then tc."""
+        errors: list[ChangeError] = []
+        per_vm: dict[str, list[Change]] = {}
+        net: list[Change] = []
         for change in changes:
-            resource = RESOURCES[change.resource]
+            if self.net_mode == "tc" and change.resource == RESOURCES.index("net"):
+                net.append(change)
+            else:
+                per_vm.setdefault(change.vm, []).append(change)
+        running: dict[Future[list[ChangeError]], str] = {}
+        for vm, mine in per_vm.items():
+            if self._busy(vm):
+                errors += [ChangeError(vm, RESOURCES[c.resource], "still answering an earlier call", "busy")
+                           for c in mine]  # fmt: skip
+            else:
+                running[self.pool.submit(self._write_domain, vm, mine)] = vm
+        done, late = wait(running, timeout=self.settings.busy_after_s)
+        for future in done:
+            errors += future.result()
+        for future in late:  # still running: reported busy now, its result is not waited for
+            vm = running[future]
+            self.in_flight[vm] = future
+            errors += [
+                ChangeError(vm, RESOURCES[c.resource], f"no answer within {self.settings.busy_after_s:g} s", "busy")
+                for c in per_vm[vm]
+            ]
+        for change in net:
             try:
-                dom = self._domain(change.vm)
-                getattr(self, f"_write_{resource}")(change.vm, dom, change.setting)
-            except (BackendError, libvirt.libvirtError, ShapingError, LookupError) as exc:
-                if isinstance(exc, libvirt.libvirtError):
-                    self.libvirt.failed(exc)  # a lost connection is reopened by the next call
-                errors.append(change_error(change.vm, resource, exc))
-        if self.net_mode == "tc" and not self.stale_shaping_checked:
+                self._write_net(change.vm, None, change.setting)
+            except (BackendError, ShapingError, LookupError, libvirt.libvirtError) as exc:
+                errors.append(change_error(change.vm, "net", exc))
+        if net and not self.stale_shaping_checked:
             self.stale_shaping_checked = True  # every VM of the first alloc has its class by now
             try:
                 self.shaper.remove_stale()
@@ -188,25 +314,41 @@ class LibvirtActuatorBackend:
                 errors.append(change_error("*", "net", exc))
         return errors
 
+    def _write_domain(self, vm: str, changes: list[Change]) -> list[ChangeError]:
+        """One domain's changes, each on its own: one refused change costs only itself (in a worker)."""
+        errors = []
+        try:
+            dom = self._domain(vm)
+        except BackendError as exc:
+            return [change_error(vm, RESOURCES[c.resource], exc) for c in changes]
+        for change in changes:
+            resource = RESOURCES[change.resource]
+            try:
+                getattr(self, f"_write_{resource}")(vm, dom, change.setting)
+            except Exception as exc:  # noqa: BLE001 - whatever one change raises costs only that change
+                if isinstance(exc, libvirt.libvirtError):
+                    self.libvirt.failed(exc)  # a lost connection is reopened by the next call
+                elif not isinstance(exc, BackendError | LookupError):
+                    log.exception("%s %s: unexpected error", vm, resource)
+                errors.append(change_error(vm, resource, exc))
+        return errors
+
     def _write_cpu(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
         known = dom.schedulerParameters()
-        shares = int(min(max(round(setting.shares * SHARES_PER_CORE), 2), 262144))
-        if "cpu_shares" not in known:  # libvirt's test driver: a weight, no quota, no *Flags calls
+        span = self.cpu_range
+        shares = int(min(max(round(setting.weight * span.per_core), span.lo), span.hi))
+        if "cpu_shares" not in known:  # libvirt's test driver: a weight, no quota (the probe says so)
             dom.setSchedulerParameters({"weight": shares})
-            if setting.ceiling != NO_LIMIT:
-                raise BackendError("this driver has no cpu quota (only 'weight'): ceiling not enforced")
             return
         period = self.settings.cpu_period_us
-        params: dict[str, int] = {"cpu_shares": shares}
+        if setting.weight > 0:
+            dom.setSchedulerParametersFlags({"cpu_shares": shares}, LIVE)
+        quota = -1 if setting.ceiling == NO_LIMIT else setting.ceiling * period
         if "global_quota" in known:
-            params["global_period"] = period
-            params["global_quota"] = -1 if setting.ceiling == NO_LIMIT else max(int(setting.ceiling * period), 1000)
+            params = {"global_period": period, "global_quota": -1 if quota < 0 else max(int(quota), 1000)}
         else:
             vcpus = max(self._facts(vm, dom).vcpus, 1)
-            params["vcpu_period"] = period
-            params["vcpu_quota"] = (
-                -1 if setting.ceiling == NO_LIMIT else max(int(setting.ceiling * period / vcpus), 1000)
-            )
+            params = {"vcpu_period": period, "vcpu_quota": -1 if quota < 0 else max(int(quota / vcpus), 1000)}
         dom.setSchedulerParametersFlags(params, LIVE)
 
     def _write_mem(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
@@ -220,11 +362,11 @@ class LibvirtActuatorBackend:
 
     def _write_disk(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
         facts = self._facts(vm, dom)
-        if setting.shares > 0:  # the core sends none where disk_weights_honoured says no
-            weight = int(min(max(round(setting.shares), BLKIO_WEIGHT_MIN), BLKIO_WEIGHT_MAX))
+        if setting.weight > 0:  # the plan sends none where the probe said the devices ignore weights
+            weight = int(min(max(round(setting.weight), BLKIO_WEIGHT_MIN), BLKIO_WEIGHT_MAX))
             dom.setBlkioParameters({"weight": weight}, LIVE)
         bps = 0 if setting.ceiling == NO_LIMIT else max(int(setting.ceiling), 1)
-        params = {
+        params: dict[str, Any] = {
             "total_bytes_sec": bps,
             "read_bytes_sec": 0,
             "write_bytes_sec": 0,
@@ -232,6 +374,8 @@ class LibvirtActuatorBackend:
             "read_iops_sec": 0,
             "write_iops_sec": 0,
         }
+        if len(facts.disks) > 1:  # one QEMU throttle group: the VM's disks share one ceiling, not N of them
+            params["group_name"] = f"rescoin-{vm[:8]}"
         for disk in facts.disks:
             try:
                 dom.setBlockIoTune(disk, params, LIVE)
@@ -240,57 +384,33 @@ class LibvirtActuatorBackend:
                     raise
                 dom.setBlockIoTune(disk, {**params, "total_bytes_sec_max": bps}, LIVE)  # test-driver quirk
 
-    def disk_weights_honoured(self, vm: str) -> bool:
-        """Every disk's device schedules by weight (BFQ); said once per I/O scheduler when not."""
-        if self.settings.uri.startswith("test"):
-            return True  # the test driver stores the weight; there is no device to ask
-        try:
-            sources = (self.facts.get(vm) or self._facts(vm, self._domain(vm))).disk_sources
-        except libvirt.libvirtError as exc:
-            raise BackendError(f"reading {vm}: {exc}") from exc
-        key = tuple(sources)
-        if key not in self.disk_weights:
-            self.disk_weights[key] = all(honours_weights(src) for src in sources if src)
-            ignoring = {active_scheduler(src) or "an unknown scheduler" for src in sources if not honours_weights(src)}
-            for scheduler in sorted(ignoring - self.warned_schedulers):  # once per scheduler, not per VM
-                log.warning("disk weights are ignored by %s (e.g. %s): throttling instead", scheduler, sources[0])
-            self.warned_schedulers |= ignoring
-        return self.disk_weights[key]
-
-    def _write_net(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
-        nics = self._facts(vm, dom).interfaces
-        if not nics:  # nothing libvirt knows of to shape (e.g. QEMU user networking)
-            raise UnenforceableError("no interface with a host device: its network is not limited")
-        mode = self.net_mode
-        if mode == "off":
-            return
-        if mode == "libvirt":
+    def _write_net(self, vm: str, dom: libvirt.virDomain | None, setting: Setting) -> None:
+        facts = self.facts.get(vm) or self._facts(vm, dom or self._domain(vm))
+        nics = facts.interfaces
+        if self.net_mode == "libvirt":
             kib = 0 if setting.ceiling == NO_LIMIT else max(int(setting.ceiling // KIB), 1)
             for nic in nics:
-                dom.setInterfaceParameters(nic, {"inbound.average": kib, "outbound.average": kib}, LIVE)
-        elif setting.ceiling == NO_LIMIT and setting.shares <= 0:  # nothing to hold (restore): out of the tree
+                (dom or self._domain(vm)).setInterfaceParameters(
+                    nic, {"inbound.average": kib, "outbound.average": kib}, LIVE
+                )
+        elif setting.ceiling == NO_LIMIT and setting.weight <= 0:  # nothing to hold (restore): out of the tree
             self.shaper.remove_vm(vm)
         else:
             if not setting.link > 0:
                 raise BackendError("no link capacity to divide: network shares need the alloc's capacity")
             ceil = math.inf if setting.ceiling == NO_LIMIT else setting.ceiling
-            taps = list(zip(nics, self._facts(vm, dom).macs, strict=True))
-            self.shaper.set_vm(vm, taps, rate_bps=max(setting.shares, 1.0), ceil_bps=ceil, link_bps=setting.link)
+            taps = list(zip(nics, facts.macs, strict=True))
+            self.shaper.set_vm(vm, taps, rate_bps=max(setting.weight, 1.0), ceil_bps=ceil, link_bps=setting.link)
 
     def capabilities(self) -> dict[str, str]:
+        mounts = cgroup_mounts()
         return {
-            "cpu": "cpu_shares + quota",
-            "mem": "balloon",
-            "disk": self._disk_capability(),
-            "net": {"tc": "shared htb tree (tc)", "libvirt": "interface average (ceilings only)"}.get(
-                self.net_mode, "off"
-            ),
+            "cgroups": mounts.layout(),
+            "cpu.weight_range": f"{self.cpu_range.lo}-{self.cpu_range.hi} ({self.cpu_range.per_core:g} per core)",
+            "net.shaping": self.net_mode,
+            "busy_domains": str(sum(1 for vm in list(self.in_flight) if self._busy(vm))),
         }
 
-    def _disk_capability(self) -> str:
-        if self.disk_weights and not all(self.disk_weights.values()):
-            return "blkiotune weight; throttle (setBlockIoTune) where the I/O scheduler ignores weights"
-        return "blkiotune weight + setBlockIoTune"
-
     def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
         self.libvirt.drop()

@@ -3,8 +3,9 @@
 The sim host (rescoin-simhost, proto/simhost.py) runs in its own process and
 takes ``shares`` as weights and ``ceiling`` in resource units, exactly the
 Setting semantics: the template amount is a fine weight (the enforcement
-model divides contended capacity in proportion to it). A Setting's shares of
-0 ("leave unset") is not written, and memory has no shares.
+model divides contended capacity in proportion to it). A Setting's weight of
+0 ("leave unset") is not written, and memory has no weight. Every resource
+of every VM takes both a weight and a ceiling.
 """
 
 from __future__ import annotations
@@ -13,7 +14,18 @@ import time
 from typing import Any
 
 from ..runtime.simclient import SimhostClient, SimhostError
-from .backend import RESOURCES, BackendError, Change, ChangeError, DomainLimits, Setting
+from .backend import (
+    CPU_SHARES_V1,
+    RESOURCES,
+    BackendError,
+    Capability,
+    Change,
+    ChangeError,
+    CpuWeightRange,
+    DomainLimits,
+    Setting,
+    capable,
+)
 
 MEM = RESOURCES.index("mem")
 SNAPSHOT_TTL_S = 1.0
@@ -40,7 +52,13 @@ class SimActuatorBackend:
             }
         return self.limits
 
-    def read(self, vm: str) -> list[Setting]:
+    def probe(self, vm: str) -> list[Capability]:
+        return [capable("sim host tunables")] * len(RESOURCES)
+
+    def cpu_weight_range(self) -> CpuWeightRange:
+        return CPU_SHARES_V1  # the sim host takes cores; this range is wide enough never to scale them
+
+    def read(self, vm: str, resource: int) -> Setting:
         if self.snapshot is None or time.monotonic() - self.snapshot[0] > SNAPSHOT_TTL_S:
             try:
                 self.snapshot = (time.monotonic(), self.client.tunables())
@@ -51,7 +69,7 @@ class SimActuatorBackend:
         if vm not in tunables.vms:
             raise BackendError(f"no VM {vm} on the sim host")
         i = tunables.vms.index(vm)
-        return [Setting(float(tunables.ceiling[i, r]), float(tunables.shares[i, r])) for r in range(len(RESOURCES))]
+        return Setting(float(tunables.ceiling[i, resource]), float(tunables.shares[i, resource]))
 
     def write(self, changes: list[Change]) -> list[ChangeError]:
         writes = []
@@ -61,8 +79,8 @@ class SimActuatorBackend:
                 "resource": RESOURCES[change.resource],
                 "ceiling": change.setting.ceiling,
             }
-            if change.resource != MEM and change.setting.shares > 0:
-                write["shares"] = change.setting.shares
+            if change.resource != MEM and change.setting.weight > 0:
+                write["shares"] = change.setting.weight
             writes.append(write)
         self.snapshot = None
         try:
@@ -72,15 +90,11 @@ class SimActuatorBackend:
             return [ChangeError(c.vm, RESOURCES[c.resource], str(exc)) for c in changes]
         return [ChangeError(e["vm"], e["resource"], e["error"]) for e in result.errors]
 
-    def disk_weights_honoured(self, vm: str) -> bool:
-        """The sim host divides its disk by the shares."""
-        return True
-
     def forget(self, vm: str) -> None:
         """Nothing is cached per VM instance here."""
 
     def capabilities(self) -> dict[str, str]:
-        return {r: "sim host tunables (shares as weights, ceiling as cap)" for r in RESOURCES}
+        return {"tunables": "the sim host's: shares as weights, ceilings as caps, on every resource"}
 
     def close(self) -> None:
         self.client.close()

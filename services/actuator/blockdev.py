@@ -1,8 +1,11 @@
-"""Does a disk's I/O scheduler honour cgroup weights? (DESIGN §7: where it does not, fall back to a throttle.)
+"""Does a disk's I/O scheduler honour cgroup weights? (docs/DESIGN.md §7.8: where it does not, fall back to a throttle.)
 
 BFQ divides a device by ``blkio.bfq.weight`` / ``io.bfq.weight``; mq-deadline,
 kyber and none ignore weights. A VM disk backed by a file is served by the
-device of the file system holding it; a partition by its whole disk's queue.
+device of the file system holding it; a partition by its whole disk's queue;
+a device-mapper or md device (LVM, dm-crypt, RAID) has no scheduler of its
+own ("none") and is served by the physical devices below it (its
+``slaves/``), so those are the ones asked.
 """
 
 from __future__ import annotations
@@ -13,14 +16,26 @@ from pathlib import Path
 WEIGHTED_SCHEDULERS = ("bfq",)
 
 
-def active_scheduler(path: str, sysfs: str = "/sys") -> str:
-    """The I/O scheduler in force for the block device behind ``path`` ("" if unknown)."""
+def _node(path: str, sysfs: str) -> Path | None:
     try:
         st = os.stat(path)
     except OSError:
-        return ""
+        return None
     dev = st.st_rdev if Path(path).is_block_device() else st.st_dev
-    return _selected(Path(sysfs, "dev", "block", f"{os.major(dev)}:{os.minor(dev)}"))
+    return Path(sysfs, "dev", "block", f"{os.major(dev)}:{os.minor(dev)}")
+
+
+def _leaves(node: Path) -> list[Path]:
+    """The physical devices under a block device: itself, or what its ``slaves/`` resolve to, recursively."""
+    try:
+        real = node.resolve()
+        whole = real if (real / "queue").exists() or not (real.parent / "queue").exists() else real.parent
+        below = sorted((whole / "slaves").iterdir()) if (whole / "slaves").is_dir() else []
+    except OSError:
+        return [node]
+    if not below:
+        return [whole]
+    return [leaf for slave in below for leaf in _leaves(slave)]
 
 
 def _selected(node: Path) -> str:
@@ -34,11 +49,22 @@ def _selected(node: Path) -> str:
     return chosen[0] if chosen else text.strip()
 
 
+def schedulers(path: str, sysfs: str = "/sys") -> list[str]:
+    """The I/O schedulers in force on the physical devices behind ``path`` ("" where unknown)."""
+    node = _node(path, sysfs)
+    return [_selected(leaf) for leaf in _leaves(node)] if node is not None else [""]
+
+
+def active_scheduler(path: str, sysfs: str = "/sys") -> str:
+    """The I/O scheduler behind ``path``: the one its devices share, else "mixed: a, b" ("" if unknown)."""
+    found = sorted(set(schedulers(path, sysfs)))
+    return found[0] if len(found) == 1 else "mixed: " + ", ".join(found)
+
+
 def active_scheduler_of(device: str, sysfs: str = "/sys") -> str:
     """The I/O scheduler of a device given as ``MAJ:MIN`` ("" if unknown)."""
-    node = Path(sysfs, "dev", "block", device)
-    return _selected(node)
+    return _selected(Path(sysfs, "dev", "block", device))
 
 
 def honours_weights(path: str, sysfs: str = "/sys") -> bool:
-    return active_scheduler(path, sysfs) in WEIGHTED_SCHEDULERS
+    return all(s in WEIGHTED_SCHEDULERS for s in schedulers(path, sysfs))

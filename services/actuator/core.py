@@ -1,33 +1,36 @@
-"""The actuator's logic: turn each `alloc` into backend writes, safely.
+"""The actuator's logic: turn each `alloc` into backend writes, one VM and one resource at a time.
 
 Socket-free: ``on_alloc`` takes a decoded alloc envelope and returns the
 `applied` body; ``on_period`` notices silence and moves to the fail-safe
 state; ``restore`` puts back what was there before ResCoin touched it.
 
-* Targets (DESIGN §7): exactly what the alloc says — its ``ceil`` per VM and
-  resource and its ``shares`` as kernel weights (``weights``); the scheduler
-  decided both and nothing is re-derived here, the memory floor included
-  (the scheduler's: what the guest cannot give back, from the sample's
-  ``mem_unreclaimable``, + reserve). Two rules stay here, because only the
-  backend knows them: no balloon at or above a VM's size, and no ceiling below
-  the template the VM's own definition states (libvirt metadata), whatever an
-  alloc says: a scheduler's bug cannot starve a VM below what it was sold.
-* Hysteresis: a setting is written only if it moved by more than
-  max(absolute threshold, relative threshold × current value). What is set is
-  kept per VM instance as (n, 4) matrices (``InForce``), so what moved is found
-  with numpy; only the backend calls are per VM. A VM started anew (libvirt: a
-  new domain ID) is read again.
-* Originals: before the first write to a VM, its settings are read and saved
-  atomically; ``restore`` (SIGTERM, ``--restore``) writes them back, even after
-  a kill -9 and a restart.
-* Fail-safe: no valid alloc for ``stale_periods`` → shares by template and,
-  unless the last alloc's enforcement was ``shares``, ceilings at template
-  (mode "failsafe"), re-applied every period until a valid alloc comes;
-  balloons never below the last alloc's (only the scheduler knows what a
-  guest cannot give back).
-* Bad allocs (an old period; the decoder already refused Σ over capacity) are
-  rejected and counted; an unknown VM is skipped and reported; one VM's
-  failure never stops the others.
+An apply is *plan*, then *execute* (docs/DESIGN.md §7):
+
+* Learn: each VM the alloc names is probed once per instance (what can hold
+  each of its resources here: ``Capability``) and each resource read on its
+  own; one that cannot be read is never written (there would be no original
+  to restore) and is tried again next period.
+* Plan (plan.py, pure): exactly what the alloc says — its ``ceil`` and its
+  ``shares`` as kernel weights (``weights``) — through each cell's
+  capability: the weight where honoured, the alloc's ceiling as a throttle
+  where only a ceiling works, *unenforced* with the reason where nothing
+  does; the two backend-knowledge rules (no balloon at or above the VM's
+  size, no ceiling below the template its own definition states); the
+  hysteresis.
+* Execute: the backend's batch write; one VM's or one change's failure is a
+  ChangeError for that cell only. A failure the backend calls lasting (no
+  device, no balloon) is not retried until the VM restarts.
+* Report: one ``Applied`` per apply, with a letter per VM × resource for
+  what holds it (proto's ``ENFORCED_LETTERS``) and a reason for each cell
+  nothing holds; counters ``unenforced.<reason>`` (cells × periods) in `hb`.
+
+Originals: before the first write to a VM's resource, its setting is read
+and saved atomically; ``restore`` (SIGTERM, ``--restore``) writes them back,
+even after a kill -9 and a restart. Fail-safe: no valid alloc for
+``stale_periods`` → shares by template and, unless the last alloc's
+enforcement was ``shares``, ceilings at template, re-applied every period.
+Bad allocs (an old period; the decoder already refused Σ over capacity) are
+rejected and counted; the wall clock stepping back is followed, not waited out.
 """
 
 from __future__ import annotations
@@ -37,12 +40,11 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from rescoin.proto import KIND_ALLOC, KIND_APPLIED, Envelope, topic_prefix
-from rescoin.proto.messages import Alloc, Applied
+from rescoin.proto.messages import ENFORCED_LETTERS, UNENFORCED_REASONS, Alloc, Applied
 
 from ..model.enforcement import ceilings, in_force, template_shares
 from ..runtime.service import Health, Outgoing
@@ -52,47 +54,75 @@ from .backend import (
     RESOURCES,
     ActuatorBackend,
     BackendError,
+    BusyError,
+    Capability,
     Change,
     ChangeError,
+    CpuWeightRange,
     DomainLimits,
     Setting,
 )
 from .in_force import InForce
+from .plan import Targets, letters, plan
 from .settings import ActuatorSettings
 
 log = logging.getLogger("rescoin.actuator")
-MEM, DISK, NET = 1, 2, 3
-COUNTERS = ("rejected.backend", "failsafe_entries", "write_errors")  # in hb from the start (alerts use them)
-
-
+CPU, MEM, DISK, NET = range(4)
+# in hb from the start (alerts use them)
+COUNTERS = (
+    "rejected.backend",
+    "failsafe_entries",
+    "write_errors",
+    "clock_steps",
+    "unenforced",
+    *(f"unenforced.{reason}" for reason in UNENFORCED_REASONS),
+)
 BFQ_WEIGHT_MAX = 1000.0  # the kernel's largest BFQ weight (libvirt accepts 100-1000)
 
 
-def weights(shares: np.ndarray) -> np.ndarray:
-    """Shares (resource units) as the weights a backend sets (DESIGN §7), (n, 4).
+def weights(shares: np.ndarray, cpu: CpuWeightRange) -> np.ndarray:
+    """Shares (resource units) as the weights a backend sets, (n, 4).
 
-    cpu stays in cores (backends set 1024 per core as cpu_shares, 100 per core
-    as cpu.weight); net stays bytes/s (the htb rate, Σ = link capacity);
-    memory has none. disk becomes a BFQ weight with the largest share at 1000:
-    the kernel's range is narrow (1-1000, libvirt's 100-1000), so ratios are
-    kept down to 1:10 below the largest, and the weights move only when the
-    largest share moves by more than the hysteresis.
+    cpu stays in cores, scaled by one factor for all VMs if the largest would pass the kernel's range
+    (``cpu.hi`` / ``cpu.per_core``: 256 cores for cgroup v1 cpu.shares, 9.8 for libvirt's cpu_shares on a
+    cgroup v2 host), so the ratios hold; net stays bytes/s (the htb rate, Σ = link capacity); memory has
+    none. disk becomes a BFQ weight with the largest share at 1000: the kernel's range is narrow (1-1000,
+    libvirt's 100-1000), so ratios are kept down to 1:10 below the largest, and the weights move only
+    when the largest share moves by more than the hysteresis.
     """
     out = np.array(shares, dtype=float)
+    top_cpu = float(out[:, CPU].max(initial=0.0)) * cpu.per_core
+    if top_cpu > cpu.hi:
+        out[:, CPU] *= cpu.hi / top_cpu
     top = float(out[:, DISK].max(initial=0.0))
     out[:, DISK] = out[:, DISK] / top * BFQ_WEIGHT_MAX if top > 0 else 0.0
     out[:, MEM] = 0.0
     return out
 
 
-@dataclass(frozen=True)
-class Targets:
-    """What one apply should put in force, per VM and resource (n, 4), RESOURCES order."""
+class Report:
+    """What one apply found per VM × resource that nothing holds, and the errors, for ``Applied``."""
 
-    ceiling: np.ndarray  # NO_LIMIT = none
-    weight: np.ndarray  # backend units (``weights``); 0 = unset
-    disk_fallback: np.ndarray  # (n,): the disk throttle where the device ignores weights
-    link: float  # net: the link capacity the shares divide, bytes/s
+    def __init__(self, vms: list[str]) -> None:
+        self.vms = vms
+        self.unenforced = np.zeros((len(vms), 4), dtype=bool)
+        self.reasons: dict[tuple[int, int], tuple[str, str]] = {}  # (i, r) -> (reason, detail)
+        self.errors: list[ChangeError] = []
+
+    def cell(self, i: int, r: int, reason: str, detail: str) -> None:
+        self.unenforced[i, r] = True
+        self.reasons[(i, r)] = (reason, detail[:2000])
+
+    def row(self, i: int, reason: str, detail: str) -> None:
+        for r in range(4):
+            self.cell(i, r, reason, detail)
+
+    def entries(self) -> list[dict[str, str]]:
+        return [
+            {"vm": self.vms[i], "resource": RESOURCES[r], "reason": reason, "detail": detail}
+            for (i, r), (reason, detail) in sorted(self.reasons.items())
+            if self.unenforced[i, r]
+        ]
 
 
 class ActuatorCore:
@@ -115,38 +145,44 @@ class ActuatorCore:
         self.clock = clock
         self.own_period = own_period  # this host's period by its wall clock; None: allocs are only ordered
         self.originals_path = state_dir / settings.originals_file if state_dir else None
-        self.originals: dict[str, list[Setting]] = self._load_originals()
+        self.originals: dict[str, list[Setting | None]] = self._load_originals()
         self.in_force = InForce()
         self.instances: dict[str, str] = {}  # VM -> the instance `in_force` was read from
-        self.unenforceable: dict[str, set[int]] = {}  # VM -> resources its backend said it cannot set
+        self.capabilities: dict[str, list[Capability]] = {}  # VM -> what can hold each resource (this instance)
+        self.unenforceable: dict[str, dict[int, ChangeError]] = {}  # VM -> lasting write failures, per resource
         self.originals_dirty = False
         self.last_alloc_period = -1
         self.last_valid: Alloc | None = None
         self.mode = "normal"
         self.periods_without_alloc = 0
         self.backend_down = ""  # why the backend could not be reached at the last apply ("" = it could)
+        self.coverage: dict[str, int] = {}  # letter -> VM × resource cells at the last apply (hb info)
 
     # -- originals -----------------------------------------------------------------
 
-    def _load_originals(self) -> dict[str, list[Setting]]:
-        """The settings found before ResCoin's first write, per VM: four (ceiling, shares) pairs of finite
-        numbers. A file that is not that is moved aside, never overwritten, and a person is told: the caps
-        in force now are ResCoin's own, so what restore would put back is from then on a guess."""
+    def _load_originals(self) -> dict[str, list[Setting | None]]:
+        """The settings found before ResCoin's first write, per VM: four (ceiling, weight) pairs of finite
+        numbers, or null for a resource never read. A file that is not that is moved aside, never
+        overwritten, and a person is told: the caps in force now are ResCoin's own, so what restore would
+        put back is from then on a guess."""
         path = self.originals_path
         if path is None or not path.exists():
             return {}
         try:
             data = json.loads(path.read_text())
-            originals = {vm: [Setting(float(c), float(w)) for c, w in settings] for vm, settings in data.items()}
+            originals = {
+                vm: [None if pair is None else Setting(float(pair[0]), float(pair[1])) for pair in settings]
+                for vm, settings in data.items()
+            }
             if not all(
                 isinstance(vm, str)
                 and len(settings) == 4
-                and all(math.isfinite(s.ceiling) and math.isfinite(s.shares) for s in settings)  # fmt: skip
+                and all(s is None or (math.isfinite(s.ceiling) and math.isfinite(s.weight)) for s in settings)
                 for vm, settings in originals.items()
             ):
-                raise ValueError("each VM needs four finite (ceiling, shares) pairs")
+                raise ValueError("each VM needs four finite (ceiling, weight) pairs or nulls")
             return originals
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
             kept = move_aside(path)
             self.counters.reject(
                 "originals",
@@ -159,17 +195,11 @@ class ActuatorCore:
     def _save_originals(self) -> None:
         if self.originals_path is None:
             return
-        data = {vm: [[s.ceiling, s.shares] for s in settings] for vm, settings in self.originals.items()}
+        data = {
+            vm: [None if s is None else [s.ceiling, s.weight] for s in settings]
+            for vm, settings in self.originals.items()
+        }
         atomic_write(self.originals_path, json.dumps(data, indent=1).encode())
-
-    def _read(self, vm: str) -> None:
-        """What is set now, from the backend; the first time, kept as the original too (saved by the
-        caller, once per batch, before any write)."""
-        settings = self.backend.read(vm)
-        self.in_force.put(vm, settings)
-        if vm not in self.originals:
-            self.originals[vm] = list(settings)
-            self.originals_dirty = True
 
     # -- the stage -----------------------------------------------------------------
 
@@ -183,11 +213,19 @@ class ActuatorCore:
         return [Outgoing(KIND_APPLIED, env.period, applied)] if applied else []
 
     def validate(self, env: Envelope) -> str:
+        stale = self.settings.stale_periods
+        own = self.own_period() if self.own_period is not None else None
         if env.period <= self.last_alloc_period:
+            # the host's clock stepped back: the last alloc is far ahead of our own clock, this one is
+            # current by it. Follow the clock (as the input filter does), never wait the step out.
+            if own is not None and self.last_alloc_period > own + stale and env.period >= own - stale:
+                self.counters.inc("clock_steps")
+                log.warning("the clock stepped back %d periods: following it", self.last_alloc_period - own)
+                return ""
             return f"alloc for period {env.period} is not newer than {self.last_alloc_period}"
-        if self.own_period is not None and env.period < self.own_period() - self.settings.stale_periods:
+        if own is not None and env.period < own - stale:
             # a replayed or long-delayed alloc: what it divided is gone; the fail-safe covers the gap
-            return f"alloc for period {env.period} is older than {self.settings.stale_periods} periods"
+            return f"alloc for period {env.period} is older than {stale} periods"
         return ""
 
     def on_alloc(self, env: Envelope) -> Applied | None:
@@ -207,12 +245,13 @@ class ActuatorCore:
         return self._apply(alloc.vms, self.targets(alloc), started, "normal")
 
     def targets(self, alloc: Alloc) -> Targets:
-        """Per VM the four settings the alloc says to enforce (DESIGN §7): its shares as kernel
-        weights (``weights``) and its ceilings where its enforcement mode applies them; in
-        ``shares`` mode a disk ceiling is the fallback for devices that ignore weights.
-        Nothing is re-derived here."""
+        """Per VM the four settings the alloc says to enforce: its shares as kernel weights (``weights``)
+        and its ceilings where its enforcement mode applies them; the alloc's ceilings are the throttle
+        where a weight would not be honoured. Nothing is re-derived here."""
         ceiling = in_force(alloc.ceiling, alloc.enforcement, none=NO_LIMIT)
-        return Targets(ceiling, weights(alloc.shares), alloc.ceiling[:, DISK], float(alloc.capacity[NET]))
+        return Targets(
+            ceiling, weights(alloc.shares, self.backend.cpu_weight_range()), alloc.ceiling, float(alloc.capacity[NET])
+        )
 
     def failsafe_targets(self, last: Alloc) -> Targets:
         """The safe state: shares by template; ceilings at template unless the last alloc's
@@ -223,176 +262,217 @@ class ActuatorCore:
         last_balloon = last.ceiling[:, MEM]
         # no balloon where the last alloc had none: a VM whose memory fit is not squeezed by the silence
         ceiling[:, MEM] = np.where(last_balloon == NO_LIMIT, NO_LIMIT, np.maximum(ceiling[:, MEM], last_balloon))
-        shares = weights(template_shares(last.template, last.capacity))
-        return Targets(in_force(ceiling, last.enforcement, none=NO_LIMIT), shares, ceiling[:, DISK],
-                       float(last.capacity[NET]))  # fmt: skip
+        shares = weights(template_shares(last.template, last.capacity), self.backend.cpu_weight_range())
+        return Targets(in_force(ceiling, last.enforcement, none=NO_LIMIT), shares, ceiling, float(last.capacity[NET]))
 
-    def _moved(
-        self, ceiling: np.ndarray, weight: np.ndarray, to_ceiling: np.ndarray, to_weight: np.ndarray
-    ) -> np.ndarray:
-        """Which settings to write, (m, 4): a ceiling set or lifted, or one that moved by more than
-        max(absolute, relative × current), or a weight that moved by more than relative × current."""
-        rel = self.settings.hysteresis_relative
-        absolute = np.asarray(self.settings.hysteresis_absolute, dtype=float)
-        toggled = (ceiling == NO_LIMIT) != (to_ceiling == NO_LIMIT)
-        ceiling_moved = np.abs(to_ceiling - ceiling) > np.maximum(absolute, rel * np.abs(ceiling))
-        weight_moved = np.abs(to_weight - weight) > rel * np.maximum(np.abs(weight), 1e-12)
-        return toggled | ceiling_moved | weight_moved
-
-    @staticmethod
-    def _no_balloon_at_size(vms: list[str], limits: dict[str, DomainLimits], wanted: np.ndarray) -> np.ndarray:
-        """Balloon targets (m,): none at or above a VM's size (the only memory rule the backend's
-        knowledge adds; the floor is the scheduler's)."""
-        size = np.fromiter((limits[vm].mem_max_bytes for vm in vms), float, len(vms))
-        return np.where(wanted >= size, NO_LIMIT, wanted)
-
-    def _not_below_template(self, vms: list[str], limits: dict[str, DomainLimits], ceiling: np.ndarray) -> None:
-        """Ceilings below the template a VM's definition states are raised to it (in place) and counted:
-        the scheduler never sends one, so each is a bug or a forgery."""
-        if not vms:
-            return
-        template = np.array([limits[vm].template for vm in vms], dtype=float)  # nan: not stated, not checked
-        below = (ceiling != NO_LIMIT) & (ceiling < template)
-        if below.any():
-            j, r = np.argwhere(below)[0]
-            self.counters.reject(
-                "below_template",
-                f"{int(below.sum())} ceilings below the VM's own template, raised to it (e.g. {vms[j]} "
-                f"{RESOURCES[r]}: {ceiling[j, r]:.6g} < {template[j, r]:.6g})",
-                log,
-            )
-            ceiling[below] = template[below]
-
-    def _throttle_where_weights_ignored(
-        self, vms: list[str], ceiling: np.ndarray, weight: np.ndarray, fallback: np.ndarray, errors: list[ChangeError]
-    ) -> None:
-        """A disk weight does nothing on a device whose I/O scheduler ignores weights (mq-deadline, none):
-        there the alloc's ceiling is the throttle, and no weight is claimed in `applied` (in place)."""
-        for j in np.flatnonzero(weight[:, DISK] > 0).tolist():
-            try:
-                honoured = self.backend.disk_weights_honoured(vms[j])
-            except BackendError as exc:
-                errors.append(ChangeError(vms[j], "disk", str(exc)))
-                continue
-            if not honoured:
-                ceiling[j, DISK] = fallback[j] if ceiling[j, DISK] == NO_LIMIT else ceiling[j, DISK]
-                weight[j, DISK] = 0.0
+    # -- learn: what each VM has and what can hold it --------------------------------
 
     def _forget_restarted(self, limits: dict[str, DomainLimits]) -> None:
         """A VM started anew lost what we set (new process, new cgroup, new tap): read it again.
         One that is gone is forgotten; its originals stay, for ``restore``."""
         if not limits:  # the backend is unavailable: we know nothing new
             return
-        for vm in list(self.in_force.rows):
+        for vm in list(self.capabilities):
             if vm not in limits or limits[vm].instance != self.instances.get(vm):
                 if vm in limits:
                     self.counters.inc("vm_restarts")
                     log.info("%s (%s) was started anew: reading its settings again", vm, limits[vm].name)
                 self.in_force.drop(vm)
+                self.capabilities.pop(vm, None)
                 self.unenforceable.pop(vm, None)
                 self.backend.forget(vm)
         self.instances = {vm: lim.instance for vm, lim in limits.items()}
 
+    def _learn(self, vm: str, i: int, report: Report) -> bool:
+        """Probe ``vm`` (once per instance) and read each resource not yet known; False if it could not
+        be probed at all (every cell reported, tried again next period)."""
+        if vm not in self.capabilities:
+            try:
+                self.capabilities[vm] = self.backend.probe(vm)
+            except BackendError as exc:
+                report.row(i, "busy" if isinstance(exc, BusyError) else "read_failed", str(exc))
+                return False
+        known = self.in_force.settings(vm) if vm in self.in_force else [None] * 4
+        if all(known):
+            return True
+        read: list[Setting | None] = list(known)
+        for r, setting in enumerate(known):
+            if setting is None and self.capabilities[vm][r].enforceable:
+                try:
+                    read[r] = self.backend.read(vm, r)
+                except BackendError as exc:
+                    reason = "busy" if isinstance(exc, BusyError) else "read_failed"
+                    report.cell(i, r, reason, f"cannot read what is set: {exc}")
+        self.in_force.put(vm, read)
+        original = self.originals.setdefault(vm, [None] * 4)
+        for r, setting in enumerate(read):
+            if original[r] is None and setting is not None and known[r] is None:
+                original[r] = setting
+                self.originals_dirty = True
+        return True
+
+    # -- plan, execute, report -------------------------------------------------------
+
     def _apply(self, vms: list[str], targets: Targets, started: float, mode: str) -> Applied:
-        errors: list[ChangeError] = []
+        report = Report(vms)
         try:
             limits = self.backend.domains()
             self.backend_down = ""
         except BackendError as exc:
             self.counters.reject("backend", str(exc), log)
             limits = {}
-            errors.append(ChangeError("*", "all", f"backend unavailable: {exc}"))
+            report.errors.append(ChangeError("*", "all", f"backend unavailable: {exc}", "backend_down"))
             self.backend_down = str(exc)[:200]
         self._forget_restarted(limits)
-        known = np.zeros(len(vms), dtype=bool)
-        for i, vm in enumerate(vms):  # per VM only: is it there, and the first time, what is set
+        rows: list[int] = []  # the alloc's rows of the VMs that can be planned for
+        for i, vm in enumerate(vms):
             if vm not in limits:
                 if limits:
                     self.counters.reject(
                         "unknown_vm", f"alloc names VM {vm}, which the {self.backend.name} backend does not have", log
                     )
-                    errors.append(ChangeError(vm, "all", "unknown VM"))
+                    report.row(i, "unknown_vm", f"the {self.backend.name} backend has no VM {vm}")
+                else:
+                    report.row(i, "backend_down", self.backend_down)
                 continue
-            if vm not in self.in_force:
-                try:
-                    self._read(vm)
-                except BackendError as exc:
-                    errors.append(ChangeError(vm, "all", str(exc)))
-                    continue
-            known[i] = True
-        idx = np.flatnonzero(known)
-        names = [vms[i] for i in idx.tolist()]
-        rows = self.in_force.index(names)
-        ceiling, weight = self.in_force.ceiling[rows], self.in_force.shares[rows]
-        to_ceiling, to_weight = targets.ceiling[idx], targets.weight[idx]  # fancy indexing: copies
-        self._throttle_where_weights_ignored(names, to_ceiling, to_weight, targets.disk_fallback[idx], errors)
-        to_ceiling[:, MEM] = self._no_balloon_at_size(names, limits, to_ceiling[:, MEM])
-        self._not_below_template(names, limits, to_ceiling)
-        moved = self._moved(ceiling, weight, to_ceiling, to_weight)
-        if self.unenforceable:  # reported once by the backend, never retried
-            at = {vm: j for j, vm in enumerate(names)}
-            for vm, resources in self.unenforceable.items():
-                if vm in at:
-                    moved[at[vm], sorted(resources)] = False
-        if self.originals_dirty:  # one atomic save for every VM seen for the first time
+            if limits[vm].problem:
+                report.errors.append(ChangeError(vm, "all", limits[vm].problem))
+            if self._learn(vm, i, report):
+                rows.append(i)
+        idx = np.array(rows, dtype=np.intp)
+        names = [vms[i] for i in rows]
+        at = self.in_force.index(names)
+        ceiling_now, weight_now = self.in_force.ceiling[at], self.in_force.weight[at]
+        can_weight, can_ceiling = self._can(names, self.in_force.known[at])
+        todo = plan(
+            Targets(targets.ceiling[idx], targets.weight[idx], targets.throttle[idx], targets.link),
+            ceiling_now,
+            weight_now,
+            can_weight,
+            can_ceiling,
+            np.fromiter((limits[vm].mem_max_bytes for vm in names), float, len(names)),
+            np.array([limits[vm].template for vm in names], dtype=float).reshape(len(names), 4),
+            self.settings.hysteresis_relative,
+            np.asarray(self.settings.hysteresis_absolute, dtype=float),
+        )
+        self._count_below_template(names, todo.below_template, todo.ceiling)
+        for j, vm in enumerate(names):  # cells nothing can hold: why, from the probe or the last failure
+            for r in np.flatnonzero(~todo.enforceable[j]).tolist():
+                if (rows[j], r) not in report.reasons:
+                    report.cell(rows[j], r, *self._why_not(vm, r))
+        write = todo.write.copy()
+        if self.originals_dirty:  # one atomic save for every resource read for the first time
             try:
                 self._save_originals()
                 self.originals_dirty = False
             except OSError as exc:  # ENOSPC, EIO: no write whose undo is not on disk; tried again next period
                 self.counters.reject("originals", f"cannot save the originals, nothing written: {exc}", log)
-                errors.append(ChangeError("*", "all", f"cannot save the original settings: {exc}"))
-                moved[:] = False
-        js, rs = np.nonzero(moved)
-        link = targets.link
+                report.errors.append(ChangeError("*", "all", f"cannot save the original settings: {exc}"))
+                write[:] = False
         changes = [
-            Change(names[j], r, Setting(c, w, link if r == NET else 0.0))
-            for j, r, c, w in zip(
-                js.tolist(), rs.tolist(), to_ceiling[moved].tolist(), to_weight[moved].tolist(), strict=True
-            )  # fmt: skip
+            Change(names[j], r, Setting(todo.ceiling[j, r], todo.weight[j, r], targets.link if r == NET else 0.0))
+            for j, r in zip(*np.nonzero(write), strict=True)
         ]
         if self.settings.dry_run:
             for change in changes:
-                log.info(
-                    "dry-run: would set %s %s to ceiling %.6g, shares %.6g",
-                    change.vm,
-                    RESOURCES[change.resource],
-                    change.setting.ceiling,
-                    change.setting.shares,
-                )
+                log.info("dry-run: would set %s %s to ceiling %.6g, weight %.6g", change.vm,
+                         RESOURCES[change.resource], change.setting.ceiling, change.setting.weight)  # fmt: skip
             mode = "dry-run" if mode == "normal" else mode
-            failed: list[ChangeError] = []
         else:
-            failed = self.backend.write(changes) if changes else []
-            written = moved.copy()
-            at = {vm: j for j, vm in enumerate(names)} if failed else {}
-            for e in failed:
-                if e.lasting and e.resource in RESOURCES:  # reported once, not retried every period
-                    self.unenforceable.setdefault(e.vm, set()).add(RESOURCES.index(e.resource))
-                if e.vm in at and e.resource in RESOURCES:
-                    written[at[e.vm], RESOURCES.index(e.resource)] = False
-            self.in_force.ceiling[rows] = np.where(written, to_ceiling, ceiling)
-            self.in_force.shares[rows] = np.where(written, to_weight, weight)
-            moved = written
-            errors.extend(failed)
-            self.counters.inc("write_errors", len(failed))
-        writes = len(changes) - len(failed)
-        self.counters.inc("writes", writes)
-        before = np.full((len(vms), 4), NO_LIMIT)
-        before[idx] = ceiling
-        after = before.copy()
-        after[idx] = np.where(moved, to_ceiling, ceiling)
-        weight_after = np.zeros((len(vms), 4))
-        weight_after[idx] = np.where(moved, to_weight, weight)
+            self._execute(changes, names, rows, write, report)
+            self.in_force.ceiling[at] = np.where(write, todo.ceiling, ceiling_now)
+            self.in_force.weight[at] = np.where(write, todo.weight, weight_now)
+        ceiling_after, weight_after = np.full((len(vms), 4), NO_LIMIT), np.zeros((len(vms), 4))
+        before = ceiling_after.copy()
+        before[idx] = ceiling_now
+        ceiling_after[idx] = np.where(write, todo.ceiling, ceiling_now)
+        weight_after[idx] = np.where(write, todo.weight, weight_now)
+        throttled = np.zeros((len(vms), 4), dtype=bool)
+        throttled[idx] = todo.throttled
+        return self._applied(report, ceiling_after, before, weight_after, throttled, started, mode, int(write.sum()))
+
+    def _can(self, names: list[str], known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(m, 4) bool each: a weight / a ceiling can hold the cell (probed, read, no lasting failure)."""
+        can_weight = np.array([[c.weight for c in self.capabilities[vm]] for vm in names], dtype=bool)
+        can_ceiling = np.array([[c.ceiling for c in self.capabilities[vm]] for vm in names], dtype=bool)
+        can_weight, can_ceiling = can_weight.reshape(-1, 4) & known, can_ceiling.reshape(-1, 4) & known
+        for j, vm in enumerate(names):
+            for r in self.unenforceable.get(vm, {}):
+                can_weight[j, r] = can_ceiling[j, r] = False
+        return can_weight, can_ceiling
+
+    def _why_not(self, vm: str, r: int) -> tuple[str, str]:
+        failed = self.unenforceable.get(vm, {}).get(r)
+        if failed is not None:
+            return failed.reason, failed.error
+        capability = self.capabilities[vm][r]
+        if capability.enforceable:  # it could be held, but what is set could not be read
+            return "read_failed", "what is set could not be read"
+        return capability.reason, capability.how
+
+    def _count_below_template(self, names: list[str], below: np.ndarray, ceiling: np.ndarray) -> None:
+        """Ceilings the plan raised to a VM's stated template: the scheduler never sends one, so each is a
+        bug or a forgery."""
+        if below.any():
+            j, r = np.argwhere(below)[0]
+            self.counters.reject(
+                "below_template",
+                f"{int(below.sum())} ceilings below the VM's own template, raised to it (e.g. {names[j]} "
+                f"{RESOURCES[r]}: now {ceiling[j, r]:.6g})",
+                log,
+            )
+
+    def _execute(self, changes: list[Change], names: list[str], rows: list[int], write: np.ndarray,
+                 report: Report) -> None:  # fmt: skip
+        """The backend's batch write; a failed change leaves its cell as it was (``write`` cleared, in
+        place) and unenforced with the reason; a lasting one is not retried for this instance."""
+        failed = self.backend.write(changes) if changes else []
+        at = {vm: j for j, vm in enumerate(names)}
+        for e in failed:
+            report.errors.append(e)
+            if e.vm not in at or e.resource not in RESOURCES:
+                continue
+            j, r = at[e.vm], RESOURCES.index(e.resource)
+            write[j, r] = False
+            report.cell(rows[j], r, e.reason, e.error)
+            if e.lasting:
+                self.unenforceable.setdefault(e.vm, {})[r] = e
+        self.counters.inc("write_errors", len(failed))
+        self.counters.inc("writes", len(changes) - len(failed))
+
+    def _applied(
+        self,
+        report: Report,
+        ceiling: np.ndarray,
+        before: np.ndarray,
+        weight: np.ndarray,
+        throttled: np.ndarray,
+        started: float,
+        mode: str,
+        writes: int,
+    ) -> Applied:
+        """The one place an ``Applied`` is built; counts what nothing holds, by reason."""
+        enforced = letters(ceiling, weight, throttled, report.unenforced)
+        unenforced = report.entries()
+        self.counters.inc("unenforced", len(unenforced))
+        for entry in unenforced:
+            self.counters.inc(f"unenforced.{entry['reason']}")
+        self.coverage = dict.fromkeys(ENFORCED_LETTERS, 0)
+        for row in enforced:
+            for letter in row:
+                self.coverage[letter] += 1
         return Applied(
-            vms=list(vms),
-            set=np.maximum(after, NO_LIMIT),
+            vms=list(report.vms),
+            set=np.maximum(ceiling, NO_LIMIT),
             before=np.maximum(before, NO_LIMIT),
-            weight=np.maximum(weight_after, 0.0),
-            errors=[{"vm": e.vm, "resource": e.resource, "error": e.error[:2000]} for e in errors],
+            weight=np.maximum(weight, 0.0),
+            errors=[{"vm": e.vm, "resource": e.resource, "error": e.error[:2000]} for e in report.errors],
             latency_s=max(self.clock() - started, 0.0),
             mode=mode,
             backend=self.backend.name,
             writes=writes,
+            enforced=enforced,
+            unenforced=unenforced,
         )
 
     def on_period(self, ended_period: int) -> list[Outgoing]:
@@ -413,40 +493,35 @@ class ActuatorCore:
         """Put back every original setting ResCoin recorded; forget them once done."""
         started = self.clock()
         vms = list(self.originals)
-        errors: list[ChangeError] = []
-        changes: list[Change] = []
-        if not self.settings.dry_run and vms:
-            changes = [  # what the backend said a VM cannot take was never set: nothing to put back
-                Change(vm, r, self.originals[vm][r])
-                for vm in vms
-                for r in range(4)
-                if r not in self.unenforceable.get(vm, ())
-            ]
-            errors = self.backend.write(changes)
-        restored = np.array([[s.ceiling for s in self.originals[vm]] for vm in vms]).reshape(len(vms), 4)
-        weight = np.array([[s.shares for s in self.originals[vm]] for vm in vms]).reshape(len(vms), 4)
-        was_in_force = np.array(
-            [
-                [s.ceiling for s in (self.in_force.settings(vm) if vm in self.in_force else self.originals[vm])]
-                for vm in vms
-            ]  # fmt: skip
-        )
-        if not errors and not self.settings.dry_run and self.originals_path is not None:
+        report = Report(vms)
+        changes = [  # what was never read, or that the backend said a VM cannot take, was never set
+            Change(vm, r, setting)
+            for vm in vms
+            for r, setting in enumerate(self.originals[vm])
+            if setting is not None and r not in self.unenforceable.get(vm, {})
+        ]
+        if not self.settings.dry_run and changes:
+            report.errors = self.backend.write(changes)
+        for i, vm in enumerate(vms):
+            for r, setting in enumerate(self.originals[vm]):
+                if setting is None:
+                    report.cell(i, r, "read_failed", "never read, so never written: nothing to restore")
+        restored = np.array([[s.ceiling if s else NO_LIMIT for s in self.originals[vm]] for vm in vms])
+        weight = np.array([[s.weight if s else 0.0 for s in self.originals[vm]] for vm in vms])
+        was = [self.in_force.settings(vm) if vm in self.in_force else self.originals[vm] for vm in vms]
+        was_in_force = np.array([[s.ceiling if s else NO_LIMIT for s in settings] for settings in was])
+        if not report.errors and not self.settings.dry_run and self.originals_path is not None:
             self.originals_path.unlink(missing_ok=True)
             self.originals = {}
         self.in_force.clear()
-        log.info("restored the original settings of %d VMs (%d errors)", len(vms), len(errors))
-        return Applied(
-            vms=vms,
-            set=np.maximum(restored, NO_LIMIT),
-            before=np.maximum(was_in_force.reshape(len(vms), 4), NO_LIMIT),
-            weight=np.maximum(weight, 0.0),
-            errors=[{"vm": e.vm, "resource": e.resource, "error": e.error[:2000]} for e in errors],
-            latency_s=max(self.clock() - started, 0.0),
-            mode="restore",
-            backend=self.backend.name,
-            writes=len(changes) - len(errors),
-        )
+        self.capabilities.clear()
+        log.info("restored the original settings of %d VMs (%d errors)", len(vms), len(report.errors))
+        shape = (len(vms), 4)
+        writes = len(changes) - len(report.errors)
+        return self._applied(
+            report, restored.reshape(shape), was_in_force.reshape(shape), weight.reshape(shape),
+            np.zeros(shape, dtype=bool), started, "restore", writes,
+        )  # fmt: skip
 
     def health(self) -> Health:
         info = {
@@ -455,7 +530,8 @@ class ActuatorCore:
             "dry_run": self.settings.dry_run,
             "vms_touched": len(self.originals),
         }
-        info.update({f"enforce.{k}": v for k, v in self.backend.capabilities().items()})
+        info.update({f"enforced.{letter}": n for letter, n in self.coverage.items()})
+        info.update({f"host.{k}": v for k, v in self.backend.capabilities().items()})
         if self.backend_down:
             info["backend_down"] = self.backend_down
         state = "failsafe" if self.mode == "failsafe" else "degraded" if self.backend_down else "ok"

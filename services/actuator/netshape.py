@@ -1,10 +1,10 @@
 """ResCoin's own network shaping with tc: shares as guaranteed rates on one link.
 
 libvirt's ``setInterfaceParameters`` shapes each tap on its own (and needs
-sch_sfq and act_police, which this lab's kernel lacks: shared/LAB.md §3.9),
+sch_sfq and act_police, which this lab's kernel lacks: docs/DESIGN.md appendix A.11),
 so it can cap a VM but cannot guarantee it anything against its neighbours.
 
-``SharedLinkShaper`` (DESIGN §7): ONE htb tree per host and direction, shared
+``SharedLinkShaper`` (docs/DESIGN.md §7.9): ONE htb tree per host and direction, shared
 by all VMs, so a class's ``rate`` is a guarantee against the neighbours. Up
 (guest → host): a u32 match-all filter on each tap's ingress hook mirreds to
 the ifb ``rcb-up``; down (host → guest): the same on the tap's root hook to
@@ -55,6 +55,7 @@ _QUANTUM_MAX, _QUANTUM_MIN = 200_000, 1514  # bytes; a VM with the whole link ge
 _MAC_AT = {UP_IFB: -8, DOWN_IFB: -14}  # where u32 finds the source / destination MAC (offsets from the IP header)
 _MATCH_MAC = {UP_IFB: "src", DOWN_IFB: "dst"}
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_UNSHAPED_ROOTS = ("noqueue", "pfifo_fast", "fq_codel", "mq", "pfifo", "fq", "noop")  # defaults: nobody's QoS
 _TAP_FILTER = ["protocol", "all", "prio", "1", "handle", "800::800", "u32", "match", "u32", "0", "0"]
 
 
@@ -231,6 +232,26 @@ class SharedLinkShaper:
             return _Vm(minor, nodes, set(), 0.0, 0.0)
         minors, _ = self._used()
         return _Vm(_free(minors, _FIRST_VM, _LAST_VM, "htb classes"), {}, set(), 0.0, 0.0)
+
+    def foreign_qdisc(self, tap: str) -> str:
+        """What shapes ``tap`` that ResCoin did not put there ("" if nothing): a root qdisc other than a
+        kernel default or our class-less htb (libvirt's ``<bandwidth>`` is an htb *with* classes), or an
+        ingress filter that does not redirect to our tree (a police rate). Such a tap is left alone."""
+        shown = self._run("tc", "qdisc", "show", "dev", tap, check=False)
+        if shown.returncode != 0:
+            return ""  # no such device (yet): the write says so
+        for line in shown.stdout.splitlines():
+            fields = line.split()  # qdisc KIND HANDLE: [dev TAP] root|parent X|ingress ...
+            if len(fields) < 3 or "root" not in fields:
+                continue
+            kind, handle = fields[1], fields[2]
+            ours = kind == "htb" and handle == "1:" and not self._run("tc", "class", "show", "dev", tap).stdout.strip()
+            if kind not in _UNSHAPED_ROOTS and not ours:
+                return f"a {kind} root qdisc ({handle})"
+        ingress = self._run("tc", "filter", "show", "dev", tap, "parent", "ffff:", check=False).stdout
+        if ingress.strip() and ("police" in ingress or UP_IFB not in ingress):
+            return "an ingress filter (a policing rate)"
+        return ""
 
     def _release_tap(self, tap: str) -> None:
         """Take our filters off ``tap``; it may be gone already (with its VM)."""

@@ -38,6 +38,13 @@ class ActuatorSettings:
         "alloc's); in normal operation the floor is the scheduler's ([scheduler] mem_reserve_bytes)",
         non_negative,
     )
+    busy_after_s: float = setting(
+        0.5,
+        "libvirt: a domain whose calls take longer than this (a migration's job lock, a stopped QEMU) is "
+        "skipped for the period and reported busy; the others are not held up",
+        between(0.01, 60.0),
+    )
+    workers: int = setting(8, "libvirt: domains whose calls run at once (one worker per domain)", between(1, 256))
     cpu_period_us: int = setting(100_000, "CFS period for quotas, microseconds", between(1000, 1_000_000))
     net_shaping: str = setting(
         "tc",
@@ -49,11 +56,9 @@ class ActuatorSettings:
         {}, "cgroup backend: name = path relative to the cgroup root, e.g. { web = 'rescoin/web' }"
     )
     cgroup_root: str = setting(
-        "/sys/fs/cgroup", "cgroup backend: where cgroupfs is mounted (v1 controllers below it, or v2)"
+        "", "cgroup backend: where v1 controllers are mounted (empty: found in /proc/self/mountinfo)"
     )
-    cgroup_v2_root: str = setting(
-        "/sys/fs/cgroup/unified", "cgroup backend: a cgroup v2 mount to use when v1 lacks a controller"
-    )
+    cgroup_v2_root: str = setting("", "cgroup backend: the cgroup v2 root (empty: found in /proc/self/mountinfo)")
     cgroup_block_device: str = setting(
         "", "cgroup backend: MAJ:MIN of the disk to throttle (blkio/io.max); empty = no disk control"
     )

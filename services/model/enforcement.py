@@ -1,6 +1,6 @@
-"""The one model of how enforcement divides a host (DESIGN §7, §9).
+"""The one model of how enforcement divides a host (docs/DESIGN.md §7.14, §9.3).
 
-Coins reach the kernel as *weights* (the scheduler's shares, DESIGN §6 step
+Coins reach the kernel as *weights* (the scheduler's shares, docs/DESIGN.md §6.6 step
 7: template plus a coin-weighted split of the unsold capacity) and, in the
 ``ceilings`` and ``both`` modes, the allocation as a *ceiling*
 (``max(alloc, template)``, so a VM can always run up to its template whatever

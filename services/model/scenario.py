@@ -1,4 +1,4 @@
-"""How a host is sized from real traces: templates and a contended capacity (DESIGN §9).
+"""How a host is sized from real traces: templates and a contended capacity (docs/DESIGN.md §9.4).
 
 One place for the burstable-instance model shared by `rescoin evaluate` and
 the sim host: a template is a fraction of each VM's provisioned size (vcpus

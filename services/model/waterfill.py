@@ -3,7 +3,7 @@ and the enforcement model.
 
 Water-filling an amount A over caps c_i with weights w_i gives each i
 ``min(c_i, λ·w_i)`` with λ the largest value for which the sum stays ≤ A
-(DESIGN §6); an i with weight 0 gets nothing. No Python loop over VMs.
+(docs/DESIGN.md §6.1); an i with weight 0 gets nothing. No Python loop over VMs.
 
 λ is found by Newton steps on f(λ) = Σ min(c_i, λ·w_i), concave and piecewise
 linear: from λ = A/Σw (never above the answer), each step solves the line

@@ -91,6 +91,8 @@ class LibvirtMonitorBackend:
         if facts is None or age >= self.xml_refresh_periods:
             facts = parse_domain_xml(dom.XMLDesc(0))
             age = 0
+            if facts.template_problem:
+                log.warning("domain %s: %s (the configured template is used)", dom.name(), facts.template_problem)
         self.facts[uuid] = (age + 1, facts)
         return facts
 

@@ -54,6 +54,11 @@ class DomainFacts:
     disk_sources: list[str] = field(default_factory=list)  # host paths behind `disks` ("" if none), same order
     macs: list[str] = field(default_factory=list)  # guest MAC of each of `interfaces`, same order
     template: tuple[float | None, float | None, float | None, float | None] = (None, None, None, None)
+    template_problem: str = ""  # a malformed <rescoin:template>: ignored (None above), said here
+    balloon: bool = True  # a balloon device (<memballoon model='none'> has none)
+    hugepages: bool = False  # hugepage-backed memory: a balloon frees nothing on the host
+    hostless_nics: list[str] = field(default_factory=list)  # NIC types with no host tap (user, vhostuser, hostdev…)
+    macvtap: bool = False  # an <interface type='direct'>: traffic bypasses the host's own tap ingress
 
 
 def _memory_bytes(elem: ET.Element | None) -> float:
@@ -64,6 +69,9 @@ def _memory_bytes(elem: ET.Element | None) -> float:
     if unit not in _UNIT_BYTES:
         raise DomainXMLError(f"unknown memory unit {unit!r}")
     return float(text) * _UNIT_BYTES[unit]
+
+
+TAP_TYPES = ("network", "bridge", "ethernet", "direct")  # NIC types with a host device ResCoin can shape
 
 
 def _devs(root: ET.Element, path: str) -> list[str]:
@@ -93,6 +101,34 @@ def parse_domain_xml(xml: str) -> DomainFacts:
         vcpus = int(vcpu.get("current", vcpu.text or "")) if vcpu is not None else 1
     except (TypeError, ValueError) as exc:
         raise DomainXMLError("bad <vcpu>") from exc
+    try:
+        template, problem = _template(root), ""
+    except DomainXMLError as exc:  # one VM's typo costs only its own template, never its enforcement
+        template, problem = [None, None, None, None], f"<rescoin:template> ignored: {exc}"
+    balloon = root.find("devices/memballoon")
+    nics = root.findall("devices/interface")
+    tapped = [nic for nic in nics if nic.get("type") in TAP_TYPES and nic.find("target") is not None]
+    return DomainFacts(
+        uuid=(root.findtext("uuid") or "").strip().lower(),
+        name=(root.findtext("name") or "").strip(),
+        vcpus=vcpus,
+        mem_max_bytes=_memory_bytes(root.find("memory")),
+        disks=_devs(root, "devices/disk[@device='disk']/target"),
+        interfaces=[dev for nic in tapped if (dev := nic.find("target").get("dev", ""))],  # type: ignore[union-attr]
+        disk_sources=[
+            _disk_source(d) for d in root.findall("devices/disk[@device='disk']") if d.find("target") is not None
+        ],
+        macs=[_mac(nic) for nic in tapped if nic.find("target").get("dev", "")],  # type: ignore[union-attr]
+        template=(template[0], template[1], template[2], template[3]),
+        template_problem=problem,
+        balloon=balloon is not None and balloon.get("model", "virtio") != "none",
+        hugepages=root.find("memoryBacking/hugepages") is not None,
+        hostless_nics=[nic.get("type", "?") for nic in nics if nic not in tapped],
+        macvtap=any(nic.get("type") == "direct" for nic in nics),
+    )
+
+
+def _template(root: ET.Element) -> list[float | None]:
     template: list[float | None] = [None, None, None, None]
     meta = root.find(f"metadata/{{{TEMPLATE_NS}}}template")
     if meta is not None:
@@ -107,16 +143,4 @@ def parse_domain_xml(xml: str) -> DomainFacts:
                 if not math.isfinite(value) or value < 0:
                     raise DomainXMLError(f"template {tag} {attr} must be a finite number >= 0")
                 template[i] = value
-    return DomainFacts(
-        uuid=(root.findtext("uuid") or "").strip().lower(),
-        name=(root.findtext("name") or "").strip(),
-        vcpus=vcpus,
-        mem_max_bytes=_memory_bytes(root.find("memory")),
-        disks=_devs(root, "devices/disk[@device='disk']/target"),
-        interfaces=_devs(root, "devices/interface/target"),
-        disk_sources=[
-            _disk_source(d) for d in root.findall("devices/disk[@device='disk']") if d.find("target") is not None
-        ],
-        macs=[_mac(i) for i in root.findall("devices/interface") if i.find("target") is not None],
-        template=(template[0], template[1], template[2], template[3]),
-    )
+    return template

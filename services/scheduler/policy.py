@@ -1,4 +1,4 @@
-"""The ResCoin allocation policy (DESIGN §6) and the baselines it is compared with.
+"""The ResCoin allocation policy (docs/DESIGN.md §6) and the baselines it is compared with.
 
 Every policy has the same signature:
 ``policy(demand, template, capacity, coins, share_leftover=False) -> alloc``
@@ -43,6 +43,13 @@ def check_inputs(
         if arr.size and arr.min() < 0:
             raise PolicyInputError(f"{name} contains negative values")
     return demand, template, capacity, coins
+
+
+def oversold(template: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    """Per resource: Σ template > C beyond rounding, (4,) bool. The sum's order (a C- or a Fortran-ordered
+    array) moves it by a few ulps, and a host sold exactly to its capacity must not flip to shares ∝
+    template (which hand VMs without a template a tiebreak weight) on that."""
+    return template.sum(axis=0) > capacity * (1.0 + 4.0 * len(template) * np.finfo(float).eps)
 
 
 def fits_host(demand: np.ndarray, capacity: np.ndarray, headroom: float) -> np.ndarray:
@@ -97,14 +104,14 @@ def _share_leftover(alloc: np.ndarray, template: np.ndarray, capacity: np.ndarra
 def rescoin(
     demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False
 ) -> np.ndarray:
-    """Entitlement first, then excess by coins, then the rest by template (DESIGN §6)."""
+    """Entitlement first, then excess by coins, then the rest by template (docs/DESIGN.md §6.5)."""
     demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
     if demand.shape[0] == 0:
         return np.zeros((0, N_RESOURCES))
     base = np.minimum(demand, template)
-    oversold = base.sum(axis=0) > capacity
-    if oversold.any():  # the host sold more than it has: entitlements shrink by template
-        base = np.where(oversold, waterfill(capacity, base, template), base)
+    short = base.sum(axis=0) > capacity
+    if short.any():  # the host sold more than it has: entitlements shrink by template
+        base = np.where(short, waterfill(capacity, base, template), base)
     excess = np.maximum(capacity - base.sum(axis=0), 0.0)
     alloc = base + burst_extra(excess, np.maximum(demand - template, 0.0), template, coins)
     return _share_leftover(alloc, template, capacity) if share_leftover else alloc
@@ -120,7 +127,7 @@ def burst_extra(amount: np.ndarray, burst: np.ndarray, template: np.ndarray, coi
 
 
 def unsold_shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray) -> np.ndarray:
-    """DESIGN §6 step 7: share = template + a split of the unsold capacity E = C − Σ tc, (n, 4).
+    """docs/DESIGN.md §6.6: share = template + a split of the unsold capacity E = C − Σ tc, (n, 4).
 
     E goes to the VMs predicted to burst, tier 1 by coin weight and tier 2 by
     template (as in ``rescoin``), any remainder by template, so Σ share = C and
@@ -132,12 +139,11 @@ def unsold_shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray
     extra = burst_extra(unsold, np.maximum(demand - template, 0.0), template, coins)
     rest = np.maximum(unsold - extra.sum(axis=0), 0.0)
     share = template + extra + template_shares(template, rest)
-    oversold = template.sum(axis=0) > capacity
-    return np.where(oversold, template_shares(template, capacity), share)
+    return np.where(oversold(template, capacity), template_shares(template, capacity), share)
 
 
 def seed_shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray) -> np.ndarray:
-    """The seed's literal form (DESIGN §6 step 7, allowed variant): share = tc + wr·C_e, (n, 4).
+    """The seed's literal form (docs/DESIGN.md §6.6, allowed variant): share = tc + wr·C_e, (n, 4).
 
     wr = coin weight / Σ coin weight, C_e = C − Σ min(d, tc): the capacity the
     entitlements leave, promised to savers *before* anyone bursts. Σ share can
@@ -153,8 +159,7 @@ def seed_shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, 
     entitled = np.minimum(demand, template)
     spare = np.maximum(capacity - entitled.sum(axis=0), 0.0)
     share = template + ratio[:, None] * spare[None, :]
-    oversold = template.sum(axis=0) > capacity
-    return np.where(oversold, template_shares(template, capacity), share)
+    return np.where(oversold(template, capacity), template_shares(template, capacity), share)
 
 
 def coin_shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray) -> np.ndarray:
@@ -169,8 +174,7 @@ def coin_shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, 
     total = weight.sum()
     unsold = np.maximum(capacity - template.sum(axis=0), 0.0)
     extra = weight[:, None] / total * unsold[None, :] if total > 0 else template_shares(template, unsold)
-    oversold = template.sum(axis=0) > capacity
-    return np.where(oversold, template_shares(template, capacity), template + extra)
+    return np.where(oversold(template, capacity), template_shares(template, capacity), template + extra)
 
 
 SHARE_FORMULAS: dict[str, Callable[..., np.ndarray]] = {

@@ -3,7 +3,7 @@
 A guest's reported use (MemTotal − MemAvailable) leaves out the page cache it
 lives on and its kernel's own memory; ballooning it to use + reserve can
 leave it thrashing while every number the host sees looks fine. So, per VM
-(the rules of ``decide``, DESIGN §6/§7, settings in ``[scheduler]``):
+(the rules of ``decide``, docs/DESIGN.md §6.8, settings in ``[scheduler]``):
 
 * **Floor.** A balloon never goes below what the guest cannot give back
   (the sample's ``mem_unreclaimable``: balloon actual − usable) or its use,

@@ -113,7 +113,7 @@ def decide(
     settings: SchedulerSettings,
     pressure: MemoryPressure | None = None,
 ) -> Decision:
-    """One period for one host (DESIGN §6, §7). ``last_ceiling``: the ceilings in force last period
+    """One period for one host (docs/DESIGN.md §6, §7.1). ``last_ceiling``: the ceilings in force last period
     (inf where nothing was capped); ``pressure``: what the guests say of their memory (None: nothing).
 
     Memory (services/scheduler/pressure.py): the floor is max(use, unreclaimable) + reserve; with

@@ -2,7 +2,7 @@
 
 Each VM's demand for period p is one row of its trace (``samples_per_period``
 trace samples per period, wrapping around the trace). What it achieves is
-DESIGN §7/§9's enforcement model (services/model/enforcement.py, the one
+docs/DESIGN.md §7.14/§9.3's enforcement model (services/model/enforcement.py, the one
 model shared with `rescoin evaluate`) given the shares and ceilings the
 actuator set. Cumulative counters grow linearly in time at the achieved rate,
 so a monitor reading them at any two moments gets the exact rate between them,

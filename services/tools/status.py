@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import zmq
 from rescoin.proto import Heartbeat
+from rescoin.proto.messages import ENFORCED_LETTERS
 
 from .buses import add_bus_arguments, bus_endpoints, curve_keys, receive, subscribe
 
@@ -59,6 +60,19 @@ def judge(
     return rows
 
 
+def coverage(host: str, info: dict) -> str:
+    """One line per host from its actuator's hb: how many VM × resource cells are held, by mechanism."""
+    counts = {letter: int(info.get(f"enforced.{letter}", 0)) for letter in ENFORCED_LETTERS}
+    total = sum(counts.values())
+    if not total:
+        return f"enforcement on {host}: nothing applied yet"
+    held = ", ".join(f"{ENFORCED_LETTERS[k]} {n}" for k, n in counts.items() if n and k != "x")
+    line = f"enforcement on {host}: {total - counts['x']} of {total} VM x resource held ({held or 'none'})"
+    if counts["x"]:
+        line += f"; {counts['x']} NOT ENFORCED (why: rescoin doctor, or rescoin tap applied/)"
+    return line
+
+
 def run(args: argparse.Namespace) -> int:
     ctx = zmq.Context()
     sub = subscribe(ctx, bus_endpoints(args), ["hb/"], curve_keys(args))
@@ -86,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
             if beat.hb.errors:
                 detail += f"  | {beat.hb.errors[-1][:80]}"
         print(f"{host:<12} {service:<10} {verdict:<26} {beat.period if beat else '-':>12}  {detail}")
+    for host, service, _verdict, beat in rows:
+        if service == "actuator" and beat is not None:
+            print(coverage(host, beat.hb.info))
     bad = [r for r in rows if r[2] != "up"]
     if not rows:
         print("no heartbeat from any service")

@@ -1,4 +1,4 @@
-"""A second decoder, written from proto/README.md (protocol version 2, guest formats 2 and 3) alone.
+"""A second decoder, written from proto/README.md (protocol version 4, guest formats 2 and 3) alone.
 
 It imports nothing from rescoin: only msgpack, numpy and the standard library,
 as a third-party subscriber would. ``judge(frames)`` gives a verdict for one
@@ -20,9 +20,11 @@ from typing import Any
 import msgpack
 import numpy as np
 
-VERSION = 2
+VERSION = 4
 GUEST_FORMATS = (2, 3)  # §5: the previous and the current guest format, in a guest frame's `v`
 KINDS = ("guest.mem", "sample", "estimate", "alloc", "applied", "hb")
+UNENFORCED_REASONS = ("backend_down", "unknown_vm", "busy", "read_failed", "write_failed", "no_device", "no_balloon",
+                      "unsupported", "foreign_qdisc")  # fmt: skip
 ENVELOPE_KEYS = {"v", "kind", "host", "src", "epoch", "seq", "ts", "period", "body"}
 
 # §6 "Limits of one message"
@@ -37,6 +39,18 @@ MAX_EXT_BYTES = 3_200_064
 MAX_DIM = 1_000_000
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 MAX_GUEST_BYTES = 2**50
+
+# §6 "Decoding budget": per topic kind (payload bytes, list items, map entries, maps and lists,
+# arrays, items), and for every kind a payload of s bytes: maps and lists <= 16 + s // 24,
+# items <= 1024 + s // 3
+BUDGET = {
+    "guest.mem": (4096, 16, 16, 6, 4, math.inf),
+    "hb": (8 * 2**20, 20, 256, 9, 4, math.inf),
+    "sample": (64 * 2**20, 100_000, 16, 9, 12, math.inf),
+    "estimate": (16 * 2**20, 100_000, 64, 9, 5, math.inf),
+    "alloc": (32 * 2**20, 100_000, 16, 8, 11, math.inf),
+    "applied": (64 * 2**20, 400_000, 16, 800_010, 7, 6_600_064),
+}
 
 # §2 "Types"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
@@ -105,9 +119,13 @@ def _message(frames: Any, versions: tuple[int, ...] = (VERSION,)) -> dict[str, A
     if shape is None:
         raise Rejected(f"topic {text!r} is not kind/key/")
     topic_kind, topic_key = shape.groups()
-    if len(raw) > (MAX_GUEST_PAYLOAD_BYTES if topic_kind == "guest.mem" else MAX_PAYLOAD_BYTES):
+    if topic_kind not in BUDGET:
+        raise Rejected(f"topic kind {topic_kind!r}")
+    if len(raw) > min(
+        BUDGET[topic_kind][0], MAX_GUEST_PAYLOAD_BYTES if topic_kind == "guest.mem" else MAX_PAYLOAD_BYTES
+    ):
         raise Rejected("payload too large")
-    env = _unpack(raw)
+    env = _unpack(raw, topic_kind)
     if not isinstance(env, dict) or set(env) != ENVELOPE_KEYS:
         raise Rejected("envelope keys")
     if not _is_int(env["v"]) or env["v"] not in versions:
@@ -133,18 +151,45 @@ def _message(frames: Any, versions: tuple[int, ...] = (VERSION,)) -> dict[str, A
     return env
 
 
-def _unpack(raw: bytes) -> Any:
+def _unpack(raw: bytes, kind: str) -> Any:
+    _, list_items, map_entries, containers, arrays, items = BUDGET[kind]
+    left = {
+        "containers": min(containers, 16 + len(raw) // 24),
+        "arrays": arrays,
+        "items": min(items, 1024 + len(raw) // 3),
+    }
+
+    def spend(what: str, n: int = 1) -> None:
+        left[what] -= n
+        if left[what] < 0:
+            raise Rejected(f"decoding budget: too many {what} for a {kind}")
+
+    def on_list(value: list[Any]) -> list[Any]:
+        spend("containers")
+        spend("items", len(value))
+        return value
+
+    def on_map(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+        spend("containers")
+        spend("items", 2 * len(pairs))
+        return _map(pairs)
+
+    def on_ext(code: int, data: bytes) -> np.ndarray:
+        spend("arrays")
+        return _array(code, data)
+
     try:
         return msgpack.unpackb(
             raw,
             raw=False,
             strict_map_key=False,  # _map checks the keys itself
-            object_pairs_hook=_map,
-            ext_hook=_array,
+            object_pairs_hook=on_map,
+            list_hook=on_list,
+            ext_hook=on_ext,
             max_str_len=MAX_STR_BYTES,
             max_bin_len=MAX_STR_BYTES,
-            max_array_len=MAX_LIST_ITEMS,
-            max_map_len=MAX_MAP_ENTRIES,
+            max_array_len=min(MAX_LIST_ITEMS, list_items),
+            max_map_len=min(MAX_MAP_ENTRIES, map_entries),
             max_ext_len=MAX_EXT_BYTES,
         )
     except Rejected:
@@ -163,10 +208,10 @@ def _map(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
 def _array(code: int, data: bytes) -> np.ndarray:
     if code != 1:
         raise Rejected(f"extension type {code}")
-    try:
-        item = msgpack.unpackb(data, raw=False)
+    try:  # §2: the str/bin limit of §6 does not apply inside; dtype <= 16 bytes, no map, no extension
+        item = msgpack.unpackb(data, raw=False, max_str_len=16, max_map_len=0, max_ext_len=0)
     except Exception:
-        raise Rejected("array extension is not one msgpack value") from None
+        raise Rejected("array extension is not one msgpack value within its limits") from None
     if not isinstance(item, list) or len(item) != 3:
         raise Rejected("array extension is not [dtype, shape, raw]")
     dtype, shape, raw = item
@@ -331,7 +376,8 @@ def _alloc(body: dict[str, Any]) -> None:
 
 
 def _applied(body: dict[str, Any]) -> None:
-    keys = ("vms", "set", "before", "weight", "errors", "latency_s", "mode", "backend", "writes")
+    keys = ("vms", "set", "before", "weight", "errors", "latency_s", "mode", "backend", "writes", "enforced",
+            "unenforced")  # fmt: skip
     _keys(body, keys, "applied")
     n = _vms(body["vms"])
     _matrix(body["set"], "set", (n, 4), "ceiling")
@@ -352,6 +398,30 @@ def _applied(body: dict[str, Any]) -> None:
     _closed(body["mode"], "mode", APPLY_MODES)
     _closed(body["backend"], "backend", BACKENDS)
     _int(body["writes"], "writes", 0, INT_MAX)
+    enforced = body["enforced"]
+    if not isinstance(enforced, list) or len(enforced) != n:
+        raise Rejected(f"enforced: not a list of {n}")
+    for letters in enforced:
+        if not isinstance(letters, str) or len(letters) != 4 or set(letters) - set("wbct-x"):
+            raise Rejected("enforced[]: not 4 letters of w b c t - x")
+    marked = {
+        (vm, r) for vm, letters in zip(body["vms"], enforced, strict=True) for r, c in enumerate(letters) if c == "x"
+    }
+    unenforced = body["unenforced"]
+    if not isinstance(unenforced, list):
+        raise Rejected("unenforced: not a list")
+    named = []
+    for entry in unenforced:
+        if not isinstance(entry, dict):
+            raise Rejected("unenforced: not a map")
+        _keys(entry, ("vm", "resource", "reason", "detail"), "unenforced[]")
+        _uuid(entry["vm"], "unenforced[].vm")
+        _closed(entry["resource"], "unenforced[].resource", ERROR_RESOURCES[:4])
+        _closed(entry["reason"], "unenforced[].reason", UNENFORCED_REASONS)
+        _str(entry["detail"], "unenforced[].detail", 2000)
+        named.append((entry["vm"], ERROR_RESOURCES.index(entry["resource"])))
+    if len(set(named)) != len(named) or set(named) != marked:
+        raise Rejected("unenforced: not exactly one entry per 'x' in enforced")
 
 
 def _hb(body: dict[str, Any]) -> None:

@@ -144,11 +144,11 @@ def build_cases() -> None:  # one long table: it reads as the spec does
     # --- the envelope (§2)
     framed(
         "hb",
-        "v = 2 as a uint64",
+        "v = 4 as a uint64",
         OK,
-        lambda p: [topic_of(p), replaced(frames_of(p)[1], b"\xa1v\x02", b"\xa1v\xcf" + struct.pack(">Q", 2))],
+        lambda p: [topic_of(p), replaced(frames_of(p)[1], b"\xa1v\x04", b"\xa1v\xcf" + struct.pack(">Q", 4))],
     )
-    for value in (1, 3, True, 2.0, "2", None):
+    for value in (1, 2, 3, 5, True, 4.0, "4", None):
         case("hb", f"v = {value!r}", BAD, env(v=value))
     framed(
         "hb",
@@ -468,6 +468,26 @@ def build_cases() -> None:  # one long table: it reads as the spec does
         case("applied", f"backend {value!r}", BAD, body(backend=value))
     for value, verdict in ((0, OK), (2**63 - 1, OK), (2**63, BAD), (-1, BAD), (True, BAD), (1.0, BAD)):
         case("applied", f"writes = {value!r}", verdict, body(writes=value))
+
+    def unenforce(letter: str = "x", reason: str = "no_balloon", entries: int = 1) -> Callable[[Payload], None]:
+        """VM 0's memory marked `letter`, with `entries` unenforced maps naming it."""
+
+        def change(p: Payload) -> None:
+            b = p["body"]
+            b["enforced"][0] = b["enforced"][0][0] + letter + b["enforced"][0][2:]
+            b["unenforced"] = [u for u in b["unenforced"] if (u["vm"], u["resource"]) != (b["vms"][0], "mem")]
+            b["unenforced"] += [{"vm": b["vms"][0], "resource": "mem", "reason": reason, "detail": "d"}] * entries
+
+        return change
+
+    case("applied", "a memory nothing holds, with its reason", OK, unenforce())
+    case("applied", "an x without its reason", BAD, unenforce(entries=0))
+    case("applied", "an x with two reasons", BAD, unenforce(entries=2))
+    case("applied", "a reason for a cell that is held", BAD, unenforce(letter="c"))
+    case("applied", "a reason outside the closed list", BAD, unenforce(reason="tired"))
+    case("applied", "enforced of 3 letters", BAD, lambda p: p["body"]["enforced"].__setitem__(0, "wcb"))
+    case("applied", "enforced letter 'z'", BAD, lambda p: p["body"]["enforced"].__setitem__(0, "wczb"))
+    case("applied", "one enforced too few", BAD, lambda p: p["body"]["enforced"].pop())
 
     # --- hb (§4)
     case("hb", "service '-x'", BAD, body(service="-x"))

@@ -31,6 +31,7 @@ from rescoin.services.bus.ipc import DIR_MODE, PUBLISH_MODE, SUBSCRIBE_MODE
 
 from tests.e2e.conftest import DEPLOY, VENV_BIN, start_pipeline, stop_pipeline, wait_running
 from tests.support.bus import wait_for
+from tests.support.machine import machine_lacks
 from tests.support.need import missing
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
@@ -172,7 +173,7 @@ def host_layout_bus():
     if os.geteuid() != 0:
         missing("needs root: /run/rescoin and dropping to nobody")
     if (HOST_BUS / "pub.sock").exists():
-        pytest.skip(f"{HOST_BUS} is in use (a ResCoin bus runs on this machine): not touching it")
+        machine_lacks("bus_in_use", str(HOST_BUS))
     try:
         gid = grp.getgrnam("rescoin").gr_gid
     except KeyError:

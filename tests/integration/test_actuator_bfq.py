@@ -1,8 +1,9 @@
 """Disk shares reach the kernel as BFQ weights and divide a real device (root).
 
 The device: a loop device with direct I/O over a file, its I/O scheduler set to
-BFQ (this machine's disks run mq-deadline, where weights do nothing; the VM
-suite checks the throttle that replaces them there). Two cgroup v1 blkio
+BFQ. A kernel built without BFQ skips this test (a machine fact,
+tests/support/machine.py); there the VM suite checks the throttle that
+replaces weights. Two cgroup v1 blkio
 groups stand for two VMs; the actuator core, with the real cgroup backend,
 applies an alloc whose disk shares are 1 : 4, and two O_DIRECT readers, one
 per group, read the device at once. Measured by hand before this test:
@@ -25,6 +26,7 @@ from rescoin.services.actuator.core import ActuatorCore
 from rescoin.services.runtime.config import load_config
 from rescoin.services.runtime.support import Counters
 
+from tests.support.machine import kernel_has_bfq, machine_lacks
 from tests.support.messages import alloc_envelope, make_alloc
 from tests.support.need import missing
 
@@ -52,8 +54,10 @@ def bfq_device(tmp_path):
     """(loop device, MAJ:MIN, two blkio groups) with BFQ on the device; all removed afterwards."""
     if os.geteuid() != 0 or shutil.which("losetup") is None:
         missing("needs root and losetup")
+    if not kernel_has_bfq():
+        machine_lacks("no_bfq")
     if not all((CGROUP / c / "cgroup.procs").exists() for c in CONTROLLERS):
-        pytest.skip("cgroup v1 cpu, memory and blkio are not all mounted here")
+        machine_lacks("no_cgroup_v1")
     image = tmp_path / "disk.img"
     with image.open("wb") as f:
         f.write(os.urandom(64 * 2**20))
@@ -64,7 +68,7 @@ def bfq_device(tmp_path):
         name = Path(loop).name
         (Path("/sys/block") / name / "queue" / "scheduler").write_text("bfq")
         if "[bfq]" not in (Path("/sys/block") / name / "queue" / "scheduler").read_text():
-            missing("the kernel has no BFQ I/O scheduler")
+            missing(f"{loop} did not take BFQ although the kernel offers it")
         for g in groups:
             for c in CONTROLLERS:
                 (CGROUP / c / g).mkdir()

@@ -51,15 +51,25 @@ def test_shares_memory_disk_and_net_are_set_and_read_back(backend):
     assert dom2.blockIoTune("vda", 0)["total_bytes_sec"] == 4 * 2**20
     assert dom2.blockIoTune("vdb", 0)["total_bytes_sec"] == 4 * 2**20  # every disk
     assert dom1.interfaceParameters("testnet0", 0)["inbound.average"] == 2048  # KiB/s
-    settings = backend.read(VM1)
-    assert settings[1].ceiling == 512 * 2**20 and settings[3].ceiling == 2 * 2**20
+    assert backend.read(VM1, 1).ceiling == 512 * 2**20 and backend.read(VM1, 3).ceiling == 2 * 2**20
 
 
-def test_a_quota_the_driver_cannot_express_is_an_error_for_that_vm_only(backend):
-    errors = backend.write([Change(VM1, 0, Setting(1.5, 1.0)), Change(VM2, 1, Setting(1024 * 2**20, 0.0))])
-    assert [(e.vm, e.resource) for e in errors] == [(VM1, "cpu")]
-    assert "quota" in errors[0].error
-    assert backend.libvirt.get().lookupByUUIDString(VM2).info()[2] == 1024 * 1024
+def test_the_probe_says_what_can_hold_each_resource_of_each_domain(backend):
+    cpu, mem, disk, net = backend.probe(VM1)
+    assert cpu.weight and not cpu.ceiling and "no cpu quota" in cpu.how  # the test driver has only 'weight'
+    assert mem.ceiling and not mem.weight
+    assert disk.weight and disk.ceiling
+    assert net.ceiling and not net.weight and "testnet0" in net.how  # interface averages: a throttle
+
+
+def test_a_quota_the_driver_cannot_hold_is_never_attempted_and_the_weight_still_is(backend, tmp_path):
+    core = ActuatorCore("h1", backend.settings, backend, Counters(), tmp_path)
+    vms = sorted(backend.domains())
+    n = len(vms)
+    template = np.tile([0.5, 256 * 2**20, 0.0, 0.0], (n, 1))
+    body = make_alloc(vms, template * 2, template, template * 0.1, np.array([8.0, 16 * 2**30, 1e9, 1e9]))
+    applied = core.on_alloc(alloc_envelope(1, body))  # ceilings mode: cpu quotas asked
+    assert applied.errors == [] and {letters[0] for letters in applied.enforced} == {"w"}
 
 
 def test_unknown_vm_is_an_error_not_a_crash(backend):
@@ -69,7 +79,7 @@ def test_unknown_vm_is_an_error_not_a_crash(backend):
 
 def test_a_shut_off_domain_is_not_offered(backend):
     assert "33333333-3333-3333-3333-333333333333" not in backend.domains()
-    assert isinstance(libvirt.getVersion(), int) and np.isfinite(backend.read(VM2)[1].ceiling)
+    assert isinstance(libvirt.getVersion(), int) and np.isfinite(backend.read(VM2, 1).ceiling)
 
 
 def test_a_domain_started_anew_gets_its_settings_again(backend, tmp_path):

@@ -257,3 +257,19 @@ def test_any_process_reads_a_guests_class_by_its_mac_and_a_new_link_rescales(hos
     rate, ceil = reader.class_of_mac(GUEST_MACS[0])
     assert ceil == pytest.approx(LINK / 2, rel=1e-3)  # the link shrank: ceil inf = the new link
     assert rate + reader.class_of_mac(GUEST_MACS[1])[0] <= LINK / 2  # Σ rates scaled into the new link
+
+
+def test_a_qdisc_rescoin_did_not_create_is_found_and_never_touched(host_and_guests):
+    """Someone's QoS on a tap (libvirt's <bandwidth>, Neutron: a shaping root, a policing ingress) is
+    reported, and a tap ResCoin shapes itself, or a kernel default, is not."""
+    ns = host_and_guests
+    shaper = SharedLinkShaper(netns=ns["host"])
+    assert shaper.foreign_qdisc("tap1") == shaper.foreign_qdisc("tap2") == ""  # the veth's own default
+    subprocess.run(["tc", "-n", ns["host"], "qdisc", "add", "dev", "tap2", "root", "tbf", "rate", "1mbit",
+                    "burst", "32k", "latency", "50ms"], check=True)  # fmt: skip
+    shaper.set_vm("vm1", [("tap1", GUEST_MACS[0])], rate_bps=LINK / 2, ceil_bps=math.inf, link_bps=LINK)
+    assert shaper.foreign_qdisc("tap1") == ""  # our own class-less htb and redirect
+    assert "tbf" in shaper.foreign_qdisc("tap2")
+    shaper.remove_vm("vm1")
+    shown = subprocess.run(["tc", "-n", ns["host"], "qdisc", "show", "dev", "tap2"], capture_output=True, text=True)
+    assert "tbf" in shown.stdout  # what ResCoin did not create survives it

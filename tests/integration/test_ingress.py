@@ -11,7 +11,7 @@ import pytest
 import zmq
 import zmq.auth
 from rescoin.guest_agent.agent import wait_subscribed
-from rescoin.proto import GUEST_FORMAT_VERSION, Envelope, GuestMem, encode_guest_mem
+from rescoin.proto import GUEST_FORMAT_VERSION, PROTOCOL_VERSION, Envelope, GuestMem, encode_guest_mem
 from rescoin.proto.codec import decode
 from rescoin.services.ingress.keys import add_guest, init_server
 
@@ -77,7 +77,7 @@ def agent(ctx, keys: Path, endpoint: str, key_name: str, server_key: Path | None
 
 def guest_frames(vm: str, topic_kind: str = "guest.mem") -> list[bytes]:
     frames = encode_guest_mem(
-        Envelope("guest.mem", "guest", "agent", 1, 0, 0, 0, GuestMem(vm, 2**30, 2**29, 2**29, 0, 0, "t"))
+        Envelope("guest.mem", "guest", "agent", 1, 0, 0, 0, GuestMem(vm, 2**30, 2**29, 2**29, 0, 0, "t"), v=2)
     )
     if topic_kind != "guest.mem":
         frames[0] = f"{topic_kind}/h1/".encode()
@@ -231,7 +231,7 @@ def test_agents_of_the_previous_and_the_current_guest_format_reach_the_bus_side_
     assert all((r.psi_some_avg10, r.psi_full_avg10, r.psi_some_total) == (2.5, 0.75, 777) for r in from_new)
     assert any(r.pgmajfault_per_s == 0.0 and r.pswpin_per_s == 0.0 for r in from_new)  # counters standing still
     # both under the ingress's envelope, at the bus's protocol version, whatever format they came in
-    assert {(e.host, e.src, e.v) for e in reports} == {("h1", "ingress", 2)}
+    assert {(e.host, e.src, e.v) for e in reports} == {("h1", "ingress", PROTOCOL_VERSION)}
     counters = ingress_counters(seen)
     assert counters.get("rejected", 0) == 0, counters
 

@@ -162,14 +162,14 @@ def test_the_actuator_backend_writes_and_reads_back_settings(sim):
         vm = next(iter(backend.domains()))
         errors = backend.write(
             [
-                Change(vm, 0, Setting(ceiling=1.5, shares=0.5)),
-                Change(vm, 1, Setting(ceiling=2.0**30, shares=0.0)),  # memory: no shares
-                Change(vm, 3, Setting(ceiling=1e6, shares=0.0)),  # shares 0 = leave as they are
+                Change(vm, 0, Setting(ceiling=1.5, weight=0.5)),
+                Change(vm, 1, Setting(ceiling=2.0**30, weight=0.0)),  # memory: no weight
+                Change(vm, 3, Setting(ceiling=1e6, weight=0.0)),  # weight 0 = leave as it is
                 Change("00000000-0000-0000-0000-000000000009", 2, Setting(ceiling=1e6)),
             ]
         )
         assert [(e.vm[:8], e.resource) for e in errors] == [("00000000", "disk")]
-        cpu, mem, _, net = backend.read(vm)
+        cpu, mem, _, net = (backend.read(vm, r) for r in range(4))
         assert cpu == Setting(1.5, 0.5) and mem.ceiling == 2.0**30
         assert net == Setting(1e6, 1.0)  # the boot share kept
     finally:

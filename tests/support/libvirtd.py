@@ -3,11 +3,11 @@
 Debian's libvirt-daemon without libvirt-daemon-system has no qemu.conf and no
 `libvirt-qemu` user, and libvirt 9.0 resolves that user before reading
 qemu.conf; so we create the user/groups and a minimal qemu.conf (QEMU as
-root, no security driver), as the lab notes in shared/LAB.md §3.1 found.
+root, no security driver), as the lab notes in docs/DESIGN.md appendix A.3 found.
 Only daemons this module started are stopped, by PID.
 
 A libvirtd this module starts can run inside a network namespace it creates
-(shared/LAB.md §3.9): libvirt then creates the taps of `<interface
+(docs/DESIGN.md appendix A.11): libvirt then creates the taps of `<interface
 type='ethernet'>` there, so a test VM's packets never reach the host's own
 network. The cgroup tree and the unix sockets are unaffected.
 """

@@ -56,7 +56,11 @@ def test_ceilings_mode_sets_the_allocs_ceilings_and_its_shares_as_weights(actuat
     assert files["io.max"] == "8:0 rbps=40000000 wbps=40000000"
     assert int(files["memory.high"]) == int(1e9)  # alloc 6e8 is below the template
     assert applied.mode == "normal" and applied.set[1, 0] == pytest.approx(1.5)
-    assert {e["resource"] for e in applied.errors} == {"net"}  # loudly unsupported on cgroups
+    # cpu weight + quota, a memory ceiling, a disk throttle (8:0 here is no BFQ disk), no network control
+    assert applied.enforced == ["bctx", "bctx"] and applied.errors == []
+    assert {(u["vm"], u["resource"], u["reason"]) for u in applied.unenforced} == {
+        (vm, "net", "unsupported") for vm in VMS
+    }
 
 
 def test_shares_mode_sets_weights_and_no_cpu_quota_not_even_one_set_before(actuator):
@@ -81,19 +85,34 @@ def test_disk_weights_fall_back_to_a_throttle_where_the_scheduler_ignores_them(a
     shares = np.array([[0.5, 0, 2e7, 5e7], [1.5, 0, 8e7, 5e7]])
     applied = core.on_alloc(alloc_env(5, alloc, enforcement="shares", shares=shares))
     assert v2_files(root, "batch")["io.max"] == "8:0 rbps=40000000 wbps=40000000"  # max(alloc, template)
-    assert core.backend.capabilities()["disk"].startswith("cgroup v2")
     assert applied.set[1, 2] == 4e7 and (applied.weight[:, 2] == 0).all()  # what is in force, no weight claimed
+    assert [letters[2] for letters in applied.enforced] == ["t", "t"]  # and `applied` says it is a throttle
     assert applied.weight[1, 0] == 1.5  # cpu weights are honoured everywhere
 
 
-def test_a_setting_the_backend_can_never_make_is_reported_once_and_shown_as_not_set(actuator):
+def test_what_nothing_can_hold_is_reported_every_period_never_attempted_and_counted(actuator):
     make, _root = actuator
     core = make()
     first = core.on_alloc(alloc_env(5, np.array([[0.2, 3e8, 5e6, 1e6], [1.5, 6e8, 4e7, 1e6]])))
-    assert sorted(e["vm"] for e in first.errors if e["resource"] == "net") == sorted(VMS)
     again = core.on_alloc(alloc_env(6, np.array([[0.2, 3e8, 5e6, 5e7], [1.5, 6e8, 4e7, 5e7]])))  # net moved a lot
-    assert again.errors == [] and (again.set[:, 3] == -1).all()  # not retried; honestly "no limit"
-    assert core.counters.values["write_errors"] == 2
+    for applied in (first, again):
+        assert [letters[3] for letters in applied.enforced] == ["x", "x"] and (applied.set[:, 3] == -1).all()
+        assert all("no network bandwidth control" in u["detail"] for u in applied.unenforced)
+    assert core.counters.values["write_errors"] == 0  # never tried
+    assert core.counters.values["unenforced.unsupported"] == 4  # 2 VMs x 2 periods
+    assert core.health().info["enforced.x"] == 2
+
+
+def test_cpu_weights_past_the_kernels_range_are_scaled_together_keeping_their_ratio(actuator):
+    """cgroup v2 cpu.weight stops at 10000 (100 cores here): a 160-core share must not be cut to 100
+    cores while a 40-core one keeps its 40, which would turn 4:1 into 2.5:1."""
+    make, root = actuator
+    core = make()
+    alloc = np.array([[0.6, 3e8, 0, 0], [0.6, 3e8, 0, 0]])
+    shares = np.array([[40.0, 0, 0, 0], [160.0, 0, 0, 0]])
+    core.on_alloc(alloc_env(5, alloc, enforcement="shares", shares=shares))
+    web, batch = int(v2_files(root, "web")["cpu.weight"]), int(v2_files(root, "batch")["cpu.weight"])
+    assert (web, batch) == (2500, 10000)
 
 
 def test_memory_ceiling_is_the_allocs_own_floor_included(actuator):
@@ -180,7 +199,9 @@ def test_bad_allocs_are_rejected_and_counted(actuator):
     assert core.on_alloc(alloc_env(6, np.array([[0.6, 3e8, 0, 0], [0.6, 3e8, 0, 0]]))) is None  # old period
     stranger = str(uuid.UUID(int=7))
     applied = core.on_alloc(alloc_env(7, np.array([[0.6, 3e8, 0, 0], [0.6, 3e8, 0, 0]]), vms=[VMS[0], stranger]))
-    assert {"vm": stranger, "resource": "all", "error": "unknown VM"} in applied.errors
+    assert applied.enforced[1] == "xxxx" and {u["reason"] for u in applied.unenforced if u["vm"] == stranger} == {
+        "unknown_vm"
+    }
     assert core.counters.values["rejected.alloc"] == 1 and core.counters.values["rejected.unknown_vm"] == 1
     assert before != v2_files(root, "web")
 

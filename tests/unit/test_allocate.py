@@ -1,4 +1,4 @@
-"""The ResCoin policy (DESIGN §6) as properties, and against the loop reference."""
+"""The ResCoin policy (docs/DESIGN.md §6) as properties, and against the loop reference."""
 
 from __future__ import annotations
 

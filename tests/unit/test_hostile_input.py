@@ -78,6 +78,8 @@ def make_body(kind: str, n: int = 3):
             "mode": "normal",
             "backend": "libvirt",
             "writes": 7,
+            "enforced": ["wctx"] * n,
+            "unenforced": [{"vm": vm, "resource": "net", "reason": "no_device", "detail": "no tap"} for vm in vms],
         }
         return Applied(**{f.name: known.get(f.name, np.ones((n, 4))) for f in dataclasses.fields(Applied)})
     assert kind == "hb"

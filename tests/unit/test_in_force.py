@@ -18,7 +18,7 @@ def test_rows_hold_what_was_put_and_come_back_as_settings():
         table.put(f"vm{i}", settings(float(i)))
     assert table.settings("vm42") == settings(42.0)
     rows = table.index(["vm7", "vm3"])
-    assert table.ceiling[rows, 0].tolist() == [7.0, 3.0] and table.shares[rows, 3].tolist() == [1.0, 1.0]
+    assert table.ceiling[rows, 0].tolist() == [7.0, 3.0] and table.weight[rows, 3].tolist() == [1.0, 1.0]
     table.put("vm7", settings(70.0))  # overwritten in place
     assert table.settings("vm7") == settings(70.0) and len(table.rows) == 100
 
@@ -39,3 +39,10 @@ def test_a_forgotten_vms_row_is_reused_and_the_table_does_not_grow():
         table.index(["new3"])
     table.clear()
     assert "vm3" not in table and np.size(table.ceiling) == 0
+
+
+def test_a_resource_that_could_not_be_read_is_not_known_and_comes_back_as_none():
+    table = InForce()
+    table.put("vm", [Setting(1.0, 2.0), None, Setting(NO_LIMIT, 5.0), None])
+    assert table.known[table.rows["vm"]].tolist() == [True, False, True, False]
+    assert table.settings("vm") == [Setting(1.0, 2.0), None, Setting(NO_LIMIT, 5.0), None]

@@ -115,6 +115,8 @@ BODIES = {
         "normal",
         "libvirt",
         7,
+        ["wbc-"] * len(VMS),
+        [],
     ),
     "hb": Heartbeat(
         "monitor",
@@ -432,8 +434,8 @@ def test_spec_states_the_limits_the_decoder_enforces(key, text):
 
 def test_a_map_that_repeats_a_key_is_rejected():
     topic, payload = encode(envelope("hb", BODIES["hb"]))
-    assert payload.startswith(b"\x89\xa1v\x02")  # a fixmap of 9: v first
-    repeated = b"\x8a\xa1v\x02" + payload[1:]  # ten entries, "v" twice
+    assert payload.startswith(b"\x89\xa1v\x04")  # a fixmap of 9: v first
+    repeated = b"\x8a\xa1v\x04" + payload[1:]  # ten entries, "v" twice
     with pytest.raises(ProtocolError, match="repeats a key"):
         decode([topic, repeated])
 
@@ -548,7 +550,7 @@ def test_the_agent_speaks_the_current_guest_format_and_the_ingress_reads_both():
 
 def test_todays_agent_frames_are_the_previous_guest_format_byte_for_byte():
     """What every agent sent before (encode_guest_mem at protocol version 2) is guest format 2."""
-    frames = encode_guest_mem(guest_envelope(BODIES["guest.mem"], PROTOCOL_VERSION))
+    frames = encode_guest_mem(guest_envelope(BODIES["guest.mem"], 2))
     assert frames == encode_guest_report(guest_envelope(BODIES["guest.mem"], GUEST_FORMAT_PREVIOUS))
     assert decode_guest_report(frames).body == BODIES["guest.mem"]
 

@@ -1,4 +1,4 @@
-"""Shares (DESIGN §6 step 7): how coins reach the kernel as weights, as properties over random hosts."""
+"""Shares (docs/DESIGN.md §6.6): how coins reach the kernel as weights, as properties over random hosts."""
 
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ def test_unknown_column_names_are_refused_naming_the_choices():
 def test_no_ceiling_reads_none_and_a_disk_weight_is_a_bfq_weight():
     ceiling = np.array([[-1.0, 2**30, -1.0, -1.0]] * 2)
     weight = np.array([[0.5, 0.0, 500.0, 1e6]] * 2)
-    body = Applied(VMS, ceiling, ceiling, weight, [], 0.002, "normal", "sim", 3)
+    body = Applied(VMS, ceiling, ceiling, weight, [], 0.002, "normal", "sim", 3, ["wcw-"] * len(VMS), [])
     out = lines(tap.table(envelope("applied", body, "actuator"), NAMES, ["ceiling.cpu", "weight"]))
     assert out[2].split()[1:] == ["cpu", "cores", "cpu", "cores", "mem", "MiB", "disk", "bfq", "net", "MB/s"]
     assert out[3].split() == ["web", "none", "0.500", "0", "500", "1.000"]

@@ -31,7 +31,7 @@ def alloc(period: int, coins=None, host: str = "h1") -> Envelope:
 
 
 def applied(period: int, ceiling: np.ndarray) -> Envelope:
-    body = Applied(VMS, ceiling, ceiling, np.zeros((3, 4)), [], 0.001, "normal", "sim", 1)
+    body = Applied(VMS, ceiling, ceiling, np.zeros((3, 4)), [], 0.001, "normal", "sim", 1, ["-c--"] * 3, [])
     return Envelope("applied", "h1", "actuator", 1, period, 0, period, body)
 
 

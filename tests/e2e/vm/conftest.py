@@ -6,7 +6,7 @@ the guest image (deploy/guest/build.sh, cached in /var/cache/rescoin-guest)
 are needed. A libvirtd the suite starts runs in its own network namespace
 (tests/conftest.py): QEMU, the streaming guest's tap, the sink and the whole
 pipeline run there, the bus is on unix sockets so the test can watch it, and
-nothing reaches the host's network (shared/LAB.md §3.9).
+nothing reaches the host's network (docs/DESIGN.md appendix A.11).
 `deploy/install.sh --test` installs the packages. KVM is not used: /dev/kvm on
 these machines is PVM and cannot boot a stock guest (checked and reported
 below, so nobody spends time on it).
@@ -124,10 +124,10 @@ VM_PLAN = [  # name, mode, memory MiB, template: cpu cores, memory MiB, disk byt
     ("rc-liar", "agent", 128, 0.1, 32, 1 * 2**20, 0),  # its agent claims to be rc-saver
 ]
 HONEST = 2  # the first VMs report as themselves
-# with libvirtd in a namespace of ours: one more VM, streaming over a tap to a sink there (LAB.md §3.9)
+# with libvirtd in a namespace of ours: one more VM, streaming over a tap to a sink there (docs/DESIGN.md A.11)
 STREAMER = ("rc-streamer", "net,agent", 128, 0.1, 32, 1 * 2**20, 0)
 # every other VM's network template: small, because coins are normalized by capacity and one currency
-# (DESIGN §6): 40 kB/s unused of a 250 kB/s host would earn the hog nearly as many coins as the saver
+# (docs/DESIGN.md §6.3): 40 kB/s unused of a 250 kB/s host would earn the hog nearly as many coins as the saver
 NET_TEMPLATE_BPS = 1_000
 STREAMER_NET_BPS = 100_000
 HOST_NET_BPS = 250_000  # the host's network by configuration: the streamer alone contends for it

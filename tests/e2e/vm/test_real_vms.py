@@ -22,6 +22,7 @@ from rescoin.services.actuator.netshape import DOWN_IFB, UP_IFB
 from tests.e2e.vm.conftest import HONEST, MEM_RESERVE, PERIOD_S, SAVER_IDLE_S
 from tests.e2e.vm.timings import TIMINGS
 from tests.support.bus import wait_for
+from tests.support.machine import machine_lacks
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vm, pytest.mark.root, pytest.mark.libvirtd]
 CPU, MEM, DISK, NET = 0, 1, 2, 3
@@ -171,7 +172,7 @@ def test_disk_reads_are_held_to_the_throttle_the_actuator_set(lab, host_pipeline
 
 def test_network_the_tc_ceiling_holds_the_rate_a_streaming_vm_delivers(lab, host_pipeline):
     if lab.netns is None:
-        pytest.skip("libvirtd was already running, not in a network namespace this suite owns: no tap VM (LAB.md §3.9)")
+        machine_lacks("libvirtd_not_ours")
     streamer = lab.spec("rc-streamer")
     assert wait_for(lambda: lab.net_class(streamer) is not None, 60, 1.0), host_pipeline.logs()
     time.sleep(6 * PERIOD_S)  # TCP settles under the new ceiling

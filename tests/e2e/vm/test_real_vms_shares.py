@@ -5,23 +5,33 @@ and reads its disk; the streamer streams over a tap), with ``enforcement =
 "shares"``. The saver's and the hog's vCPU and emulator threads are pinned to
 host CPU 0, the other guests' to CPU 1, so the two burners contend for one
 core in the kernel and CFS divides it by the weights the actuator set
-(shared/LAB.md §3.6: unpinned, two single-vCPU guests on two cores never
+(docs/DESIGN.md appendix A.8: unpinned, two single-vCPU guests on two cores never
 contend). Tests run in order on one pipeline; the last one stops it.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import time
 
 import libvirt
 import numpy as np
 import pytest
+from rescoin.services.actuator.backend_libvirt import LibvirtActuatorBackend
 from rescoin.services.actuator.blockdev import WEIGHTED_SCHEDULERS, active_scheduler
+from rescoin.services.actuator.core import ActuatorCore
 from rescoin.services.actuator.netshape import DOWN_IFB, UP_IFB
+from rescoin.services.runtime.config import load_config
+from rescoin.services.runtime.support import Counters
 
+from tests.e2e.conftest import VENV_BIN
 from tests.e2e.vm.conftest import HOST_NET_BPS, PERIOD_S
 from tests.support.bus import wait_for
+from tests.support.machine import kernel_has_bfq, machine_lacks
+from tests.support.messages import alloc_envelope, make_alloc
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vm, pytest.mark.root, pytest.mark.libvirtd]
 ENFORCEMENT = "shares"  # read by conftest's host_pipeline
@@ -34,11 +44,11 @@ SHARES_PER_CORE = 1024  # libvirt's cpu_shares per core of share (services/actua
 
 @pytest.fixture(scope="module", autouse=True)
 def original_cpu_shares(lab):
-    """Pins the saver and the hog to host CPU 0, the rest to CPU 1 (LAB.md §3.6: pinVcpuFlags/pinEmulator
+    """Pins the saver and the hog to host CPU 0, the rest to CPU 1 (docs/DESIGN.md A.8: pinVcpuFlags/pinEmulator
     LIVE), before the pipeline starts; returns each guest's cpu_shares as libvirt started it."""
     cpus = lab.conn.getInfo()[2]
     if cpus < 2:
-        pytest.skip(f"this host has {cpus} CPU: the burners need one to themselves")
+        machine_lacks("one_cpu", f"{cpus} CPU")
     for spec in lab.specs:
         cpu = 0 if spec in lab.specs[:2] else 1
         only = tuple(i == cpu for i in range(cpus))
@@ -167,7 +177,7 @@ def test_network_the_streamer_has_its_share_as_htb_rate_and_the_link_as_its_only
     want, its class's ceil is the link (no ceiling of its own), and what it delivers is the link's worth.
     (Shares against a busy neighbour: tests/integration/test_actuator_netshape.py, 3:1 on veth pairs.)"""
     if lab.netns is None:
-        pytest.skip("libvirtd was already running, not in a network namespace this suite owns: no tap VM (LAB.md §3.9)")
+        machine_lacks("libvirtd_not_ours")
     streamer = lab.spec("rc-streamer")
     assert wait_for(lambda: lab.net_class(streamer) is not None, 60, 1.0), host_pipeline.logs()
     time.sleep(6 * PERIOD_S)  # TCP settles in the tree
@@ -187,6 +197,37 @@ def test_network_the_streamer_has_its_share_as_htb_rate_and_the_link_as_its_only
     assert lab.unshaped_net_bps > 1.5 * HOST_NET_BPS  # the tree is what holds it
 
 
+def test_applied_says_what_holds_each_vm_and_why_not_and_doctor_agrees(lab, host_pipeline):
+    """What cannot be enforced is said per VM and resource: the saver and the hog have no tap (their only NIC
+    is QEMU user networking, invisible to the host), so their network is unenforced ("no_device") while
+    everything else of theirs is held; the streamer's network is its htb weight; a disk is a weight on
+    BFQ and a throttle elsewhere. `rescoin doctor` on the same host says the same, and hb counts it."""
+    saver, streamer = lab.specs[0], lab.spec("rc-streamer") if lab.netns else None
+    applied = last_applied(host_pipeline)
+    held = dict(zip(applied.vms, applied.enforced, strict=True))
+    why = {(u["vm"], u["resource"]): u["reason"] for u in applied.unenforced}
+    bfq = active_scheduler(str(saver.disk_image)) in WEIGHTED_SCHEDULERS
+    print(f"enforced: {held}; unenforced: {why}")
+    assert held[saver.uuid][0] == "w" and held[saver.uuid][2] in ("w" if bfq else "t-")
+    assert held[saver.uuid][3] == "x" and why[(saver.uuid, "net")] == "no_device"
+    if streamer is not None:
+        assert held[streamer.uuid][3] == "w" and (streamer.uuid, "net") not in why
+    hb = [e.body for e in host_pipeline.watcher.since(0, "hb") if e.body.service == "actuator"][-1]
+    assert hb.counters["unenforced.no_device"] > 0 and hb.info["enforced.x"] == len(why)
+    doctor = subprocess.run(
+        [str(VENV_BIN / "rescoin"), "doctor", "--uri", "qemu:///system", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    report = json.loads(doctor.stdout)
+    assert doctor.returncode == 0, doctor.stderr
+    vms = {vm["uuid"]: vm["resources"] for vm in report["vms"]}
+    assert vms[saver.uuid]["net"]["reason"] == "no_device" and vms[saver.uuid]["cpu"]["mechanism"] != "unenforced"
+    assert vms[saver.uuid]["disk"]["mechanism"] == ("weight+ceiling" if bfq else "ceiling")
+    assert report["host"]["bfq"] == kernel_has_bfq()
+    print(subprocess.run([str(VENV_BIN / "rescoin"), "doctor", "--uri", "qemu:///system"], capture_output=True,
+                         text=True, timeout=120).stdout)  # fmt: skip
+
+
 def test_stopping_restores_the_weights_and_removes_the_trees(lab, host_pipeline, original_cpu_shares):
     host_pipeline.ctl("stop", "all")
     for name, shares in original_cpu_shares.items():
@@ -197,3 +238,55 @@ def test_stopping_restores_the_weights_and_removes_the_trees(lab, host_pipeline,
         for ifb in (UP_IFB, DOWN_IFB):
             shown = subprocess.run(["ip", "-n", lab.netns, "link", "show", ifb], capture_output=True)
             assert shown.returncode != 0
+
+
+def test_a_stopped_qemu_is_skipped_as_busy_and_holds_up_no_other_vm(lab, tmp_path):
+    """After the pipeline: an actuator in this process, on the same guests. One guest's QEMU is stopped
+    (SIGSTOP: its monitor answers nothing, as a hung QEMU or a migration's job lock would); an alloc
+    that moves every balloon is applied within busy_after_s, the other guests' balloons move, the
+    stopped one is reported busy, and once it runs again it gets its setting."""
+    cfg = load_config(None, ["actuator.uri='qemu:///system'", "actuator.net_shaping='off'",
+                             "actuator.busy_after_s=0.5"])  # fmt: skip
+    core = ActuatorCore("lab", cfg.actuator, LibvirtActuatorBackend(cfg.actuator), Counters(), tmp_path)
+    specs = lab.specs
+    vms = [s.uuid for s in specs]
+    size = np.array([s.mem_mib * 2**20 for s in specs], dtype=float)
+    template = np.column_stack([np.full(len(vms), 0.3), size * 0.5, np.full(len(vms), 1e6), np.full(len(vms), 1e5)])
+
+    def apply(period, balloon_fraction):
+        alloc = template.copy()
+        alloc[:, MEM] = size * balloon_fraction
+        body = make_alloc(vms, alloc, template, template * 0.1, np.array([2.0, size.sum(), 1e8, 1e7]))
+        return core.on_alloc(alloc_envelope(period, body))
+
+    apply(1, 0.95)
+    stopped = specs[-1]
+    pid = int(
+        subprocess.run(["pgrep", "-f", f"guest={stopped.name},"], capture_output=True, text=True).stdout.split()[0]
+    )
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        applied = apply(2, 0.90)
+        took = time.monotonic() - started
+        why = {(u["vm"], u["resource"]): u["reason"] for u in applied.unenforced}
+        print(f"apply with {stopped.name} stopped: {took * 1e3:.0f} ms, latency_s {applied.latency_s:.3f}; {why}")
+        assert why.get((stopped.uuid, "mem")) == "busy"
+        assert took < 0.5 + PERIOD_S / 2  # one wait of busy_after_s, never the stuck call
+        for spec in specs[:-1]:  # everyone else got their balloon
+            assert lab.dom(spec.name).info()[2] == pytest.approx(spec.mem_mib * 1024 * 0.90, abs=1024)
+        started = time.monotonic()
+        again = apply(3, 0.85)
+        assert time.monotonic() - started < 0.5 + PERIOD_S / 2
+        assert {(u["vm"], u["resource"]): u["reason"] for u in again.unenforced}.get((stopped.uuid, "mem")) == "busy"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    period = [3]
+
+    def answered_again():
+        period[0] += 1
+        return (stopped.uuid, "mem") not in {(u["vm"], u["resource"]) for u in apply(period[0], 0.80).unenforced}
+
+    assert wait_for(answered_again, 30, 1.0)
+    core.restore()
+    core.backend.close()
