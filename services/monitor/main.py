@@ -29,6 +29,18 @@ def make_backend(cfg: Config) -> MonitorBackend:
         from .backend_sim import SimMonitorBackend
 
         return SimMonitorBackend(cfg.simhost.endpoint)
+    if cfg.monitor.backend == "kernel":
+        from .backend_kernel import KernelMonitorBackend
+
+        m = cfg.monitor
+        return KernelMonitorBackend(
+            m.uri,
+            xml_refresh_periods=m.xml_refresh_periods,
+            balloon_stats_periods=m.balloon_stats_periods,
+            crosscheck_periods=m.crosscheck_periods,
+            crosscheck_tolerance=m.crosscheck_tolerance,
+            qemu_pid_dir=m.qemu_pid_dir,
+        )
     from .backend_libvirt import LibvirtMonitorBackend
 
     return LibvirtMonitorBackend(cfg.monitor.uri, cfg.monitor.xml_refresh_periods)
@@ -114,13 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rescoin-monitor", description=__doc__.split("\n")[0])
     common_arguments(parser)
     parser.add_argument("--uri", help="libvirt URI (monitor.uri)")
+    parser.add_argument("--backend", choices=("libvirt", "kernel", "sim"), help="monitor.backend")
     parser.add_argument(
         "--once", action="store_true", help="take one sample (two readings a period apart), print it and exit"
     )
     parser.add_argument("--json", action="store_true", help="with --once: print JSON (the only format)")
     args = parser.parse_args(argv)
     use_schema(SCHEMA)
-    cfg = config_from_args(args, [f"monitor.uri='{args.uri}'", "monitor.backend='libvirt'"] if args.uri else [])
+    overrides = [f"monitor.uri='{args.uri}'"] if args.uri else []
+    if args.uri and args.backend is None:
+        overrides.append("monitor.backend='libvirt'")
+    if args.backend:
+        overrides.append(f"monitor.backend='{args.backend}'")
+    cfg = config_from_args(args, overrides)
     counters = Counters(max_warnings=cfg.log.max_warnings_per_period)
     stage = MonitorStage(cfg, make_backend(cfg), counters)
     if args.once:

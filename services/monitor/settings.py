@@ -12,7 +12,11 @@ class MonitorSettings:
     """Measures every VM once per period and publishes `sample` (rescoin-monitor)."""
 
     backend: str = setting(
-        "libvirt", "where VMs are read from: libvirt (any URI) or sim (the demo's sim host)", one_of("libvirt", "sim")
+        "libvirt",
+        "where VMs are read from: libvirt (one bulk getAllDomainStats a period, any URI), kernel (libvirt"
+        " discovers the domains, counters come from their cgroup and /proc files: a local qemu:// host) or sim"
+        " (the demo's sim host)",
+        one_of("libvirt", "kernel", "sim"),
     )
     uri: str = setting("qemu:///system", "libvirt URI (qemu:///system, test:///abs/path.xml, test+unix:///default)")
     reserve_cores: float = setting(
@@ -33,4 +37,25 @@ class MonitorSettings:
     )
     xml_refresh_periods: int = setting(
         60, "re-read each domain's XML (size, devices, metadata) every this many periods", positive
+    )
+    balloon_stats_periods: int = setting(
+        5,
+        "kernel backend: read each domain's balloon stats (a QMP round trip) every this many periods,"
+        " spread over periods; balloon size changes in between arrive as libvirt events",
+        positive,
+    )
+    crosscheck_periods: int = setting(
+        30,
+        "kernel backend: every this many periods read each domain through libvirt's bulk call as well and"
+        " compare the rates (spread over periods; 0 = never)",
+        non_negative,
+    )
+    crosscheck_tolerance: float = setting(
+        0.1,
+        "kernel backend: a kernel-counter rate further than this fraction from libvirt's (and beyond a small"
+        " absolute floor) is counted in hb and logged",
+        non_negative,
+    )
+    qemu_pid_dir: str = setting(
+        "/run/libvirt/qemu", "kernel backend: where libvirt writes <domain name>.pid for each running QEMU"
     )
