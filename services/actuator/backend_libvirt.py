@@ -93,12 +93,30 @@ class LibvirtActuatorBackend:
         self.in_flight: dict[str, Future[Any]] = {}  # VM -> a call still running past busy_after_s
         cpu = cgroup_mounts().where("cpu")[0]
         self.cpu_range = CPU_SHARES_ON_V2 if cpu == "v2" else CPU_SHARES_V1
+        self.watched: libvirt.virConnect | None = None  # the connection our device events are registered on
+        self.device_changes: dict[str, int] = {}  # VM -> hot-plugs seen (libvirt's event thread counts them)
+        self.facts_changes: dict[str, int] = {}  # VM -> the hot-plugs its cached XML already shows
 
     def _conn(self) -> libvirt.virConnect:
         try:
-            return self.libvirt.get()
+            conn = self.libvirt.get()
         except LibvirtDown as exc:
             raise BackendError(str(exc)) from exc
+        if conn is not self.watched:  # a new connection (first, or after libvirtd came back): watch it
+            self.watched = conn
+            for event in (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED):
+                try:
+                    conn.domainEventRegisterAny(None, event, self._device_changed, None)
+                except libvirt.libvirtError as exc:  # the test driver has no events: no hot-plug there either
+                    log.info("no device events on %s (hot-plugged devices wait for a restart): %s", conn, exc)
+        return conn
+
+    def _device_changed(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, alias: str, _opaque: object) -> None:
+        """A device was hot-plugged or unplugged: the VM's next listing is a new instance, so the core
+        probes and reads it again (its disks, taps, balloon as they are now)."""
+        vm = dom.UUIDString().lower()
+        self.device_changes[vm] = self.device_changes.get(vm, 0) + 1
+        log.info("%s: device %s added or removed: probing it again", dom.name(), alias)
 
     def _lost(self, exc: libvirt.libvirtError, what: str) -> BackendError:
         if self.libvirt.failed(exc):
@@ -154,7 +172,13 @@ class LibvirtActuatorBackend:
                 vm = d.UUIDString().lower()
                 facts = self._facts(vm, d)
                 template = tuple(math.nan if t is None else t for t in facts.template)
-                out[vm] = DomainLimits(facts.name, facts.mem_max_bytes, str(d.ID()), template,  # type: ignore[arg-type]
+                changes = self.device_changes.get(vm, 0)
+                if changes != self.facts_changes.get(vm, 0):  # hot-plug since the XML was read: read it anew
+                    self.facts.pop(vm, None)
+                    self.facts_changes[vm] = changes
+                    facts = self._facts(vm, d)
+                instance = f"{d.ID()}.{changes}"  # a restart or a hot-plug: the core reads the VM anew
+                out[vm] = DomainLimits(facts.name, facts.mem_max_bytes, instance, template,  # type: ignore[arg-type]
                                        facts.template_problem)  # fmt: skip
             except (libvirt.libvirtError, DomainXMLError) as exc:
                 log.warning("domain %s left out this period: %s", d.name() if d else "?", exc)
@@ -255,7 +279,10 @@ class LibvirtActuatorBackend:
 
     def _read_disk(self, vm: str, dom: libvirt.virDomain) -> Setting:
         disks = self._facts(vm, dom).disks
-        total = float(dom.blockIoTune(disks[0], LIVE).get("total_bytes_sec", 0))
+        totals = {float(dom.blockIoTune(disk, LIVE).get("total_bytes_sec", 0)) for disk in disks}
+        # one ceiling for the VM only if every disk has it (a disk hot-plugged since has none): else
+        # "none", so the plan writes the VM's ceiling to all of them
+        total = totals.pop() if len(totals) == 1 else 0.0
         weighted = self.probed.get(vm, [None, None, capable("")])[2]
         # blkio weights can be read only where a weighted scheduler runs ("valid only for bfq or cfq")
         weight = float(dom.blkioParameters(LIVE).get("weight", 0)) if weighted and weighted.weight else 0.0

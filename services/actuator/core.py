@@ -157,6 +157,8 @@ class ActuatorCore:
         self.periods_without_alloc = 0
         self.backend_down = ""  # why the backend could not be reached at the last apply ("" = it could)
         self.coverage: dict[str, int] = {}  # letter -> VM × resource cells at the last apply (hb info)
+        self.balloons: dict[str, list[float]] = {}  # VM -> [balloon target (NO_LIMIT: full size), periods since]
+        self.balloon_stuck: dict[str, str] = {}  # VM -> why its balloon is unenforced (it does not follow)
 
     # -- originals -----------------------------------------------------------------
 
@@ -268,7 +270,8 @@ class ActuatorCore:
     # -- learn: what each VM has and what can hold it --------------------------------
 
     def _forget_restarted(self, limits: dict[str, DomainLimits]) -> None:
-        """A VM started anew lost what we set (new process, new cgroup, new tap): read it again.
+        """A VM started anew lost what we set (new process, new cgroup, new tap), and one with a device
+        hot-plugged has new disks or taps to hold: probe and read it again.
         One that is gone is forgotten; its originals stay, for ``restore``."""
         if not limits:  # the backend is unavailable: we know nothing new
             return
@@ -276,9 +279,12 @@ class ActuatorCore:
             if vm not in limits or limits[vm].instance != self.instances.get(vm):
                 if vm in limits:
                     self.counters.inc("vm_restarts")
-                    log.info("%s (%s) was started anew: reading its settings again", vm, limits[vm].name)
+                    log.info("%s (%s) was started anew or hot-plugged: probing and reading it again", vm,
+                             limits[vm].name)  # fmt: skip
                 self.in_force.drop(vm)
                 self.capabilities.pop(vm, None)
+                self.balloons.pop(vm, None)
+                self.balloon_stuck.pop(vm, None)
                 self.unenforceable.pop(vm, None)
                 self.backend.forget(vm)
         self.instances = {vm: lim.instance for vm, lim in limits.items()}
@@ -341,6 +347,7 @@ class ActuatorCore:
                 rows.append(i)
         idx = np.array(rows, dtype=np.intp)
         names = [vms[i] for i in rows]
+        self._follow_balloons(names, limits)
         at = self.in_force.index(names)
         ceiling_now, weight_now = self.in_force.ceiling[at], self.in_force.weight[at]
         can_weight, can_ceiling = self._can(names, self.in_force.known[at])
@@ -380,6 +387,8 @@ class ActuatorCore:
             mode = "dry-run" if mode == "normal" else mode
         else:
             self._execute(changes, names, rows, write, report)
+            for j in np.flatnonzero(write[:, MEM]).tolist():  # a balloon set: does it get there?
+                self.balloons.setdefault(names[j], [NO_LIMIT, 0])[0] = todo.ceiling[j, MEM]  # periods kept
             self.in_force.ceiling[at] = np.where(write, todo.ceiling, ceiling_now)
             self.in_force.weight[at] = np.where(write, todo.weight, weight_now)
         ceiling_after, weight_after = np.full((len(vms), 4), NO_LIMIT), np.zeros((len(vms), 4))
@@ -389,7 +398,40 @@ class ActuatorCore:
         weight_after[idx] = np.where(write, todo.weight, weight_now)
         throttled = np.zeros((len(vms), 4), dtype=bool)
         throttled[idx] = todo.throttled
+        for j, vm in enumerate(names):
+            if vm in self.balloon_stuck and not report.unenforced[rows[j], MEM]:
+                report.cell(rows[j], MEM, "no_balloon", self.balloon_stuck[vm])
         return self._applied(report, ceiling_after, before, weight_after, throttled, started, mode, int(write.sum()))
+
+    def _follow_balloons(self, names: list[str], limits: dict[str, DomainLimits]) -> None:
+        """A balloon still far from its target ``balloon_grace_periods`` after a target was first set and not
+        yet reached (the guest has no balloon driver, or cannot give the memory back) is unenforced until it
+        gets there. Cheap: one read per VM whose balloon has somewhere to go, none once it got there."""
+        tolerance = self.settings.hysteresis_absolute[MEM]
+        for vm in names:
+            check = self.balloons.get(vm)
+            if check is None:
+                continue
+            check[1] += 1
+            if check[1] < self.settings.balloon_grace_periods and vm not in self.balloon_stuck:
+                continue  # its grace; one already found stuck is looked at every period until it follows
+            try:
+                actual = self.backend.read(vm, MEM).ceiling
+            except BackendError:
+                continue  # busy or gone: asked again next period
+            target = check[0] if check[0] != NO_LIMIT else limits[vm].mem_max_bytes
+            # far, not just behind: a working balloon trails a moving target by a step or two (5-10 %)
+            if actual == check[0] or abs(actual - target) <= max(
+                tolerance, 4 * self.settings.hysteresis_relative * target
+            ):
+                del self.balloons[vm]
+                self.balloon_stuck.pop(vm, None)
+            elif vm not in self.balloon_stuck:
+                self.balloon_stuck[vm] = (
+                    f"the balloon is at {actual / 2**20:.0f} MiB, {int(check[1])} periods after its target was "
+                    f"set to {target / 2**20:.0f} MiB: no balloon driver in the guest, or it cannot give it back"
+                )
+                log.warning("%s: %s", vm, self.balloon_stuck[vm])
 
     def _can(self, names: list[str], known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(m, 4) bool each: a weight / a ceiling can hold the cell (probed, read, no lasting failure)."""

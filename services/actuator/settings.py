@@ -22,7 +22,10 @@ class ActuatorSettings:
     )
     uri: str = setting("qemu:///system", "libvirt URI")
     stale_periods: int = setting(
-        3, "periods without a valid alloc before the fail-safe state (ceilings at template)", positive
+        3,
+        "periods without a valid alloc before the fail-safe state (weights by template; ceilings at template "
+        "unless the last alloc's enforcement was shares)",
+        positive,
     )
     hysteresis_relative: float = setting(
         0.05, "write a setting only if it moved more than this fraction ...", between(0.0, 1.0)
@@ -45,6 +48,12 @@ class ActuatorSettings:
         between(0.01, 60.0),
     )
     workers: int = setting(8, "libvirt: domains whose calls run at once (one worker per domain)", between(1, 256))
+    balloon_grace_periods: int = setting(
+        5,
+        "a balloon not within the hysteresis of its target this many periods after it was set is reported "
+        "unenforced (no_balloon: a guest without a balloon driver, or one that cannot give the memory back)",
+        positive,
+    )
     cpu_period_us: int = setting(100_000, "CFS period for quotas, microseconds", between(1000, 1_000_000))
     net_shaping: str = setting(
         "tc",

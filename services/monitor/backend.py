@@ -45,6 +45,9 @@ class DomainReading:
 class HostReading:
     ts_ns: int  # when the counters were read (the backend's clock)
     domains: list[DomainReading]
+    # the same moment on a clock that never steps (time.monotonic_ns), for rates: a wall-clock step back
+    # must not read as counters going backwards; None: ts_ns is already such a clock (the sim host's)
+    monotonic_ns: int | None = None
 
 
 @dataclass(frozen=True)

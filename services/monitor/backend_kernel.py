@@ -57,6 +57,7 @@ import libvirt
 
 from ..runtime.cgroups import CgroupMounts, cgroup_mounts
 from ..runtime.domxml import DomainFacts, DomainXMLError, parse_domain_xml
+from ..runtime.host import HostFactsError, host_memory_bytes, usable_cores
 from ..runtime.libvirt_conn import LibvirtConnection, LibvirtDown
 from .backend import BackendError, DomainReading, HostCapacity, HostReading
 from .backend_libvirt import (
@@ -66,7 +67,6 @@ from .backend_libvirt import (
     LibvirtMonitorBackend,
     _balloon_unreclaimable,
     _balloon_used,
-    host_memory_bytes,
 )
 
 log = logging.getLogger("rescoin.monitor.kernel")
@@ -373,6 +373,7 @@ class KernelMonitorBackend:
         self.disagreements = dict.fromkeys(RESOURCES, 0)
         self._logged = 0
         self.ts_ns = 0
+        self.monotonic_ns = 0  # the same moment, for rates (a wall-clock step must not make one)
 
     # -- libvirt side ---------------------------------------------------------------------------------
 
@@ -477,7 +478,7 @@ class KernelMonitorBackend:
                 raise BackendError(f"lost {self.uri}: {exc}") from exc
             raise BackendError(f"listing or reading domains on {self.uri}: {exc}") from exc
         domains = self._kernel_readings(insts, libvirt_readings)
-        return HostReading(self.ts_ns, sorted(domains, key=lambda d: d.uuid))
+        return HostReading(self.ts_ns, sorted(domains, key=lambda d: d.uuid), self.monotonic_ns)
 
     def _instances(self, conn: libvirt.virConnect) -> list[Instance]:
         """The running domains' instances: new and restarted ones discovered, stopped ones closed."""
@@ -560,7 +561,7 @@ class KernelMonitorBackend:
                 log.info("domain %s: %s", inst.facts.name, exc)
                 inst.close()
                 self.instances.pop(inst.uuid, None)
-        self.ts_ns = time.time_ns()
+        self.ts_ns, self.monotonic_ns = time.time_ns(), time.monotonic_ns()
         out = []
         for inst in insts:
             inst.periods += 1
@@ -598,10 +599,10 @@ class KernelMonitorBackend:
     def _cross_check(self, inst: Instance, lv: DomainReading, kernel: tuple[float, float, float]) -> None:
         """Compare the rates of libvirt's and the kernel's counters since this domain's last check."""
         libvirt_counters = (lv.cpu_time_ns or 0.0, lv.disk_bytes or 0.0, lv.net_bytes or 0.0)
-        before, inst.check = inst.check, (self.ts_ns, libvirt_counters, kernel)
+        before, inst.check = inst.check, (self.monotonic_ns, libvirt_counters, kernel)
         if before is None:
             return
-        dt = (self.ts_ns - before[0]) / 1e9
+        dt = (self.monotonic_ns - before[0]) / 1e9
         if dt <= 0:
             return
         self.stats["crosscheck_checks"] += 1
@@ -622,7 +623,10 @@ class KernelMonitorBackend:
     # -- the rest of the backend ------------------------------------------------------------------------
 
     def capacity(self) -> HostCapacity:
-        return HostCapacity(float(os.cpu_count() or 1), host_memory_bytes(str(self.proc_root / "meminfo")))
+        try:  # isolated cores and the hugepage pool are no VM's to share (runtime/host.py)
+            return HostCapacity(usable_cores(), host_memory_bytes(str(self.proc_root / "meminfo")))
+        except (HostFactsError, OSError) as exc:
+            raise BackendError(str(exc)) from exc
 
     def info(self) -> dict[str, str | int | float | bool]:
         sources: dict[str, int] = {}

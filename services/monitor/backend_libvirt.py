@@ -17,12 +17,12 @@ Units converted here: libvirt's KiB (balloon) to bytes; cpu time is already ns.
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import libvirt
 
 from ..runtime.domxml import DomainFacts, DomainXMLError, parse_domain_xml
+from ..runtime.host import HostFactsError, host_memory_bytes, usable_cores
 from ..runtime.libvirt_conn import LibvirtConnection, LibvirtDown
 from .backend import BackendError, DomainReading, HostCapacity, HostReading
 
@@ -37,14 +37,6 @@ STATS = (
 )
 GROUP_KEYS = {"cpu": "cpu.time", "balloon": "balloon.current", "block": "block.count", "interface": "net.count"}
 KIB = 1024
-
-
-def host_memory_bytes(meminfo: str = "/proc/meminfo") -> float:
-    with open(meminfo) as handle:
-        for line in handle:
-            if line.startswith("MemTotal:"):
-                return float(line.split()[1]) * KIB
-    raise BackendError(f"no MemTotal in {meminfo}")
 
 
 class LibvirtMonitorBackend:
@@ -64,7 +56,7 @@ class LibvirtMonitorBackend:
             raise BackendError(str(exc)) from exc
         try:
             stats = conn.getAllDomainStats(STATS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING)
-            ts_ns = time.time_ns()
+            ts_ns, monotonic_ns = time.time_ns(), time.monotonic_ns()
             empty = {g for g, key in GROUP_KEYS.items() if stats and not any(key in st for _d, st in stats)}
             self._note_fallbacks(empty)
             domains = []
@@ -78,7 +70,7 @@ class LibvirtMonitorBackend:
             raise BackendError(f"getAllDomainStats on {self.uri}: {exc}") from exc
         live = {d.uuid for d in domains}
         self.facts = {u: f for u, f in self.facts.items() if u in live}
-        return HostReading(ts_ns, sorted(domains, key=lambda d: d.uuid))  # stable rows
+        return HostReading(ts_ns, sorted(domains, key=lambda d: d.uuid), monotonic_ns)  # stable rows
 
     def _note_fallbacks(self, empty: set[str]) -> None:
         for group in empty - self.fallbacks:
@@ -140,7 +132,10 @@ class LibvirtMonitorBackend:
         )
 
     def capacity(self) -> HostCapacity:
-        return HostCapacity(float(os.cpu_count() or 1), host_memory_bytes())
+        try:  # isolated cores and the hugepage pool are no VM's to share (runtime/host.py)
+            return HostCapacity(usable_cores(), host_memory_bytes())
+        except HostFactsError as exc:
+            raise BackendError(str(exc)) from exc
 
     def info(self) -> dict[str, str | int | float | bool]:
         return {

@@ -141,7 +141,7 @@ class MonitorCore:
             if problem:
                 self.counters.reject("stats", f"VM {dom.name} ({dom.uuid}): {problem}", log)
                 continue
-            rates = self._rates(dom, reading.ts_ns)
+            rates = self._rates(dom, reading.ts_ns if reading.monotonic_ns is None else reading.monotonic_ns)
             if rates is None:
                 continue
             mem, source = self._memory(dom, period)

@@ -22,6 +22,7 @@ class PredictorSettings:
     predictors: list[str] = setting(
         ["ewma_dev", "ewma_dev", "ewma_dev", "ewma_dev"],
         "predictor per resource (cpu, mem, disk, net): last, ewma, ewma_dev, holt, fastslow",
+        _names,
     )
     alpha_cpu: float = setting(0.7, "EWMA weight of the newest cpu sample (the seed's 0.7)", between(0.0, 1.0))
     alpha_other: float = setting(

@@ -15,6 +15,8 @@ balloons that shrink gradually and hold under pressure).
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +46,17 @@ class SchedulerCore:
 
     name = "scheduler"
 
-    def __init__(self, host: str, settings: SchedulerSettings, counters: Counters, state_dir: Path | None) -> None:
+    def __init__(
+        self,
+        host: str,
+        settings: SchedulerSettings,
+        counters: Counters,
+        state_dir: Path | None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.host = host
+        self.monotonic = monotonic  # what really passed between samples, whatever the wall clock did
+        self.credited_at: float | None = None
         self.settings = settings
         self.counters = counters
         self.ledger_path = state_dir / settings.ledger_file if state_dir else None
@@ -89,7 +100,13 @@ class SchedulerCore:
     def on_sample(self, env: Envelope) -> list[Outgoing]:
         """Credit coins for the period that ended; allocate now if its estimate is already here."""
         sample: Sample = env.body
-        self.ledger.credit(env.period, sample.vms, sample.template, sample.usage, sample.capacity)
+        now = self.monotonic()
+        elapsed = None if self.credited_at is None else round((now - self.credited_at) / sample.period_s)
+        last = self.ledger.period
+        if self.ledger.credit(env.period, sample.vms, sample.template, sample.usage, sample.capacity, elapsed):
+            self.credited_at = now
+            if last >= 0 and env.period != last + max(elapsed or 1, 1) and abs(env.period - last) > 2:
+                self.counters.inc("clock_steps")
         self.ledger_dirty = True  # saved by flush(), right after this period's alloc is out
         estimate = self.estimates.pop(env.period + 1, None)
         if estimate is not None:

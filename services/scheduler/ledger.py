@@ -49,14 +49,30 @@ class CoinLedger:
         return out
 
     def credit(
-        self, period: int, vms: list[str], template: np.ndarray, usage: np.ndarray, capacity: np.ndarray
-    ) -> None:
-        """Add period ``period``'s savings; VMs absent from ``vms`` leave the ledger."""
-        if period <= self.period:
-            return  # already credited (a repeated or old sample)
+        self,
+        period: int,
+        vms: list[str],
+        template: np.ndarray,
+        usage: np.ndarray,
+        capacity: np.ndarray,
+        elapsed: int | None = None,
+    ) -> bool:
+        """Add period ``period``'s savings; VMs absent from ``vms`` leave the ledger. False if it was
+        already credited (a repeated or old sample).
+
+        ``elapsed``: the periods since the last credit by a clock that never steps. Period numbers come
+        from the wall clock; where they jump back by more than 2, or ahead by more than a window beyond
+        what ``elapsed`` says, the wall clock stepped: the numbers are followed, and the window slides
+        by what really passed, so a step neither freezes the coins for its length nor wipes them."""
+        gap = period - self.period if self.period >= 0 else 1
+        stepped = self.period >= 0 and (gap < -2 or (elapsed is not None and gap - elapsed > self.window))
+        if stepped:
+            gap = max(elapsed or 1, 1)
+        elif gap <= 0:
+            return False
         self._align(vms)
         savings = (template - usage) / np.where(capacity > 0, capacity, 1.0)
-        skipped = min(period - self.period - 1, self.window) if self.period >= 0 else 0
+        skipped = min(gap - 1, self.window)
         for _ in range(skipped):  # periods nobody reported save nothing
             self.total -= self.ring[self.slot]
             self.ring[self.slot] = 0.0
@@ -65,6 +81,7 @@ class CoinLedger:
         self.ring[self.slot] = savings
         self.slot = (self.slot + 1) % self.window
         self.period = period
+        return True
 
     def _align(self, vms: list[str]) -> None:
         if vms == self.vms:

@@ -128,6 +128,7 @@ class SimHost:
         self.period = self._period_of(now_ns)
         self.origin = self.period  # the period that replays start_sample
         self.last_ns = now_ns
+        self.stepped_back_ns = 0  # how far the wall clock stepped back since start: the counters' clock did not
         self._violated = np.zeros((n, 4), dtype=bool)  # a ceiling below template this period
         self.changed = False  # tunables changed since the last saved_state()
         self._start_period()
@@ -175,7 +176,13 @@ class SimHost:
     def advance(self, now_ns: int) -> None:
         """Run the host up to ``now_ns``: grow the counters, cross period boundaries."""
         if now_ns <= self.last_ns:
-            return  # the clock never runs backwards for the counters
+            if self.last_ns - now_ns > 2 * self.period_s * 1e9:  # the wall clock stepped back: follow it
+                step = self._period_of(self.last_ns) - self._period_of(now_ns)
+                self.origin -= step  # the traces go on where they were, not an hour back
+                self.period -= step
+                self.stepped_back_ns += self.last_ns - now_ns
+                self.last_ns = now_ns
+            return  # the counters never run backwards
         while True:
             boundary_ns = round((self.period + 1) * self.period_s * 1e9)
             until = min(now_ns, boundary_ns)
@@ -207,7 +214,7 @@ class SimHost:
         """Counters and current use at ``now_ns`` (what the monitor's sim backend reads)."""
         self.advance(now_ns)
         return HostStats(
-            now_ns=self.last_ns,
+            now_ns=self.last_ns + self.stepped_back_ns,  # the counters' clock: never back, even if the wall's was
             period=self.period,
             vms=list(self.vms),
             counters=self.counters.copy(),

@@ -124,7 +124,8 @@ class Server:
     def run(self, stop: StopFlag, grace_s: float) -> None:
         period_s = self.sim.period_s
         while not stop.stopping:
-            self.serve_once((self.sim.period + 1) * period_s - time.time())
+            # at most a period: after the wall clock steps back, the next boundary is not an hour away
+            self.serve_once(min(period_s, (self.sim.period + 1) * period_s - time.time()))
         log.info("stopping on %s: serving until quiet", stop.signal_name)
         self.heartbeat(self.sim.period, "stopping")
         quiet_s = max(1.0, 2 * period_s)

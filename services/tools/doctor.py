@@ -23,6 +23,7 @@ from ..actuator.backend import RESOURCES, BackendError, Capability
 from ..actuator.settings import ActuatorSettings
 from ..runtime.cgroups import cgroup_mounts
 from ..runtime.config import ConfigError, load_config
+from ..runtime.host import hugepage_pool_bytes, isolated_cores
 from ..schema import service_schema
 
 SKIPPED_DEVICES = ("loop", "ram", "zram", "sr", "fd")
@@ -58,8 +59,8 @@ def kernel_offers_bfq(sysfs: str = "/sys") -> bool:
 def host_facts(sysfs: str = "/sys") -> dict[str, Any]:
     mounts = cgroup_mounts()
     cores = os.cpu_count() or 0
-    isolated = _cpu_list(Path(sysfs, "devices/system/cpu/isolated"))
-    hugepages = _meminfo_hugepages()
+    isolated = isolated_cores(sysfs)
+    hugepages = hugepage_pool_bytes()
     return {
         "cgroups": mounts.layout(),
         "controllers": {c: mounts.where(c)[0] for c in ("cpu", "memory", "io", "cpuacct")},
@@ -70,30 +71,6 @@ def host_facts(sysfs: str = "/sys") -> dict[str, Any]:
         "hugepage_pool_bytes": hugepages,
         "tc": shutil.which("tc") is not None,
     }
-
-
-def _cpu_list(path: Path) -> int:
-    """How many CPUs a sysfs list like ``2-3,6`` names (0 if none or unreadable)."""
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return 0
-    count = 0
-    for part in filter(None, text.split(",")):
-        lo, _, hi = part.partition("-")
-        count += int(hi or lo) - int(lo) + 1
-    return count
-
-
-def _meminfo_hugepages() -> int:
-    fields: dict[str, int] = {}
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields[key] = int(value.split()[0]) if value.split() else 0
-    except (OSError, ValueError):
-        return 0
-    return fields.get("HugePages_Total", 0) * fields.get("Hugepagesize", 0) * 1024
 
 
 def mechanism(capability: Capability) -> str:
@@ -183,7 +160,9 @@ def render(report: dict[str, Any]) -> str:
         ),  # fmt: skip
     ]
     if host["hugepage_pool_bytes"]:
-        lines.append(f"  hugepages        {host['hugepage_pool_bytes'] / 2**30:.1f} GiB pool (not balloonable)")
+        lines.append(
+            f"  hugepages        {host['hugepage_pool_bytes'] / 2**30:.1f} GiB pool (not counted as VM memory)"
+        )
     lines += ["", f"VMS ({len(report['vms'])} running)"]
     if report["vms"]:
         lines.append(f"  {'name':<20} {'resource':<5} {'enforced by':<15} how / why not")

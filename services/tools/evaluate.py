@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from rescoin.proto import RESOURCES
 
 from ..model.enforcement import ENFORCEMENT_MODES, MEM, enforce
 from ..model.scenario import Scenario, build_scenario
@@ -50,7 +51,16 @@ from ..scheduler.settings import SchedulerSettings
 from ..scheduler.step import decide
 from .evaluate_oracle import RecentQuantile, bound_allocation, savers
 
-RES = ("cpu", "mem", "disk", "net")
+RES = RESOURCES
+HEADLINE = (  # the table `evaluate` prints and the report shows, in this order
+    "entitlement_violations",
+    "jain",
+    "utilization",
+    "min_satisfaction",
+    "saver_burst_service",
+    "hog_burst_service",
+    "unmet_p95",
+)
 EPS = 1e-9
 ORACLE, QUANTILE = "oracle", "quantile"  # evaluation-only estimates (not predictors the service can run)
 ESTIMATES = (*PREDICTORS, QUANTILE, ORACLE)
@@ -301,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         from .evaluate_report import write_report
 
-        print(f"report: {write_report(args.report, sc, runs, report)}", file=sys.stderr)
+        print(f"report: {write_report(args.report, sc, runs, report, HEADLINE)}", file=sys.stderr)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -315,15 +325,7 @@ def print_table(report: dict) -> None:
         f"{s['vms']} VMs × {s['periods']} periods, templates {s['template_fraction']:.0%} of size, "
         f"contention {s['contention']}, k={s['coin_window']}"
     )
-    cols = (
-        "entitlement_violations",
-        "jain",
-        "utilization",
-        "min_satisfaction",
-        "saver_burst_service",
-        "hog_burst_service",
-        "unmet_p95",
-    )
+    cols = HEADLINE
     width = max(9, *(len(name) + 1 for name in report["policies"]))
     print(f"{'policy':<{width}}" + "".join(f"{c[:18]:>20}" for c in cols))
     for name, m in report["policies"].items():

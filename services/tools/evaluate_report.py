@@ -14,20 +14,11 @@ import html
 from pathlib import Path
 
 import numpy as np
+from rescoin.proto import RESOURCES
 
 from . import evaluate_plots as plots
-from .evaluate import RES
 
 WEEK = 7 * 24 * 12  # 5-minute periods
-HEADLINE = (
-    "entitlement_violations",
-    "jain",
-    "utilization",
-    "min_satisfaction",
-    "saver_burst_service",
-    "hog_burst_service",
-    "unmet_p95",
-)
 STYLE = """
 body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
@@ -57,7 +48,9 @@ def contended_week(sc) -> tuple[slice, int]:
     return slice(start, start + length), resource
 
 
-def write_report(folder: str, sc, runs: dict[str, dict[str, np.ndarray]], report: dict) -> Path:
+def write_report(
+    folder: str, sc, runs: dict[str, dict[str, np.ndarray]], report: dict, headline: tuple[str, ...]
+) -> Path:
     """Write DIR/index.html and return its path."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,8 +62,8 @@ def write_report(folder: str, sc, runs: dict[str, dict[str, np.ndarray]], report
         _scenario(report["scenario"]),
         "<h2 id='metrics'>Headline metrics per policy</h2>",
         _table(
-            ["policy", *HEADLINE],
-            [[label, *(m[c] for c in HEADLINE)] for label, m in report["policies"].items()],
+            ["policy", *headline],
+            [[label, *(m[c] for c in headline)] for label, m in report["policies"].items()],
         ),
         "<p class='note'>Definitions: docs/EVALUATION.md. Entitlement violations: VM-periods served less than "
         "min(demand, template) on a host that was not oversold.</p>",
@@ -87,11 +80,11 @@ def write_report(folder: str, sc, runs: dict[str, dict[str, np.ndarray]], report
         span = f"periods {window.start}–{window.stop - 1} (5 min each)"
         parts += [
             "<h2 id='week'>A contended week</h2>",
-            f"<p class='note'>{span}: the week with the most periods whose total {RES[resource]} demand exceeds "
-            f"the host's capacity. ResCoin's allocation of {RES[resource]}, stacked over VMs:</p>",
+            f"<p class='note'>{span}: the week with the most periods whose total {RESOURCES[resource]} demand exceeds "
+            f"the host's capacity. ResCoin's allocation of {RESOURCES[resource]}, stacked over VMs:</p>",
             _image(
                 plots.stacked_allocation_figure(sc, runs["rescoin"], window, resource),
-                f"allocation of {RES[resource]} over the contended week",
+                f"allocation of {RESOURCES[resource]} over the contended week",
             ),
             "<p class='note'>The three VMs that burst most in that week: demand, use achieved, allocation.</p>",
             _image(

@@ -158,3 +158,24 @@ def test_libvirt_cpu_weights_follow_the_domains_cgroup_layout(layout, tmp_path, 
         assert weights == pytest.approx([16384, 4096])
     assert "weight" in params  # the test driver took it
     core.backend.close()
+
+
+def test_a_balloon_that_does_not_follow_its_target_is_reported_unenforced_until_it_does(tmp_path, monkeypatch):
+    """A guest without a balloon driver: libvirt takes the target, the balloon never moves. After
+    balloon_grace_periods the VM's memory is `x` no_balloon; once it reaches its target it is held again."""
+    core = make_core(tmp_path, "actuator.balloon_grace_periods=2")
+    real = LibvirtActuatorBackend.read
+    frozen = {FINE: 1024 * 2**20}  # the size it booted with
+
+    def balloon_never_moves(self, vm, resource):
+        setting = real(self, vm, resource)
+        return type(setting)(frozen[vm], setting.weight) if resource == 1 and vm in frozen else setting
+
+    monkeypatch.setattr(LibvirtActuatorBackend, "read", balloon_never_moves)
+    seen = [reasons(apply(core, period, scale=1.0 + period / 10)) for period in range(1, 6)]
+    assert (FINE, "mem") not in seen[1]  # within its grace
+    assert seen[-1][(FINE, "mem")] == "no_balloon" and (TYPO, "mem") not in seen[-1]  # the others follow
+    assert "no balloon driver" in next(u["detail"] for u in apply(core, 6, scale=1.6).unenforced if u["vm"] == FINE)
+    del frozen[FINE]  # the driver loaded: the balloon follows
+    assert all((FINE, "mem") not in reasons(apply(core, p, scale=1.0 + p / 10)) for p in range(7, 10))
+    core.backend.close()

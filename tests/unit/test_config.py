@@ -113,3 +113,8 @@ def test_reading_its_config_loads_no_other_stage(module):
 @pytest.mark.parametrize("module", ["rescoin.services.bus.main", "rescoin.services.ingress.main"])
 def test_the_bus_and_the_ingress_do_not_load_numpy(module):
     assert "numpy" not in _modules_after_config(module)
+
+
+def test_a_wrong_predictor_name_is_refused_at_load():
+    with pytest.raises(ConfigError, match="predictor names"):
+        load_config(None, ["predictor.predictors=['ewma_dev', 'nope', 'ewma', 'last']"], sections=full_schema())

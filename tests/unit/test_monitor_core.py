@@ -238,3 +238,25 @@ def test_without_a_stats_time_unreclaimable_counts_once_the_balloon_stood_still_
     assert unreclaimable_seen(core, 2, 120, 20) == 94  # moving
     assert unreclaimable_seen(core, 3, 120, 96) == 95  # still since the last reading
     assert unreclaimable_seen(core, 4, 120.5, 98) == 96  # half a MiB is not a move
+
+
+def test_a_wall_clock_step_is_not_a_counter_going_backwards(core):
+    """Rates come from the backend's monotonic clock: the host's clock stepped back an hour (or forward)
+    changes no rate and resets no baseline (issue 29: "counters went backwards" every period)."""
+    for second, wall_step in enumerate([0, 0, -3600, -3600, 3600, 3600]):
+        wall = HostReading(int((1000 + second + wall_step) * 1e9), [dom(A, second * 0.5, 0, 0)], int(second * 1e9))
+        sample = core.observe(wall, 100 + second, 1.0, CAP)
+        if second:
+            assert sample.usage[0, 0] == pytest.approx(0.5)
+    assert core.counters.values.get("counter_resets", 0) == 0
+
+
+def test_isolated_cores_and_the_hugepage_pool_are_not_vm_capacity(tmp_path):
+    from rescoin.services.runtime.host import host_memory_bytes, isolated_cores
+
+    (tmp_path / "devices/system/cpu").mkdir(parents=True)
+    (tmp_path / "devices/system/cpu/isolated").write_text("2-3,6\n")
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16384000 kB\nHugePages_Total:     512\nHugepagesize:       2048 kB\n")
+    assert isolated_cores(str(tmp_path)) == 3
+    assert host_memory_bytes(str(meminfo)) == (16384000 - 512 * 2048) * 1024

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import numpy as np
+import pytest
 from rescoin.proto import Envelope
 from rescoin.proto.messages import Estimate, Sample
 from rescoin.services.runtime.config import load_config
@@ -121,6 +122,26 @@ def test_ledger_window_slides(tmp_path):
     for p, use in enumerate([0.0, 0.0, 1.0, 1.0]):
         ledger.credit(p, vms, np.ones((1, 4)), np.full((1, 4), use), np.ones(4))
     assert np.allclose(ledger.balances(vms), 0.0)  # the early savings slid out
+
+
+@pytest.mark.parametrize("step", [-3600, 3600])
+def test_a_wall_clock_step_neither_freezes_nor_wipes_the_coins(tmp_path, step):
+    """Period numbers follow the wall clock; the scheduler's own monotonic clock says one period passed.
+    An hour back must not freeze crediting for an hour, an hour ahead must not wipe the window."""
+    now = [0.0]
+    cfg = load_config(None, ["scheduler.coin_window=10"])
+    sched = SchedulerCore("h1", cfg.scheduler, Counters(), tmp_path, monotonic=lambda: now[0])
+    saver = np.zeros((len(VMS), 4))  # VM 0 saves its whole template (the others too)
+    for p in range(1000, 1005):
+        sched.on_sample(sample(p, saver))
+        now[0] += 1.0
+    before = sched.ledger.balances(VMS)[0, 0]
+    for p in range(1005 + step, 1008 + step):
+        sched.on_sample(sample(p, saver))
+        now[0] += 1.0
+    after = sched.ledger.balances(VMS)[0, 0]
+    assert after == pytest.approx(before * 8 / 5) and sched.ledger.period == 1007 + step
+    assert sched.counters.values["clock_steps"] == 1
 
 
 def test_ledger_survives_restart_and_corruption(tmp_path):

@@ -132,3 +132,18 @@ def test_the_clock_going_backwards_does_not_unwind_counters():
     sim = SimHost("h1", PERIOD_S, workload(steady([[1.0, 0, 0, 0], [0, 0, 0, 0]])), at(0))
     first = sim.stats(at(0.5)).counters[0, 0]
     assert sim.stats(at(0.2)).counters[0, 0] == first
+
+
+def test_a_wall_clock_step_back_is_followed_and_the_trace_and_the_counters_go_on():
+    """The host's clock stepped back an hour: the sim host's periods follow it (every other stage numbers
+    periods by that clock), the trace goes on from where it was, and its counters' clock never runs back."""
+    demand = np.zeros((4, 2, 4))
+    demand[:, 0, 0] = [0.1, 0.2, 0.3, 0.4]
+    sim = SimHost("h1", PERIOD_S, workload(demand), at(0))
+    before = sim.stats(at(1.5))
+    stepped = sim.stats(at(1.5 - 3600))
+    assert stepped.period == before.period - 3600 and stepped.now_ns >= before.now_ns
+    assert stepped.counters[0, 0] == before.counters[0, 0]
+    after = sim.stats(at(2.5 - 3600))  # the next period, by the stepped clock: the next trace row
+    assert after.period == stepped.period + 1 and after.demand[0, 0] == pytest.approx(0.3)
+    assert after.counters[0, 0] > before.counters[0, 0] and after.now_ns > stepped.now_ns
