@@ -3,8 +3,9 @@
 #   $OUT/vmlinuz            Debian's kernel (direct boot; the package linux-image-amd64 points at)
 #   $OUT/initramfs.cpio.gz  busybox-static + virtio/9p modules + init.sh as /init
 #   $OUT/rootfs -> a debootstrapped Debian minbase with python3, python3-zmq, python3-msgpack
-#                           (cached once per package list) and ResCoin's guest agent in
-#                           /opt/rescoin, copied in fresh by every build (shared read-only over 9p)
+#                           (cached once per package list) and ResCoin's guest agent (and its
+#                           cgroup backend, for mode cgroup2) in /opt/rescoin, copied in fresh by
+#                           every build (shared read-only over 9p)
 # Needs (deploy/install.sh --test): busybox-static, debootstrap, cpio; apt lists; root.
 # OUT defaults to /var/cache/rescoin-guest/<hash>; prints OUT on the last line.
 set -euo pipefail
@@ -20,9 +21,13 @@ OUT=${OUT:-$CACHE/$HASH}
 ROOTFS=$CACHE/rootfs-bookworm-$(echo "$ROOTFS_PKGS" | sha256sum | cut -c1-8)
 install_agent() {   # every run, cache hit or not: the rootfs is shared by every build of the image
     local agent="$ROOTFS/opt/rescoin/rescoin"
-    rm -rf "$agent" && mkdir -p "$agent/guest_agent" "$agent/proto"
+    rm -rf "$agent" && mkdir -p "$agent/guest_agent" "$agent/proto" "$agent/services/runtime" "$agent/services/actuator"
     cp "$REPO"/guest_agent/*.py "$agent/guest_agent/"
     cp "$REPO"/proto/*.py "$agent/proto/"
+    # the cgroup backend (pure Python, no numpy), for the guest that plays a cgroup-v2-only host
+    cp "$REPO"/services/__init__.py "$agent/services/"
+    cp "$REPO"/services/runtime/{__init__,config,cgroups}.py "$agent/services/runtime/"
+    cp "$REPO"/services/actuator/{__init__,backend,backend_cgroup,blockdev,settings}.py "$agent/services/actuator/"
 }
 if [ -f "$OUT/.done" ] && [ -x "$ROOTFS/usr/bin/python3" ]; then install_agent; echo "$OUT"; exit 0; fi
 mkdir -p "$OUT"

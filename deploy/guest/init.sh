@@ -5,6 +5,9 @@
 #   rescoin.claim=UUID (tests only: the agent reports as another VM, which the host must refuse),
 #   rescoin.ip=ADDR/LEN (the address of the NIC that is not QEMU user networking),
 #   rescoin.sink=IP:PORT (mode net: stream zeros there over TCP, reconnecting forever)
+# Mode cgroup2: the guest is a cgroup-v2-only host: cgroup2 mounted with the cpu, io and memory
+#   controllers, then /mnt/cgroup2_check.py (from the read-only "keys" share) runs ResCoin's cgroup
+#   backend against it; its lines are printed as RESCOIN-CGROUP2.
 # Mode mem: touch a working set of W MiB of /dev/vda through mmap, page by page in a random order
 #   without readahead, in a loop, so its page cache is what the guest lives on (evicted, a page
 #   comes back as one major fault and a PSI stall); W is read from ws_mib in the read-only "keys" share before every pass (the host can
@@ -90,6 +93,17 @@ case ",$MODE," in *,mem,*)
         (chroot /mnt/root python3 -c "$WORKING_SET_PY" 2>&1 | sed 's/^/RESCOIN-MEM /') &
     else
         echo "RESCOIN-MEM no 9p rootfs"
+    fi ;;
+esac
+case ",$MODE," in *,cgroup2,*)
+    if mount_root; then
+        mount -t cgroup2 cgroup2 /mnt/root/sys/fs/cgroup
+        echo "+cpu +io +memory" > /mnt/root/sys/fs/cgroup/cgroup.subtree_control
+        echo "RESCOIN-CGROUP2 controllers=$(cat /mnt/root/sys/fs/cgroup/cgroup.subtree_control)"
+        (chroot /mnt/root env PYTHONPATH=/opt/rescoin python3 /mnt/cgroup2_check.py 2>&1 \
+            | sed 's/^/RESCOIN-CGROUP2 /') &
+    else
+        echo "RESCOIN-CGROUP2 no 9p rootfs"
     fi ;;
 esac
 case ",$MODE," in *,agent,*|*,agent2,*)
