@@ -18,6 +18,19 @@ and, the other way, the subscribers' subscriptions, which it reads itself
 
 A slow subscriber hits the XPUB high-water mark and loses messages
 (subscribers see the gap in ``seq``); it never blocks a publisher.
+
+With ``[bus] curve_server_key`` set, both sides are CURVE servers and a ZAP
+handler (``BusAuthenticator``) decides who may connect: the publish side
+(XSUB) only this host's own services, which use the bus's own key pair; the
+subscribe side (XPUB) those too and every client public key in the allow-list,
+the ``*.key`` files in ``clients/`` next to the server key (``rescoin keys
+allow``), read again on SIGHUP. Any other key is refused during the handshake
+and counted in ``hb`` (``rejected.unknown_key``: a subscriber,
+``rejected.unknown_publisher``: a publisher). libzmq does not retry a refused
+handshake, so a refused client is counted once per connect. A key removed from
+the list keeps a connection it already has until that connection drops;
+restart the bus to cut it at once. Without CURVE (``ipc://`` buses) nothing changes: Unix
+permissions decide (docs/SECURITY.md).
 """
 
 from __future__ import annotations
@@ -27,12 +40,16 @@ import collections
 import json
 import logging
 import re
+import signal
 import threading
 import time
+from pathlib import Path
 
 import zmq
+import zmq.auth
 from rescoin.proto import KIND_HB, KINDS, Heartbeat
 from rescoin.proto.envelope import MAX_TOPIC_BYTES
+from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
 from ..runtime.config import Config, use_schema
@@ -66,6 +83,66 @@ _KEY_PREFIX = re.compile(rb"(?:[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}/?)?")
 FORWARD_BATCH = 1000  # messages forwarded before subscriptions and control are looked at again
 
 
+PUBLISH_DOMAIN = "rescoin-bus-publish"  # ZAP domains of the XSUB and XPUB sides
+SUBSCRIBE_DOMAIN = "rescoin-bus-subscribe"
+CLIENTS_DIR = "clients"  # next to the server key: the allow-list of subscribers' public keys
+
+
+def clients_dir(server_key: str) -> Path:
+    return Path(server_key).parent / CLIENTS_DIR
+
+
+def read_allow_list(folder: Path) -> dict[bytes, str]:
+    """z85 public key -> name (the file's stem), for every ``*.key`` in ``folder``; unreadable files are
+    logged and left out (one bad file must not lock everybody out)."""
+    allowed: dict[bytes, str] = {}
+    if not folder.is_dir():
+        return allowed
+    for path in sorted(folder.glob("*.key")):
+        try:
+            public, _ = zmq.auth.load_certificate(str(path))
+        except (OSError, ValueError) as exc:
+            log.warning("allow-list: skipping %s: %s", path, exc)
+            continue
+        if public and len(public) == 40:
+            allowed[public] = path.stem
+        else:
+            log.warning("allow-list: skipping %s: no CURVE public key in it", path)
+    return allowed
+
+
+class BusAuthenticator(ThreadAuthenticator):
+    """ZAP for the bus: publishers must hold the bus's own key, subscribers that or an allowed one."""
+
+    def __init__(self, ctx: zmq.Context, own_public: bytes, folder: Path) -> None:
+        super().__init__(ctx)
+        self.own_public = own_public
+        self.folder = folder
+        self.allowed: dict[bytes, str] = {}
+        self.denied = {PUBLISH_DOMAIN: 0, SUBSCRIBE_DOMAIN: 0}  # written by the ZAP thread only
+        self.reload()
+
+    def reload(self) -> int:
+        """Read the allow-list again (SIGHUP); how many keys it holds."""
+        self.allowed = read_allow_list(self.folder)  # one reference swap: the ZAP thread sees old or new
+        log.info("allow-list %s: %d subscriber keys", self.folder, len(self.allowed))
+        return len(self.allowed)
+
+    def callback(self, domain: str, z85_key: bytes) -> bool:
+        ok = z85_key == self.own_public or (domain == SUBSCRIBE_DOMAIN and z85_key in self.allowed)
+        if not ok:
+            self.denied[domain] = self.denied.get(domain, 0) + 1
+        return ok
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        z85_key = zmq.utils.z85.encode(client_public_key)
+        return "bus" if z85_key == self.own_public else self.allowed.get(z85_key, "?")
+
+    def counters(self) -> dict[str, int]:
+        unknown_sub, unknown_pub = self.denied[SUBSCRIBE_DOMAIN], self.denied[PUBLISH_DOMAIN]
+        return {"rejected.unknown_key": unknown_sub, "rejected.unknown_publisher": unknown_pub}
+
+
 def legal_prefix(prefix: bytes) -> bool:
     """Whether ``prefix`` starts some legal topic ``kind/key/`` (proto/README.md §2)."""
     kind, slash, key = prefix.partition(b"/")
@@ -88,15 +165,22 @@ class Bus:
         self.xsub.maxmsgsize = MAX_FRAME_BYTES
         self.xpub.maxmsgsize = MAX_SUBSCRIPTION_MESSAGE
         self.xpub.setsockopt(zmq.XPUB_MANUAL, 1)  # subscriptions come to this thread, which applies them
-        for sock in (self.xsub, self.xpub):
+        self.auth: BusAuthenticator | None = None
+        if cfg.bus.curve_server_key:
+            public, secret = load_curve_keypair(cfg.bus.curve_server_key)
+            self.auth = BusAuthenticator(ctx, public, clients_dir(cfg.bus.curve_server_key))
+            self.auth.start()  # before any bind: no handshake is ever made without it
+            for domain in (PUBLISH_DOMAIN, SUBSCRIBE_DOMAIN):
+                self.auth.configure_curve_callback(domain, credentials_provider=self.auth)
+        for sock, domain in ((self.xsub, PUBLISH_DOMAIN), (self.xpub, SUBSCRIBE_DOMAIN)):
             sock.linger = 0
             sock.rcvhwm = cfg.bus.hwm
             sock.sndhwm = cfg.bus.hwm
-            if cfg.bus.curve_server_key:
-                public, secret = load_curve_keypair(cfg.bus.curve_server_key)
+            if self.auth is not None:
                 sock.curve_server = True
                 sock.curve_publickey = public
                 sock.curve_secretkey = secret
+                sock.zap_domain = domain.encode()
         self.monitor = self.xpub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         for endpoint in (cfg.bus.pub_endpoint, cfg.bus.sub_endpoint):
             prepare_socket_dir(endpoint)  # ipc://: who may connect is decided by Unix permissions
@@ -202,6 +286,8 @@ class Bus:
         self.thread.join(timeout=5)
         for sock in (self.control, self.xsub, self.xpub):
             sock.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
 
 
 COUNTERS = (
@@ -217,6 +303,7 @@ COUNTERS = (
     "rejected.subscription_prefix",
     "rejected.subscription_limit",
 )
+AUTH_COUNTERS = ("rejected.unknown_key", "rejected.unknown_publisher")  # a CURVE bus's, from its ZAP handler
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,11 +313,14 @@ def main(argv: list[str] | None = None) -> int:
     use_schema(SCHEMA)
     cfg = config_from_args(args)
     stop = StopFlag().install()
+    reload_wanted = threading.Event()
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_wanted.set())
     ctx = zmq.Context()
     try:
         bus = Bus(ctx, cfg)
-    except (zmq.ZMQError, OSError) as exc:
+    except (zmq.ZMQError, OSError, ValueError) as exc:
         log.error("cannot bind %s / %s: %s", cfg.bus.pub_endpoint, cfg.bus.sub_endpoint, exc)
+        ctx.destroy(linger=0)
         return 1
     bus.start()
     hb_sock = ctx.socket(zmq.PUB)
@@ -253,10 +343,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while not stop.stopping:
             time.sleep(min(0.2, pacer.timeout_s()))
+            if reload_wanted.is_set():
+                reload_wanted.clear()
+                if bus.auth is not None:
+                    bus.auth.reload()
             ended = pacer.due()
             if ended is not None:
                 stats = bus.statistics()
                 counters = {name: stats.get(name, 0) for name in COUNTERS}
+                if bus.auth is not None:
+                    refused = bus.auth.counters()
+                    counters.update(refused)
+                    counters["rejected"] += sum(refused.values())
                 hb = Heartbeat(
                     "bus",
                     "ok",
@@ -267,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                         "sub_endpoint": cfg.bus.sub_endpoint,
                         "subscriptions": stats["subscriptions"],
                         "max_subscriptions": bus.max_subscriptions,
+                        **({"allowed_keys": len(bus.auth.allowed)} if bus.auth is not None else {}),
                     },
                     [],
                 )

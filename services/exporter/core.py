@@ -27,10 +27,16 @@ memory_bytes, disk_bytes_per_second, network_bytes_per_second):
 | rescoin_service_state | host, service, state | 1 for the current state |
 | rescoin_service_events_total | host, service, counter | the service's hb counters |
 | rescoin_service_last_period | host, service | last period it reported |
+| rescoin_host_up | host | 1 while anything arrives from the host (within down_after_misses of its periods); |
+|   | | every host of the fleet (``[exporter] fleet``) from the start, 0 until heard, and every host heard |
+| rescoin_host_silent_seconds | host | seconds since the host was last heard (hosts heard since the exporter started) |
+| rescoin_host_name_collision | host | 1 while two live streams share the host's name (one service, two epochs |
+|   | | alternating) within the last COLLISION_HOLD_PERIODS periods |
 
-What it keeps is bounded: a host (its messages, latencies, estimates) or a
-(host, service) heard nothing from for ``forget_after_s`` is dropped at the
-next period (counted ``series_forgotten``), and at most ``max_hosts`` hosts,
+What it keeps is bounded: a host (its messages, latencies, estimates, its
+``rescoin_host_*`` series unless it is in the fleet) or a (host, service) heard
+nothing from for ``forget_after_s`` is dropped at the next period (counted
+``series_forgotten``; a fleet host stays, at ``rescoin_host_up`` 0), and at most ``max_hosts`` hosts,
 ``max_services`` (host, service) pairs and ``max_vms`` (host, vm) label sets
 over all hosts are kept: a message that would pass a cap is not taken in,
 counted ``series_capped.{host,service,vm}`` in the exporter's own hb counters
@@ -52,6 +58,7 @@ from rescoin.proto.messages import Alloc, Estimate
 
 from ..runtime.service import Health, Outgoing
 from ..runtime.support import Counters
+from ..tools.buses import CollisionWatch
 
 log = logging.getLogger("rescoin.exporter")
 
@@ -69,7 +76,10 @@ LOOP_MODES = ("normal", "dry-run")  # applies that close the loop (failsafe and 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 KEEP_ESTIMATES = 4  # estimates kept per host to pair with the alloc of the same period
 # the exporter's own hb counters, present from its first heartbeat
-CORE_COUNTERS = ("series_capped", "series_forgotten")
+CORE_COUNTERS = ("series_capped", "series_forgotten", "name_collisions")
+# rescoin_host_name_collision stays 1 this many of the host's periods after the last sign of two streams
+COLLISION_HOLD_PERIODS = 10
+DEFAULT_PERIOD_S = 1.0  # a fleet host never heard: its period is not known yet
 
 
 class LatencyHistogram:
@@ -123,6 +133,7 @@ class ExporterCore:
         max_hosts: int = 1024,
         max_vms: int = 20000,
         counters: Counters | None = None,
+        fleet: Sequence[str] = (),
     ) -> None:
         self.down_after = down_after_misses
         self.forget_after_s = forget_after_s
@@ -141,6 +152,10 @@ class ExporterCore:
         self.entitled: dict[str, tuple[list[str], np.ndarray]] = {}  # host -> (vms, entitlement (n, 4))
         self.loop_latency: dict[str, LatencyHistogram] = {}
         self.apply_latency: dict[str, LatencyHistogram] = {}
+        self.fleet = list(dict.fromkeys(fleet))  # hosts that must be heard: rescoin_host_up from the start
+        self.host_last: dict[str, tuple[float, float]] = {}  # host -> (last message of any kind, its period_s)
+        self.collisions = CollisionWatch()
+        self.collided: dict[str, float] = {}  # host -> last time two of its streams alternated (monotonic)
 
     def subscriptions(self) -> list[bytes]:
         return [b"sample/", b"estimate/", b"alloc/", b"applied/", b"hb/"]
@@ -154,9 +169,15 @@ class ExporterCore:
                     self._capped("service", f"hb of {env.body.service:.40} on {env.host:.40}", self.max_services)
                     return []
                 self.beats[key] = (now, env)
+                self.host_last[env.host] = (now, float(env.body.period_s))
+                if self.collisions.see(env.host, env.body.service, env.epoch):
+                    self.collided[env.host] = now
+                    self.counters.inc("name_collisions")
                 return []
             if not self._room_for(env):
                 return []
+            _, period_s = self.host_last.get(env.host, (now, DEFAULT_PERIOD_S))
+            self.host_last[env.host] = (now, period_s)
             self.latest[(env.host, env.kind)] = env
             self.seen[(env.host, env.kind)] = now
             self.heard[env.host] = now
@@ -210,6 +231,10 @@ class ExporterCore:
                     table.pop(host, None)
             for key in services:
                 del self.beats[key]
+            self.collisions.forget(services)
+            for host in [h for h, (at, _) in self.host_last.items() if at < horizon]:
+                del self.host_last[host]  # a fleet host keeps rescoin_host_up 0 without it
+                self.collided.pop(host, None)
         gone = len(hosts) + len(services)
         if gone:
             self.counters.inc("series_forgotten", gone)
@@ -237,6 +262,8 @@ class ExporterCore:
             seen = dict(self.seen)
             beats = dict(self.beats)
             entitled = dict(self.entitled)
+            host_last = dict(self.host_last)
+            collided = dict(self.collided)
             histograms = {
                 "rescoin_control_loop_latency_seconds": (
                     "end of the measured period to the applied settings (applied ts - its period's start)",
@@ -316,6 +343,19 @@ class ExporterCore:
             last.add_metric([host, service], float(env.period))
             for counter, value in sorted(hb.counters.items()):
                 events.add_metric([host, service, counter], float(value))
+        host_up = gauge("rescoin_host_up", "1 while anything arrives from the host (0: silent)", ["host"])
+        silent = gauge("rescoin_host_silent_seconds", "seconds since anything arrived from the host", ["host"])
+        collision = gauge(
+            "rescoin_host_name_collision", "1 while two live streams (publishers) share the host's name", ["host"]
+        )
+        for host in sorted(set(self.fleet) | set(host_last)):
+            at, period_s = host_last.get(host, (None, DEFAULT_PERIOD_S))
+            host_up.add_metric([host], 1.0 if at is not None and now - at <= self.down_after * period_s else 0.0)
+            if at is not None:
+                silent.add_metric([host], max(now - at, 0.0))
+            hit = collided.get(host)
+            recent = hit is not None and now - hit <= COLLISION_HOLD_PERIODS * period_s
+            collision.add_metric([host], 1.0 if recent else 0.0)
         yield from families.values()
         yield events
         for name, (doc, per_host) in histograms.items():
@@ -330,7 +370,16 @@ class ExporterCore:
 
     def health(self) -> Health:
         with self.lock:
-            return Health("ok", {"hosts": len(self.heard), "services": len(self.beats), "vms": self.total_vms})
+            info = {"hosts": len(self.heard), "services": len(self.beats), "vms": self.total_vms}
+            if self.fleet:
+                now = time.monotonic()
+                info["fleet_hosts"] = len(self.fleet)
+                info["fleet_silent"] = sum(
+                    1
+                    for h in self.fleet
+                    if (last := self.host_last.get(h)) is None or now - last[0] > self.down_after * last[1]
+                )
+            return Health("ok", info)
 
     def close(self) -> list[Outgoing]:
         return []

@@ -23,6 +23,7 @@ from ..runtime.config import use_schema
 from ..runtime.service import Health, Outgoing, common_arguments, config_from_args, run_stage
 from ..runtime.support import Counters
 from ..schema import service_schema
+from ..tools.buses import FleetError, load_fleet
 from .core import CORE_COUNTERS, ExporterCore
 from .http import STATS, MetricsServer
 from .settings import ExporterSettings
@@ -121,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.listen_port and not settings.unix_socket:
         print("rescoin: bad configuration: exporter.listen_port is 0 and exporter.unix_socket empty", file=sys.stderr)
         return 2
+    fleet = None
+    if settings.fleet:
+        try:
+            fleet = load_fleet(settings.fleet)
+        except FleetError as exc:
+            print(f"rescoin: bad configuration: exporter.fleet: {exc}", file=sys.stderr)
+            return 2
     lower_priority(settings.nice)  # before any thread exists: every thread started later inherits it
     enough_files(settings.max_connections)
     counters = Counters(max_warnings=cfg.log.max_warnings_per_period, declared=(*CORE_COUNTERS, *HTTP_COUNTERS))
@@ -131,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         max_hosts=settings.max_hosts,
         max_vms=settings.max_vms,
         counters=counters,
+        fleet=fleet.names if fleet is not None else (),
     )
     REGISTRY.register(_Collector(core))
     server = MetricsServer(
@@ -150,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         settings.max_connections,
     )
     try:
-        return run_stage(Exporter(core, server, counters), cfg, counters, extra_sub_endpoints=cfg.exporter.buses)
+        # [exporter] buses with this host's keys, then each fleet host's bus with its own server key
+        extra = [*cfg.exporter.buses, *(fleet.targets(skip=[cfg.bus.sub_endpoint]) if fleet is not None else [])]
+        if fleet is not None:
+            log.info("fleet %s: %d hosts, %d buses", fleet.path, len(fleet.hosts), len(extra) - len(cfg.exporter.buses))
+        return run_stage(Exporter(core, server, counters), cfg, counters, extra_sub_endpoints=extra)
     finally:
         server.stop()
 

@@ -20,7 +20,16 @@ class ExporterSettings:
     unix_socket: str = setting(
         "", "also serve /metrics on this Unix socket, mode 0660 (the exporter's group may connect); empty = none"
     )
-    buses: list[str] = setting([], "extra bus XPUB endpoints to watch (other hosts); this host's bus is always watched")
+    buses: list[str] = setting(
+        [],
+        "extra bus XPUB endpoints to watch (other hosts), with this host's [bus] CURVE keys; this host's bus is "
+        "always watched",
+    )
+    fleet: str = setting(
+        "",
+        "fleet file (deploy/fleet.toml): watch every host's bus in it, each with its own server key, and export "
+        "rescoin_host_up for every host in it (0 until heard); empty = none",
+    )
     down_after_misses: int = setting(
         3, "a service is reported down (rescoin_service_up 0) after this many missed heartbeats", between(1, 1000)
     )

@@ -236,10 +236,21 @@ class InputFilter:
         return True
 
 
+class BusConnector(Protocol):
+    """Another host's bus that brings its own keys (tools/buses.py BusTarget: a fleet file's host)."""
+
+    def connect(self, sock: zmq.Socket) -> None: ...
+
+
 def bus_sockets(
-    ctx: zmq.Context, cfg: Config, subscriptions: Sequence[bytes], extra_sub_endpoints: Sequence[str] = ()
+    ctx: zmq.Context,
+    cfg: Config,
+    subscriptions: Sequence[bytes],
+    extra_sub_endpoints: Sequence[str | BusConnector] = (),
 ) -> tuple[zmq.Socket, zmq.Socket]:
-    """A PUB connected to the bus's XSUB side and a SUB connected to its XPUB side."""
+    """A PUB connected to the bus's XSUB side and a SUB connected to its XPUB side, and to each of
+    ``extra_sub_endpoints``: an endpoint string with this host's [bus] keys, a ``BusConnector`` with its
+    own (connected last: each sets the socket's CURVE options for the connections made after it)."""
     pub = ctx.socket(zmq.PUB)
     sub = ctx.socket(zmq.SUB)
     pub.maxmsgsize = MAX_SUBSCRIPTION_BYTES  # a PUB only ever receives subscriptions
@@ -255,7 +266,11 @@ def bus_sockets(
     pub.connect(cfg.bus.pub_endpoint)
     sub.connect(cfg.bus.sub_endpoint)
     for endpoint in extra_sub_endpoints:  # other hosts' buses (exporter, central tools)
-        sub.connect(endpoint)
+        if isinstance(endpoint, str):
+            sub.connect(endpoint)
+    for endpoint in extra_sub_endpoints:
+        if not isinstance(endpoint, str):
+            endpoint.connect(sub)
     for prefix in subscriptions:
         sub.subscribe(prefix)
     return pub, sub
@@ -280,7 +295,7 @@ class ServiceLoop:
         cfg: Config,
         counters: Counters,
         clock: Callable[[], float] = time.time,
-        extra_sub_endpoints: Sequence[str] = (),
+        extra_sub_endpoints: Sequence[str | BusConnector] = (),
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stage = stage
@@ -464,6 +479,8 @@ def config_from_args(args: argparse.Namespace, extra: Sequence[str] = ()) -> Con
     return cfg
 
 
-def run_stage(stage: Stage, cfg: Config, counters: Counters, extra_sub_endpoints: Sequence[str] = ()) -> int:
+def run_stage(
+    stage: Stage, cfg: Config, counters: Counters, extra_sub_endpoints: Sequence[str | BusConnector] = ()
+) -> int:
     """Run ``stage`` under the service loop; returns the process exit code."""
     return ServiceLoop(stage, cfg, counters, extra_sub_endpoints=extra_sub_endpoints).run()

@@ -10,7 +10,7 @@ from pathlib import Path
 import zmq
 
 from ..runtime.support import StopFlag
-from .buses import RecordWriter, add_bus_arguments, bus_endpoints, curve_keys, subscribe
+from .buses import RecordWriter, add_bus_arguments, fleet_from_args, open_subscription
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     stop = StopFlag().install()
+    fleet = fleet_from_args(args)  # a bad fleet file: exit 2 before anything starts
     ctx = zmq.Context()
-    sub = subscribe(ctx, bus_endpoints(args), args.topics, curve_keys(args))
+    sub = open_subscription(ctx, args, args.topics, fleet)
     writer = RecordWriter(args.file)
     deadline = time.monotonic() + args.duration if args.duration else None
     count = 0

@@ -21,7 +21,7 @@ from rescoin.proto import RESOURCES, Envelope
 from rescoin.proto.envelope import header_map
 
 from . import units
-from .buses import add_bus_arguments, bus_endpoints, curve_keys, receive, subscribe
+from .buses import add_bus_arguments, fleet_from_args, open_subscription, receive
 
 # kind -> (label, wire key) of its per-VM matrices, in display order
 MATRICES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -169,8 +169,9 @@ def run(args: argparse.Namespace) -> int:
     prefixes = args.topics or [""]
     # tables name VMs from samples, so a table of other kinds also listens to samples, shown only if asked for
     extra = [] if args.json or any("sample/".startswith(p) for p in prefixes) else ["sample/"]
+    fleet = fleet_from_args(args)  # a bad fleet file: exit 2 before anything starts
     ctx = zmq.Context()
-    sub = subscribe(ctx, bus_endpoints(args), prefixes + extra, curve_keys(args))
+    sub = open_subscription(ctx, args, prefixes + extra, fleet)
     names: dict[str, str] = {}  # VM UUID -> domain name, from every sample seen
     shown = 0
     try:

@@ -22,7 +22,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Static
 
 from . import top_model as tm
-from .buses import add_bus_arguments, bus_endpoints, curve_keys, receive, subscribe
+from .buses import add_bus_arguments, fleet_from_args, open_subscription, receive
 
 RESOURCE_KEYS = {"1": 0, "c": 0, "2": 1, "m": 1, "3": 2, "d": 2, "4": 3, "n": 3}
 TEXT_COLUMNS = ("host", "name")  # left-aligned; numbers right-aligned
@@ -145,8 +145,9 @@ class TopApp(App):
 
 
 def run(args: argparse.Namespace) -> int:
+    fleet = fleet_from_args(args)  # a bad fleet file: exit 2 before anything starts
     ctx = zmq.Context()
-    sub = subscribe(ctx, bus_endpoints(args), [f"{kind}/" for kind in tm.KINDS], curve_keys(args))
+    sub = open_subscription(ctx, args, [f"{kind}/" for kind in tm.KINDS], fleet)
 
     def drain() -> list[Envelope | None]:
         return [msg.env for msg in receive(sub, 0)]  # what has arrived, without waiting
