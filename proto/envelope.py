@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 import msgpack
@@ -23,8 +24,21 @@ from .errors import ProtocolError
 
 PROTOCOL_VERSION = 4  # 3 is skipped: it is guest format 3, and a bus version never equals a guest format
 
-RESOURCES = ("cpu", "mem", "disk", "net")
+
+class Resource(IntEnum):
+    """The resource axis: the column of every (n, 4) matrix on the wire, in this order (units: ``UNITS``)."""
+
+    CPU = 0
+    MEM = 1
+    DISK = 2
+    NET = 3
+
+
+CPU, MEM, DISK, NET = Resource
+RESOURCES = tuple(r.name.lower() for r in Resource)  # "cpu", "mem", "disk", "net"
 UNITS = ("cores", "bytes", "bytes/s", "bytes/s")
+RATE_RESOURCES = (CPU, DISK, NET)  # divided among VMs by kernel weights; memory is held by a ceiling alone
+NO_LIMIT = -1.0  # a ceiling that is not set: on the wire (`alloc.ceil`, `applied.set`) and in every backend
 
 KIND_GUEST_MEM = "guest.mem"
 KIND_SAMPLE = "sample"

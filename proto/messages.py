@@ -20,6 +20,7 @@ from .envelope import (
     KIND_APPLIED,
     KIND_ESTIMATE,
     KIND_SAMPLE,
+    NO_LIMIT,
     RESOURCES,
     check_int,
     check_map,
@@ -66,7 +67,6 @@ ALL_VMS = "*"  # an `applied` error's vm when it concerns the whole host (the ba
 MAX_PARAMS = 64
 MAX_NAME_CHARS = 256  # a domain name in `sample`, a predictor's name in `estimate`
 MAX_ERROR_CHARS = 2000  # an `applied` error text
-NO_LIMIT = -1.0  # in `applied`: this resource has no ceiling set
 
 
 def column_sums(matrix: np.ndarray) -> np.ndarray:

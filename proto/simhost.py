@@ -54,6 +54,7 @@ import numpy as np
 
 from .arrays import check_matrix, ext_hook, pack_default
 from .envelope import (
+    NO_LIMIT,
     RESOURCES,
     check_int,
     check_map,
@@ -70,7 +71,6 @@ OP_GET_TUNABLES = "get_tunables"
 OP_SET_TUNABLES = "set_tunables"
 OPS = (OP_DESCRIBE, OP_STATS, OP_GET_TUNABLES, OP_SET_TUNABLES)
 
-NO_CEILING = -1.0
 COUNTERS = ("cpu_time_ns", "disk_rd_bytes", "disk_wr_bytes", "net_rx_bytes", "net_tx_bytes")
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 MAX_WRITES = 100_000
@@ -109,7 +109,7 @@ def check_write(write: Any, where: str) -> dict[str, Any]:
     if "shares" not in write and "ceiling" not in write:
         raise ProtocolError("sets neither shares nor ceiling", where)
     write = dict(write)
-    for key, lo in (("shares", 0.0), ("ceiling", NO_CEILING)):
+    for key, lo in (("shares", 0.0), ("ceiling", NO_LIMIT)):
         if key in write:
             write[key] = _check_float(write[key], f"{where}.{key}", lo)
     return write
@@ -219,7 +219,7 @@ class HostInfo:
             template=check_matrix(result["template"], "result.template", n),
             provisioned=check_matrix(result["provisioned"], "result.provisioned", n),
             initial_shares=check_matrix(result["initial_shares"], "result.initial_shares", n),
-            initial_ceiling=check_matrix(result["initial_ceiling"], "result.initial_ceiling", n, lo=NO_CEILING),
+            initial_ceiling=check_matrix(result["initial_ceiling"], "result.initial_ceiling", n, lo=NO_LIMIT),
             traces=_check_str_list(result["traces"], "result.traces", n),
         )
 
@@ -287,7 +287,7 @@ class Tunables:
 
     vms: list[str]
     shares: np.ndarray  # (n, 4)
-    ceiling: np.ndarray  # (n, 4); NO_CEILING = no cap
+    ceiling: np.ndarray  # (n, 4); NO_LIMIT = no cap
 
     def to_wire(self) -> dict[str, Any]:
         return {"vms": list(self.vms), "shares": self.shares, "ceiling": self.ceiling}
@@ -300,7 +300,7 @@ class Tunables:
         return cls(
             vms=vms,
             shares=check_matrix(result["shares"], "result.shares", n),
-            ceiling=check_matrix(result["ceiling"], "result.ceiling", n, lo=NO_CEILING),
+            ceiling=check_matrix(result["ceiling"], "result.ceiling", n, lo=NO_LIMIT),
         )
 
 

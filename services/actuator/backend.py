@@ -31,8 +31,7 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
-NO_LIMIT = -1.0
-RESOURCES = ("cpu", "mem", "disk", "net")
+from rescoin.proto import NO_LIMIT
 
 
 class BackendError(RuntimeError):

@@ -28,11 +28,11 @@ import os
 import uuid
 from pathlib import Path
 
+from rescoin.proto import NO_LIMIT, RESOURCES
+
 from ..runtime.cgroups import CgroupMounts, cgroup_mounts
 from .backend import (
     CPU_SHARES_V1,
-    NO_LIMIT,
-    RESOURCES,
     BackendError,
     Capability,
     Change,

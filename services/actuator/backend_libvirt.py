@@ -43,14 +43,13 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 import libvirt
+from rescoin.proto import NO_LIMIT, RESOURCES
 
 from ..runtime.cgroups import cgroup_mounts
 from ..runtime.domxml import DomainFacts, DomainXMLError, parse_domain_xml
 from ..runtime.libvirt_conn import LibvirtConnection, LibvirtDown
 from .backend import (
     CPU_SHARES_V1,
-    NO_LIMIT,
-    RESOURCES,
     BackendError,
     BusyError,
     Capability,
@@ -316,8 +315,13 @@ class LibvirtActuatorBackend:
             if self._busy(vm):
                 errors += [ChangeError(vm, RESOURCES[c.resource], "still answering an earlier call", "busy")
                            for c in mine]  # fmt: skip
-            else:
-                running[self.pool.submit(self._write_domain, vm, mine)] = vm
+                continue
+            try:  # the lookup in this thread: workers never open or reopen the connection
+                dom = self._domain(vm)
+            except BackendError as exc:
+                errors += [change_error(vm, RESOURCES[c.resource], exc) for c in mine]
+                continue
+            running[self.pool.submit(self._write_domain, vm, dom, mine)] = vm
         done, late = wait(running, timeout=self.settings.busy_after_s)
         for future in done:
             errors += future.result()
@@ -328,11 +332,7 @@ class LibvirtActuatorBackend:
                 ChangeError(vm, RESOURCES[c.resource], f"no answer within {self.settings.busy_after_s:g} s", "busy")
                 for c in per_vm[vm]
             ]
-        for change in net:
-            try:
-                self._write_net(change.vm, None, change.setting)
-            except (BackendError, ShapingError, LookupError, libvirt.libvirtError) as exc:
-                errors.append(change_error(change.vm, "net", exc))
+        errors += self._write_tc(net)
         if net and not self.stale_shaping_checked:
             self.stale_shaping_checked = True  # every VM of the first alloc has its class by now
             try:
@@ -341,13 +341,9 @@ class LibvirtActuatorBackend:
                 errors.append(change_error("*", "net", exc))
         return errors
 
-    def _write_domain(self, vm: str, changes: list[Change]) -> list[ChangeError]:
+    def _write_domain(self, vm: str, dom: libvirt.virDomain, changes: list[Change]) -> list[ChangeError]:
         """One domain's changes, each on its own: one refused change costs only itself (in a worker)."""
         errors = []
-        try:
-            dom = self._domain(vm)
-        except BackendError as exc:
-            return [change_error(vm, RESOURCES[c.resource], exc) for c in changes]
         for change in changes:
             resource = RESOURCES[change.resource]
             try:
@@ -359,6 +355,33 @@ class LibvirtActuatorBackend:
                     log.exception("%s %s: unexpected error", vm, resource)
                 errors.append(change_error(vm, resource, exc))
         return errors
+
+    def _write_tc(self, changes: list[Change]) -> list[ChangeError]:
+        """The tc changes of a period: every VM's class in one tc batch; if that fails, VM by VM, so one
+        VM's tap (gone, foreign) costs only that VM."""
+        classes = [c for c in changes if not (c.setting.ceiling == NO_LIMIT and c.setting.weight <= 0)]
+        if len(classes) > 1 and len({c.setting.link for c in classes}) == 1:
+            try:
+                self.shaper.set_vms([self._class_of(c) for c in classes], classes[0].setting.link)
+                changes = [c for c in changes if c not in classes]
+            except (BackendError, ShapingError, LookupError, ValueError, libvirt.libvirtError) as exc:
+                log.info("one tc batch for %d VMs failed (%s): VM by VM", len(classes), exc)
+        errors = []
+        for change in changes:
+            try:
+                self._write_net(change.vm, None, change.setting)
+            except (BackendError, ShapingError, LookupError, ValueError, libvirt.libvirtError) as exc:
+                errors.append(change_error(change.vm, "net", exc))
+        return errors
+
+    def _class_of(self, change: Change) -> tuple[str, list[tuple[str, str]], float, float]:
+        """(vm, taps, rate, ceil) of one tc change, for ``SharedLinkShaper.set_vms``."""
+        if not change.setting.link > 0:
+            raise BackendError("no link capacity to divide: network shares need the alloc's capacity")
+        facts = self.facts.get(change.vm) or self._facts(change.vm, self._domain(change.vm))
+        ceil = math.inf if change.setting.ceiling == NO_LIMIT else change.setting.ceiling
+        taps = list(zip(facts.interfaces, facts.macs, strict=True))
+        return change.vm, taps, max(change.setting.weight, 1.0), ceil
 
     def _write_cpu(self, vm: str, dom: libvirt.virDomain, setting: Setting) -> None:
         known = dom.schedulerParameters()
@@ -423,11 +446,8 @@ class LibvirtActuatorBackend:
         elif setting.ceiling == NO_LIMIT and setting.weight <= 0:  # nothing to hold (restore): out of the tree
             self.shaper.remove_vm(vm)
         else:
-            if not setting.link > 0:
-                raise BackendError("no link capacity to divide: network shares need the alloc's capacity")
-            ceil = math.inf if setting.ceiling == NO_LIMIT else setting.ceiling
-            taps = list(zip(nics, facts.macs, strict=True))
-            self.shaper.set_vm(vm, taps, rate_bps=max(setting.weight, 1.0), ceil_bps=ceil, link_bps=setting.link)
+            key, taps, rate, ceil = self._class_of(Change(vm, RESOURCES.index("net"), setting))
+            self.shaper.set_vm(key, taps, rate_bps=rate, ceil_bps=ceil, link_bps=setting.link)
 
     def capabilities(self) -> dict[str, str]:
         mounts = cgroup_mounts()

@@ -13,10 +13,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rescoin.proto import MEM, RESOURCES
+
 from ..runtime.simclient import SimhostClient, SimhostError
 from .backend import (
     CPU_SHARES_V1,
-    RESOURCES,
     BackendError,
     Capability,
     Change,
@@ -27,7 +28,6 @@ from .backend import (
     capable,
 )
 
-MEM = RESOURCES.index("mem")
 SNAPSHOT_TTL_S = 1.0
 
 

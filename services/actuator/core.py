@@ -43,15 +43,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from rescoin.proto import KIND_ALLOC, KIND_APPLIED, Envelope, topic_prefix
+from rescoin.proto import CPU, DISK, KIND_ALLOC, KIND_APPLIED, MEM, NET, NO_LIMIT, RESOURCES, Envelope, topic_prefix
 from rescoin.proto.messages import ENFORCED_LETTERS, UNENFORCED_REASONS, Alloc, Applied
 
 from ..model.enforcement import ceilings, in_force, template_shares
 from ..runtime.service import Health, Outgoing
 from ..runtime.support import Counters, atomic_write, move_aside
 from .backend import (
-    NO_LIMIT,
-    RESOURCES,
     ActuatorBackend,
     BackendError,
     BusyError,
@@ -67,7 +65,6 @@ from .plan import Targets, letters, plan
 from .settings import ActuatorSettings
 
 log = logging.getLogger("rescoin.actuator")
-CPU, MEM, DISK, NET = range(4)
 # in hb from the start (alerts use them)
 COUNTERS = (
     "rejected.backend",

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from rescoin.proto import RESOURCES
 
-from .backend import RESOURCES, Setting
+from .backend import Setting
 
 
 class InForce:

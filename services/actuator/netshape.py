@@ -147,12 +147,12 @@ class SharedLinkShaper:
             lines.append(self._class_lines(ifb, _DEFAULT, default, link))
         return lines
 
-    def _rescale_lines(self, always: str = "") -> list[str]:
-        """Class lines for the VMs whose (rate, ceil) moved, and for ``always``."""
+    def _rescale_lines(self, always: frozenset[str] | set[str] = frozenset()) -> list[str]:
+        """Class lines for the VMs whose (rate, ceil) moved, and for those in ``always``."""
         lines = []
         for key, target in self._targets().items():
             vm = self._vms[key]
-            if vm.applied != target or key == always:
+            if vm.applied != target or key in always:
                 lines += [self._class_lines(ifb, vm.minor, *target) for ifb in (UP_IFB, DOWN_IFB)]
         return lines
 
@@ -176,11 +176,28 @@ class SharedLinkShaper:
 
         All in bytes/s, each direction; ``ceil_bps`` = inf (or anything ≥ the link) means the link (shares
         mode). Idempotent; a tap or MAC no longer listed is released."""
-        if not taps:
-            raise ValueError(f"{vm_key}: no tap to shape")
+        self.set_vms([(vm_key, taps, rate_bps, ceil_bps)], link_bps)
+
+    def set_vms(self, vms: list[tuple[str, list[tuple[str, str]], float, float]], link_bps: float) -> None:
+        """``set_vm`` for many VMs at once: one ``tc qdisc show`` and one ``tc -batch`` for all of them
+        (a period where every share moves costs two tc processes, not two per VM)."""
         if not link_bps > 0:
             raise ValueError(f"link capacity must be > 0 bytes/s, not {link_bps}")
+        checked = [(key, self._wanted(key, taps, rate, ceil), rate, ceil) for key, taps, rate, ceil in vms]
         self.link_bps = float(link_bps)
+        self._load()
+        qdiscs = self._run("tc", "qdisc", "show").stdout
+        changes = [self._prepare(key, wanted, rate, ceil) for key, wanted, rate, ceil in checked]
+        lines = self._tree_lines(qdiscs) + self._rescale_lines(always={key for key, *_ in checked})
+        for vm, wanted, gone_macs in changes:
+            lines += self._vm_lines(vm, wanted, gone_macs, qdiscs)
+        self._commit(lines)
+
+    @staticmethod
+    def _wanted(vm_key: str, taps: list[tuple[str, str]], rate_bps: float, ceil_bps: float) -> dict[str, str]:
+        """tap -> guest MAC, checked."""
+        if not taps:
+            raise ValueError(f"{vm_key}: no tap to shape")
         if not (rate_bps >= 0 and ceil_bps > 0):
             raise ValueError(f"{vm_key}: rate {rate_bps} and ceil {ceil_bps} bytes/s must be >= 0 and > 0")
         wanted = {}
@@ -189,7 +206,12 @@ class SharedLinkShaper:
             if not _MAC_RE.match(mac):
                 raise ValueError(f"{vm_key}: {mac!r} is not a MAC address")
             wanted[tap] = mac
-        self._load()
+        return wanted
+
+    def _prepare(
+        self, vm_key: str, wanted: dict[str, str], rate_bps: float, ceil_bps: float
+    ) -> tuple[_Vm, dict[str, str], dict[str, int]]:
+        """The VM's class and filter nodes, its taps no longer listed released: (vm, wanted, gone MACs)."""
         vm = self._vms.get(vm_key)
         if vm is None:
             vm = self._vms[vm_key] = self._claim(set(wanted.values()))
@@ -201,9 +223,10 @@ class SharedLinkShaper:
         for tap in vm.taps - set(wanted):
             self._release_tap(tap)
         vm.taps, vm.rate, vm.ceil = set(wanted), float(rate_bps), float(ceil_bps)
-        qdiscs = self._run("tc", "qdisc", "show").stdout
-        lines = self._tree_lines(qdiscs) + self._rescale_lines(always=vm_key)
-        lines += [_del_filter(ifb, node) for node in gone_macs.values() for ifb in (UP_IFB, DOWN_IFB)]
+        return vm, wanted, gone_macs
+
+    def _vm_lines(self, vm: _Vm, wanted: dict[str, str], gone_macs: dict[str, int], qdiscs: str) -> list[str]:
+        lines = [_del_filter(ifb, node) for node in gone_macs.values() for ifb in (UP_IFB, DOWN_IFB)]
         for mac, node in vm.macs.items():
             for ifb in (UP_IFB, DOWN_IFB):
                 lines.append(
@@ -220,7 +243,7 @@ class SharedLinkShaper:
                 lines.append(
                     f"filter replace dev {tap} parent {hook} {redirect} action mirred egress redirect dev {ifb}"
                 )
-        self._commit(lines)
+        return lines
 
     def _claim(self, macs: set[str]) -> _Vm:
         """A new VM: the class and filter nodes an earlier process gave its MACs, else fresh ones."""

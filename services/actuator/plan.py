@@ -27,11 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from rescoin.proto import MEM, NO_LIMIT, RATE_RESOURCES, Resource
 
-from .backend import NO_LIMIT
-
-MEM = 1
-RATE_RESOURCES = np.array([True, False, True, True])  # cpu, disk, net are divided by weights; memory is not
+RATE = np.isin(np.arange(len(Resource)), RATE_RESOURCES)  # (4,) bool: divided by weights; memory is not
 
 
 @dataclass(frozen=True)
@@ -71,7 +69,7 @@ def plan(
     read either; ``mem_size``: (m,) bytes; ``template``: (m, 4), nan where the VM states none."""
     ceiling = np.array(targets.ceiling, dtype=float)
     weight = np.array(targets.weight, dtype=float)
-    throttled = RATE_RESOURCES & (weight > 0) & ~can_weight & can_ceiling
+    throttled = RATE & (weight > 0) & ~can_weight & can_ceiling
     ceiling = np.where(throttled & (ceiling == NO_LIMIT), targets.throttle, ceiling)
     weight = np.where(can_weight, weight, 0.0)
     ceiling = np.where(can_ceiling, ceiling, NO_LIMIT)

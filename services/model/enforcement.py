@@ -19,11 +19,9 @@ Units: cores, bytes, bytes/s, bytes/s.
 from __future__ import annotations
 
 import numpy as np
+from rescoin.proto import MEM
 
 from .waterfill import waterfill
-
-MEM = 1
-
 
 ENFORCEMENT_MODES = ("shares", "ceilings", "both")
 RATE = [0, 2, 3]  # cpu, disk, net: divided by weights; memory is only ever capped

@@ -24,12 +24,17 @@ import numpy as np
 NEWTON_STEPS = 12
 
 
+SMALLEST_RELATIVE_WEIGHT = 1e-150  # a ratio past it is "nearly nothing" already; below it λ overflows
+
+
 def relative(weights: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Weights ≥ 0 scaled along ``axis`` to a largest of 1: only ratios matter, and then the tiniest
-    weights (1e-308) cannot overflow λ = amount / Σ weight to inf while a VM is still unsaturated."""
+    """Weights ≥ 0 scaled along ``axis`` to a largest of 1 (only ratios matter), none of them positive below
+    ``SMALLEST_RELATIVE_WEIGHT``: λ = amount / Σ weight, and a cap's level c / w, must stay finite while a
+    VM is unsaturated (a weight 1e-308 of the largest overflowed both to inf and served every cap)."""
     weights = np.maximum(np.asarray(weights, dtype=float), 0.0)
     top = weights.max(axis=axis, initial=0.0, keepdims=True)
-    return weights / np.where(top > 0, top, 1.0)
+    scaled = weights / np.where(top > 0, top, 1.0)
+    return np.where(scaled > 0, np.maximum(scaled, SMALLEST_RELATIVE_WEIGHT), 0.0)
 
 
 def _rows(matrix: np.ndarray) -> np.ndarray:
@@ -104,6 +109,10 @@ def waterfill_loop(amount: np.ndarray, caps: np.ndarray, weights: np.ndarray) ->
         for r in range(result.shape[1]):
             left = max(float(amount[r]), 0.0)
             active = [i for i in range(result.shape[0]) if weights[i, r] > 0 and caps[i, r] > 0]
+            if sum(caps[i, r] for i in active) <= left:  # every cap fits: exact, whatever the weights (a
+                for i in active:  # subnormal weight would otherwise overflow λ and round the caps off)
+                    result[i, r] = caps[i, r]
+                continue
             while active and left > 1e-15 * max(1.0, float(amount[r])):
                 total_w = sum(weights[i, r] for i in active)
                 lam = left / total_w

@@ -57,11 +57,17 @@ class LibvirtConnection:
         self.conn: libvirt.virConnect | None = None
         self.connects = 0  # successful opens: more than one means it came back after a loss
         self.losses = 0
+        self.lock = threading.Lock()
         libvirt.registerErrorHandler(_quiet, None)
         ensure_event_loop()
 
     def get(self) -> libvirt.virConnect:
-        """A live connection, reopened if the last one died; LibvirtDown if libvirtd cannot be reached."""
+        """A live connection, reopened if the last one died; LibvirtDown if libvirtd cannot be reached.
+        Thread-safe: two threads never open two connections (the test driver's state is per connection)."""
+        with self.lock:
+            return self._get()
+
+    def _get(self) -> libvirt.virConnect:
         if self.conn is not None and self.conn.isAlive():
             return self.conn
         if self.conn is not None:  # it died between calls (libvirtd restarted, keepalive gave up)
@@ -85,10 +91,11 @@ class LibvirtConnection:
     def failed(self, exc: libvirt.libvirtError) -> bool:
         """After a call raised ``exc``: True (and the connection dropped) if the connection itself is gone,
         False if only that call failed."""
-        if self.conn is not None and self.conn.isAlive():
-            return False
-        self.drop()
-        self.losses += 1
+        with self.lock:
+            if self.conn is not None and self.conn.isAlive():
+                return False
+            self.drop()
+            self.losses += 1
         log.warning("lost %s: %s", self.uri, exc)
         return True
 

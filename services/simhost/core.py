@@ -20,15 +20,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from rescoin.proto import RESOURCES
-from rescoin.proto.simhost import NO_CEILING, HostInfo, HostStats, Tunables, WriteResult
+from rescoin.proto import CPU, DISK, MEM, NET, NO_LIMIT, RESOURCES
+from rescoin.proto.simhost import HostInfo, HostStats, Tunables, WriteResult
 
 from ..model.enforcement import enforce
 from ..model.scenario import size_host
 from ..model.traces import load_bitbrains
 from .settings import SimhostSettings
 
-CPU, MEM, DISK, NET = range(4)
 DEFAULT_CPU_SHARES = 1024.0  # libvirt's cpu_shares when nobody set one
 UUID_NAMESPACE = uuid.UUID("5f0e7c1a-3b7d-4c5e-9a57-7265736f696e")  # "rescoin" sim VMs
 
@@ -120,7 +119,7 @@ class SimHost:
         self.initial_shares[:, CPU] = DEFAULT_CPU_SHARES
         self.initial_shares[:, DISK] = 1.0
         self.initial_shares[:, NET] = 1.0
-        self.initial_ceiling = np.full((n, 4), NO_CEILING)
+        self.initial_ceiling = np.full((n, 4), NO_LIMIT)
         self.shares = self.initial_shares.copy()
         self.ceiling = self.initial_ceiling.copy()
         self.counters = np.zeros((n, 5))  # at self.last_ns: cpu ns, rd, wr, rx, tx bytes
@@ -149,12 +148,12 @@ class SimHost:
         self._recompute()
 
     def _below_template(self) -> np.ndarray:
-        capped = self.ceiling != NO_CEILING
+        capped = self.ceiling != NO_LIMIT
         return capped & (self.ceiling < self.work.template * (1 - 1e-9))
 
     def _effective_ceiling(self) -> np.ndarray:
         """Ceilings in resource units, inf where none; memory's 'none' is the provisioned size."""
-        ceiling = np.where(self.ceiling == NO_CEILING, np.inf, self.ceiling)
+        ceiling = np.where(self.ceiling == NO_LIMIT, np.inf, self.ceiling)
         ceiling[:, MEM] = np.minimum(ceiling[:, MEM], self.work.provisioned[:, MEM])
         return ceiling
 
@@ -253,8 +252,8 @@ class SimHost:
     def _write_error(self, write: dict, i: int | None, r: int) -> str:
         if i is None:
             return "no such VM on this sim host"
-        ceiling = write.get("ceiling", NO_CEILING)
-        if ceiling != NO_CEILING and ceiling < 0:
+        ceiling = write.get("ceiling", NO_LIMIT)
+        if ceiling != NO_LIMIT and ceiling < 0:
             return "ceiling must be >= 0 or -1 (none)"
         if r == MEM and ceiling > self.work.provisioned[i, MEM]:
             return "balloon target above the VM's memory size"

@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..actuator.backend import RESOURCES, BackendError, Capability
+from rescoin.proto import RESOURCES
+
+from ..actuator.backend import BackendError, Capability
 from ..actuator.settings import ActuatorSettings
 from ..runtime.cgroups import cgroup_mounts
 from ..runtime.config import ConfigError, load_config

@@ -51,7 +51,6 @@ from ..scheduler.settings import SchedulerSettings
 from ..scheduler.step import decide
 from .evaluate_oracle import RecentQuantile, bound_allocation, savers
 
-RES = RESOURCES
 HEADLINE = (  # the table `evaluate` prints and the report shows, in this order
     "entitlement_violations",
     "jain",
@@ -176,7 +175,7 @@ def predictor_accuracy(sc: Scenario, opts: Options) -> dict[str, dict[str, dict[
     d = sc.demand
     for name in (*PREDICTORS, QUANTILE):
         out[name] = {}
-        for r, res in enumerate(RES):
+        for r, res in enumerate(RESOURCES):
             model = _model(name, r, opts)
             est = np.empty_like(d[:, :, r])
             est[0] = d[0, :, r]

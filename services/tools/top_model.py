@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from rescoin.proto import RESOURCES, Envelope
+from rescoin.proto import MEM, RESOURCES, Envelope
 
 from . import units
 
@@ -36,7 +36,6 @@ MISSED_BEATS = 3  # a service is down after this many heartbeat periods of silen
 BAR = 10  # characters in a VM's use/template bar
 EIGHTHS = " ▏▎▍▌▋▊▉█"
 MATRICES = ("use", "template", "alloc", "share", "ceiling", "coins")  # VmRow's (4,) fields
-MEM = 1  # memory has no kernel weight: its share column stays empty
 
 
 @dataclass(frozen=True)

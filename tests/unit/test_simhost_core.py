@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from rescoin.proto.simhost import NO_CEILING
+from rescoin.proto import NO_LIMIT
 from rescoin.services.simhost.core import SimHost, Workload
 
 PERIOD_S = 1.0
@@ -91,7 +91,7 @@ def test_a_ceiling_below_the_template_is_counted_per_period():
     sim = SimHost("h1", PERIOD_S, workload(steady([[1.0, GIB, 0, 0], [0, GIB, 0, 0]])), at(0))
     vm = sim.vms[0]
     sim.set_tunables([{"vm": vm, "resource": "cpu", "ceiling": 0.25}], at(0.1))  # template 0.5
-    sim.set_tunables([{"vm": vm, "resource": "cpu", "ceiling": NO_CEILING}], at(0.2))
+    sim.set_tunables([{"vm": vm, "resource": "cpu", "ceiling": NO_LIMIT}], at(0.2))
     assert sim.stats(at(2.5)).below_template[0, 0] == 1  # only the period it happened in
     assert sim.stats(at(2.5)).below_template.sum() == 1
 
