@@ -96,8 +96,8 @@ KIND_LIMITS: dict[str, KindLimits] = {
     KIND_GUEST_MEM: KindLimits(MAX_GUEST_PAYLOAD_BYTES, 16, 16, 2 + SPARE, SPARE),
     # + counters, info, errors (20 strs); the largest legal payload is ~6.4 MB
     KIND_HB: KindLimits(8 * 2**20, 20, MAX_MAP_LEN, 5 + SPARE, SPARE),
-    # + vms, names, mem_src; C, tc, au and the five pressure vectors; may reach the common 64 MiB
-    KIND_SAMPLE: KindLimits(MAX_PAYLOAD_BYTES, MAX_VMS, 16, 5 + SPARE, 8 + SPARE),
+    # + vms, names, mem_src, carried_vms; C, tc, au, the five pressure vectors, carried; up to 64 MiB
+    KIND_SAMPLE: KindLimits(MAX_PAYLOAD_BYTES, MAX_VMS, 16, 6 + SPARE, 9 + SPARE),
     # + vms, predictor, params (64); est; the largest legal payload is ~8.4 MB
     KIND_ESTIMATE: KindLimits(16 * 2**20, MAX_VMS, 64, 5 + SPARE, 1 + SPARE),
     # + vms, mode; alloc, coins, tc, au, C, shares, ceil; the largest legal payload is ~26.5 MB

@@ -170,8 +170,14 @@ class Sample:
     mem_majflt: np.ndarray = field(default_factory=_unknown)  # (n,): major page faults/s in the guest
     mem_swapin: np.ndarray = field(default_factory=_unknown)  # (n,): pages/s swapped in by the guest
     mem_unreclaimable: np.ndarray = field(default_factory=_unknown)  # (n,): bytes, balloon actual - usable
+    # coins a VM's domain carries in its metadata (written by the actuator of the host it ran on): a VM
+    # that migrated brings its balance, which the scheduler takes when it first sees the VM
+    carried_vms: list[str] = field(default_factory=list)  # a subset of vms
+    carried_coins: np.ndarray = field(default_factory=lambda: np.zeros((0, len(RESOURCES))))  # (m, 4)
 
-    WIRE: ClassVar[tuple[str, ...]] = ("C", "vms", "names", "tc", "au", "mem_src", "period_s", *MEM_PRESSURE)
+    WIRE: ClassVar[tuple[str, ...]] = (
+        "C", "vms", "names", "tc", "au", "mem_src", "period_s", *MEM_PRESSURE, "carried_vms", "carried",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         for name in MEM_PRESSURE:
@@ -188,6 +194,8 @@ class Sample:
             "mem_src": list(self.mem_source),
             "period_s": float(self.period_s),
             **{name: getattr(self, name) for name in MEM_PRESSURE},
+            "carried_vms": list(self.carried_vms),
+            "carried": self.carried_coins,
         }
 
     @classmethod
@@ -195,6 +203,9 @@ class Sample:
         require_keys(body, cls.WIRE, (), "body")
         vms = _check_vms(body["vms"])
         n = len(vms)
+        carried_vms = _check_vms(body["carried_vms"], "body.carried_vms")
+        if not set(carried_vms) <= set(vms):
+            raise ProtocolError("must be distinct VMs of body.vms", "body.carried_vms")
         return cls(
             capacity=check_matrix(body["C"], "body.C", len(RESOURCES), None),
             vms=vms,
@@ -204,6 +215,8 @@ class Sample:
             mem_source=_check_str_list(body["mem_src"], "body.mem_src", n, MEM_SOURCES),
             period_s=_check_float(body["period_s"], "body.period_s", MIN_PERIOD_S, MAX_PERIOD_S),
             **{name: _check_or_unknown(body[name], f"body.{name}", n, hi) for name, hi in MEM_PRESSURE.items()},
+            carried_vms=carried_vms,
+            carried_coins=check_matrix(body["carried"], "body.carried", len(carried_vms), lo=None),
         )
 
 

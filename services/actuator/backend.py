@@ -154,6 +154,15 @@ class ActuatorBackend(Protocol):
         """How cpu cores of share become this backend's kernel weight."""
         ...
 
+    def carry(self, states: dict[str, tuple[tuple[float, ...], list[Setting | None]]], period: int) -> None:
+        """Keep each VM's (coins, originals) where they travel with it (a domain's metadata); no-op where
+        nothing travels. Best effort: a VM that cannot take it now is tried again later."""
+        ...
+
+    def carried_originals(self, vm: str) -> list[Setting | None] | None:
+        """The originals ``vm`` brought from the first host it ran on, if any."""
+        ...
+
     def forget(self, vm: str) -> None:
         """``vm`` is gone or was started anew: drop what is known of its old instance (the core decides when)."""
         ...

@@ -133,6 +133,12 @@ class CgroupBackend:
         found.append(incapable("unsupported", NET_UNSUPPORTED))
         return found
 
+    def carry(self, states: dict, period: int) -> None:
+        """A cgroup has no metadata to carry state in."""
+
+    def carried_originals(self, vm: str) -> None:
+        return None
+
     def cpu_weight_range(self) -> CpuWeightRange:
         return CPU_WEIGHT_V2 if self.layout["cpu"] == "v2" else CPU_SHARES_V1
 

@@ -46,7 +46,7 @@ import libvirt
 from rescoin.proto import NO_LIMIT, RESOURCES
 
 from ..runtime.cgroups import cgroup_mounts
-from ..runtime.domxml import DomainFacts, DomainXMLError, parse_domain_xml
+from ..runtime.domxml import STATE_NS, DomainFacts, DomainXMLError, parse_domain_xml, state_xml
 from ..runtime.libvirt_conn import LibvirtConnection, LibvirtDown
 from .backend import (
     CPU_SHARES_V1,
@@ -191,6 +191,34 @@ class LibvirtActuatorBackend:
 
     def cpu_weight_range(self) -> CpuWeightRange:
         return self.cpu_range
+
+    def carry(self, states: dict[str, tuple[tuple[float, ...], list[Setting | None]]], period: int) -> None:
+        """<rescoin:state> in each domain's live metadata (libvirt migrates it with the domain), each
+        domain in its worker; one that is busy or gone is skipped this time."""
+        flags = LIVE
+        running = []
+        for vm, (coins, originals) in states.items():
+            if self._busy(vm):
+                continue
+            try:
+                dom = self._domain(vm)
+            except BackendError:
+                continue
+            pairs = [None if o is None else (o.ceiling, o.weight) for o in originals]
+            xml = state_xml(coins, pairs, period)
+            running.append(
+                self.pool.submit(dom.setMetadata, libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, "rescoin", STATE_NS, flags)
+            )
+        done, _late = wait(running, timeout=self.settings.busy_after_s)
+        for future in done:
+            if future.exception() is not None:
+                log.info("could not keep a VM's coins in its metadata: %s", future.exception())
+
+    def carried_originals(self, vm: str) -> list[Setting | None] | None:
+        facts = self.facts.get(vm)
+        if facts is None or facts.carried_originals is None:
+            return None
+        return [None if o is None else Setting(o[0], o[1]) for o in facts.carried_originals]
 
     def probe(self, vm: str) -> list[Capability]:
         dom = self._domain(vm)

@@ -55,6 +55,12 @@ class SimActuatorBackend:
     def probe(self, vm: str) -> list[Capability]:
         return [capable("sim host tunables")] * len(RESOURCES)
 
+    def carry(self, states: dict, period: int) -> None:
+        """The sim host's VMs never migrate."""
+
+    def carried_originals(self, vm: str) -> None:
+        return None
+
     def cpu_weight_range(self) -> CpuWeightRange:
         return CPU_SHARES_V1  # the sim host takes cores; this range is wide enough never to scale them
 

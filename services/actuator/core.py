@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -241,7 +242,23 @@ class ActuatorCore:
         if self.mode == "failsafe":
             log.info("valid alloc for period %d: leaving the fail-safe state", env.period)
         self.mode = "normal"
-        return self._apply(alloc.vms, self.targets(alloc), started, "normal")
+        applied = self._apply(alloc.vms, self.targets(alloc), started, "normal")
+        self._carry(alloc, env.period)
+        return applied
+
+    def _carry(self, alloc: Alloc, period: int) -> None:
+        """Each managed VM's coins and originals into what travels with it (libvirt: its domain's metadata),
+        a 1/k share of the VMs each period, so a migrated VM's balance is at most k periods old."""
+        every = self.settings.carry_every_periods
+        if not every or self.settings.dry_run:
+            return
+        states = {
+            vm: (tuple(alloc.coins[i].tolist()), self.originals[vm])
+            for i, vm in enumerate(alloc.vms)
+            if vm in self.originals and zlib.crc32(vm.encode()) % every == period % every
+        }
+        if states:
+            self.backend.carry(states, period)
 
     def targets(self, alloc: Alloc) -> Targets:
         """Per VM the four settings the alloc says to enforce: its shares as kernel weights (``weights``)
@@ -307,7 +324,13 @@ class ActuatorCore:
                     reason = "busy" if isinstance(exc, BusyError) else "read_failed"
                     report.cell(i, r, reason, f"cannot read what is set: {exc}")
         self.in_force.put(vm, read)
-        original = self.originals.setdefault(vm, [None] * 4)
+        if vm not in self.originals:  # new here: a VM that migrated brings the originals of its first host
+            carried = self.backend.carried_originals(vm)
+            self.originals[vm] = list(carried) if carried else [None] * 4
+            if carried:
+                self.originals_dirty = True
+                log.info("%s brought its original settings from the host it came from", vm)
+        original = self.originals[vm]
         for r, setting in enumerate(read):
             if original[r] is None and setting is not None and known[r] is None:
                 original[r] = setting

@@ -54,6 +54,12 @@ class ActuatorSettings:
         "unenforced (no_balloon: a guest without a balloon driver, or one that cannot give the memory back)",
         positive,
     )
+    carry_every_periods: int = setting(
+        5,
+        "libvirt: write each VM's coin balance and original settings into its domain's metadata every this "
+        "many periods (spread over them), so they travel with a live migration; 0 = never",
+        between(0, 100_000),
+    )
     cpu_period_us: int = setting(100_000, "CFS period for quotas, microseconds", between(1000, 1_000_000))
     net_shaping: str = setting(
         "tc",

@@ -39,6 +39,7 @@ class DomainReading:
     # the template if the backend knows it (domain metadata, the sim host); None = derive it
     balloon_unreclaimable_bytes: float | None = None  # what the guest cannot give back: balloon actual - usable
     balloon_stats_at_s: float | None = None  # when the guest last refreshed its balloon stats (wall clock, s)
+    carried_coins: tuple[float, float, float, float] | None = None  # a balance its domain's metadata carries
 
 
 @dataclass(frozen=True)

@@ -592,6 +592,7 @@ class KernelMonitorBackend:
                     template=inst.facts.template,
                     balloon_unreclaimable_bytes=memory.unreclaimable,
                     balloon_stats_at_s=memory.stats_at_s,
+                    carried_coins=inst.facts.carried_coins,
                 )
             )
         return out

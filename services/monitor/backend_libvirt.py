@@ -129,6 +129,7 @@ class LibvirtMonitorBackend:
             template=facts.template,
             balloon_unreclaimable_bytes=_balloon_unreclaimable(balloon),
             balloon_stats_at_s=_float_or_none(balloon.get("last-update", balloon.get("last_update"))),
+            carried_coins=facts.carried_coins,
         )
 
     def capacity(self) -> HostCapacity:

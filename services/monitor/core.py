@@ -132,6 +132,7 @@ class MonitorCore:
     def observe(self, reading: HostReading, period: int, period_s: float, capacity: np.ndarray) -> Sample:
         """The sample of ``period`` from this reading and the previous one."""
         vms, names, templates, usages, sources = [], [], [], [], []
+        carried: dict[str, tuple[float, float, float, float]] = {}  # coins a migrated VM's domain brought
         pressure: list[tuple[float, ...]] = []  # rows of SAMPLE_PRESSURE
         present = set()
         for dom in reading.domains:
@@ -150,6 +151,8 @@ class MonitorCore:
             templates.append(self.template_of(dom))
             usages.append([rates[0], mem, rates[1], rates[2]])
             sources.append(source)
+            if dom.carried_coins is not None:
+                carried[dom.uuid] = dom.carried_coins
             pressure.append(self._pressure(dom, period, self._unreclaimable(dom, reading.ts_ns / 1e9)))
         for gone in set(self.baselines) - present:
             del self.baselines[gone]
@@ -167,6 +170,8 @@ class MonitorCore:
             mem_source=sources,
             period_s=period_s,
             **{name: columns[i].copy() for i, name in enumerate(SAMPLE_PRESSURE)},
+            carried_vms=list(carried),
+            carried_coins=np.array(list(carried.values()), dtype=float).reshape(len(carried), 4),
         )
 
     @staticmethod

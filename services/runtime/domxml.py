@@ -14,6 +14,20 @@ was sold can be stored in the domain itself, in libvirt's ``<metadata>``::
 
 (``virsh metadata DOMAIN https://rescoin.dev/xmlns/template/1 --key rescoin
 --set '<template><disk bps="10485760"/></template>'`` writes it on a live host.)
+
+The actuator keeps ResCoin's own state of a VM in the domain too, so that it
+travels with a live migration (libvirt carries a domain's metadata along)::
+
+    <rescoin:state xmlns:rescoin="https://rescoin.dev/xmlns/state/1">
+      <rescoin:coins cpu="0.8" mem="0.1" disk="0" net="0.02" period="1765000000"/>
+      <rescoin:original resource="cpu" ceiling="-1" weight="1"/>   <!-- one per resource read -->
+    </rescoin:state>
+
+``coins``: the VM's balance when written (the destination's scheduler starts
+from it, not from 0); ``original``: the settings found before ResCoin's first
+write on the first host it ran on (the destination restores those, not the
+source's ResCoin-set values). Whoever can define domains can write this, so
+the receivers bound what they accept.
 """
 
 from __future__ import annotations
@@ -23,7 +37,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 TEMPLATE_NS = "https://rescoin.dev/xmlns/template/1"
+STATE_NS = "https://rescoin.dev/xmlns/state/1"  # what ResCoin keeps in the domain: it travels with a migration
 TEMPLATE_FIELDS = (("cpu", "cores"), ("mem", "bytes"), ("disk", "bps"), ("net", "bps"))
+RESOURCE_NAMES = tuple(name for name, _ in TEMPLATE_FIELDS)
 _UNIT_BYTES = {
     "b": 1,
     "bytes": 1,
@@ -59,6 +75,8 @@ class DomainFacts:
     hugepages: bool = False  # hugepage-backed memory: a balloon frees nothing on the host
     hostless_nics: list[str] = field(default_factory=list)  # NIC types with no host tap (user, vhostuser, hostdev…)
     macvtap: bool = False  # an <interface type='direct'>: traffic bypasses the host's own tap ingress
+    carried_coins: tuple[float, float, float, float] | None = None  # <rescoin:state>'s coins
+    carried_originals: tuple[tuple[float, float] | None, ...] | None = None  # per resource (ceiling, weight)
 
 
 def _memory_bytes(elem: ET.Element | None) -> float:
@@ -105,6 +123,12 @@ def parse_domain_xml(xml: str) -> DomainFacts:
         template, problem = _template(root), ""
     except DomainXMLError as exc:  # one VM's typo costs only its own template, never its enforcement
         template, problem = [None, None, None, None], f"<rescoin:template> ignored: {exc}"
+    try:
+        coins, originals = _state(root)
+    except DomainXMLError as exc:
+        coins, originals = None, None
+        problem = f"{problem}; " if problem else ""
+        problem += f"<rescoin:state> ignored: {exc}"
     balloon = root.find("devices/memballoon")
     nics = root.findall("devices/interface")
     tapped = [nic for nic in nics if nic.get("type") in TAP_TYPES and nic.find("target") is not None]
@@ -125,7 +149,53 @@ def parse_domain_xml(xml: str) -> DomainFacts:
         hugepages=root.find("memoryBacking/hugepages") is not None,
         hostless_nics=[nic.get("type", "?") for nic in nics if nic not in tapped],
         macvtap=any(nic.get("type") == "direct" for nic in nics),
+        carried_coins=coins,
+        carried_originals=originals,
     )
+
+
+def _number(elem: ET.Element, attr: str) -> float:
+    raw = elem.get(attr)
+    try:
+        value = float(raw) if raw is not None else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise DomainXMLError(f"{elem.tag.split('}')[-1]} {attr}={raw!r} is not a finite number")
+    return value
+
+
+def _state(root: ET.Element) -> tuple[tuple[float, float, float, float] | None, tuple | None]:
+    """<rescoin:state>: (coins, originals per resource), each None where absent."""
+    state = root.find(f"metadata/{{{STATE_NS}}}state")
+    if state is None:
+        return None, None
+    coins_elem = state.find(f"{{{STATE_NS}}}coins")
+    coins = None
+    if coins_elem is not None:
+        c, m, d, n = (_number(coins_elem, r) for r in RESOURCE_NAMES)
+        coins = (c, m, d, n)
+    found: list[tuple[float, float] | None] = [None] * 4
+    for elem in state.findall(f"{{{STATE_NS}}}original"):
+        resource = elem.get("resource", "")
+        if resource not in RESOURCE_NAMES:
+            raise DomainXMLError(f"original resource={resource!r}")
+        found[RESOURCE_NAMES.index(resource)] = (_number(elem, "ceiling"), _number(elem, "weight"))
+    return coins, (tuple(found) if any(o is not None for o in found) else None)
+
+
+def state_xml(coins: tuple[float, ...] | None, originals: list | None, period: int) -> str:
+    """The <state> element (libvirt's setMetadata adds the namespace prefix) for ``parse_domain_xml``."""
+    parts = []
+    if coins is not None:
+        values = " ".join(f'{r}="{float(v)!r}"' for r, v in zip(RESOURCE_NAMES, coins, strict=True))
+        parts.append(f'<coins {values} period="{int(period)}"/>')
+    for resource, original in zip(RESOURCE_NAMES, originals or [], strict=False):
+        if original is not None:
+            parts.append(
+                f'<original resource="{resource}" ceiling="{float(original[0])!r}" weight="{float(original[1])!r}"/>'
+            )
+    return "<state>" + "".join(parts) + "</state>"
 
 
 def _template(root: ET.Element) -> list[float | None]:

@@ -103,8 +103,10 @@ class SchedulerCore:
         now = self.monotonic()
         elapsed = None if self.credited_at is None else round((now - self.credited_at) / sample.period_s)
         last = self.ledger.period
+        arrived = [vm for vm in sample.carried_vms if vm not in self.ledger.vms]  # with coins from elsewhere
         if self.ledger.credit(env.period, sample.vms, sample.template, sample.usage, sample.capacity, elapsed):
             self.credited_at = now
+            self._take_carried(sample, arrived)
             if last >= 0 and env.period != last + max(elapsed or 1, 1) and abs(env.period - last) > 2:
                 self.counters.inc("clock_steps")
         self.ledger_dirty = True  # saved by flush(), right after this period's alloc is out
@@ -113,6 +115,21 @@ class SchedulerCore:
             return [self._allocate(env, estimate)]
         self.pending[env.period] = _Pending(env)
         return []
+
+    def _take_carried(self, sample: Sample, arrived: list[str]) -> None:
+        """VMs new to this ledger whose domain carried a balance (a migration): they start from it."""
+        if not arrived:
+            return
+        carried = dict(zip(sample.carried_vms, sample.carried_coins, strict=True))
+        at = {vm: i for i, vm in enumerate(sample.vms)}
+        for vm in arrived:
+            cut = self.ledger.seed(vm, carried[vm], sample.template[at[vm]], sample.capacity)
+            self.counters.inc("coins_carried_in")
+            if cut:
+                self.counters.reject(
+                    "carried_coins", f"VM {vm} carried more coins than a window here could earn: bounded", log
+                )
+            log.info("VM %s arrived with coins %s", vm, np.round(carried[vm], 4).tolist())
 
     def on_estimate(self, env: Envelope) -> list[Outgoing]:
         """An estimate for period p+1 completes the sample of period p."""

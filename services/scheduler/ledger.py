@@ -83,6 +83,21 @@ class CoinLedger:
         self.period = period
         return True
 
+    def seed(self, vm: str, coins: np.ndarray, template: np.ndarray, capacity: np.ndarray) -> bool:
+        """Start ``vm`` (already in the ledger, with at most this period's savings) from the balance its
+        domain carried from another host, spread evenly over the window so it slides out as any other
+        savings would. What a window could not have earned here (more than k periods of a full template
+        saved, or overdrawn by more than k periods of the whole host) is cut to that: metadata is
+        writable by whoever can define domains. True if the balance had to be cut."""
+        row = self.vms.index(vm)
+        per_period = np.where(capacity > 0, capacity, 1.0)
+        rest = self.window - 1  # the window's other periods: this one's savings are credited already
+        lo, hi = rest * (template - capacity) / per_period, rest * template / per_period
+        bounded = np.clip(coins, lo, hi)
+        self.ring[:, row] += bounded / self.window
+        self.total[row] += bounded
+        return bool((bounded != coins).any())
+
     def _align(self, vms: list[str]) -> None:
         if vms == self.vms:
             return

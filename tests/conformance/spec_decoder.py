@@ -329,7 +329,8 @@ SAMPLE_PRESSURE = {
 
 
 def _sample(body: dict[str, Any]) -> None:
-    _keys(body, ("C", "vms", "names", "tc", "au", "mem_src", "period_s", *SAMPLE_PRESSURE), "sample")
+    keys = ("C", "vms", "names", "tc", "au", "mem_src", "period_s", *SAMPLE_PRESSURE, "carried_vms", "carried")
+    _keys(body, keys, "sample")
     n = _vms(body["vms"])
     _matrix(body["C"], "C", (4,))
     _str_list(body["names"], "names", n, max_chars=256)
@@ -339,6 +340,10 @@ def _sample(body: dict[str, Any]) -> None:
     _float(body["period_s"], "period_s", 0.001, 3600)
     for key, top in SAMPLE_PRESSURE.items():
         _matrix(body[key], key, (n,), "unknown", top)
+    m = _vms(body["carried_vms"])
+    if not set(body["carried_vms"]) <= set(body["vms"]):
+        raise Rejected("carried_vms: a VM not in vms")
+    _matrix(body["carried"], "carried", (m, 4), "finite")
 
 
 def _estimate(body: dict[str, Any]) -> None:

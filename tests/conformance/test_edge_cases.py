@@ -287,6 +287,16 @@ def build_cases() -> None:  # one long table: it reads as the spec does
     case("sample", "100000 VMs", OK, vms(100_000))
     case("sample", "100001 VMs", BAD, vms(100_001))
 
+    # --- sample's carried coins (§4): a subset of vms, one row of 4 finite values each
+    def carry(vms: Callable[[Payload], list], rows: int, value: float = -2.5) -> Callable[[Payload], None]:
+        return lambda p: p["body"].update(carried_vms=vms(p), carried=arr(np.full((rows, 4), value)))
+
+    case("sample", "a VM carrying negative coins", OK, carry(lambda p: p["body"]["vms"][:1], 1))
+    case("sample", "a carried VM not in vms", BAD, carry(lambda p: [str(uuid.UUID(int=99))], 1))
+    case("sample", "a VM carried twice", BAD, carry(lambda p: p["body"]["vms"][:1] * 2, 2))
+    case("sample", "carried rows != carried_vms", BAD, carry(lambda p: p["body"]["vms"][:1], 2))
+    case("sample", "carried coins not finite", BAD, carry(lambda p: p["body"]["vms"][:1], 1, math.inf))
+
     # --- sample's memory-pressure vectors (§4): shape (n,), each exactly -1 or in range, all required
     def vector(p: Payload, key: str, value: float, row: int = 0) -> msgpack.ExtType:
         a = unarr(p["body"][key])

@@ -1,0 +1,116 @@
+"""Coins and original settings travel with a migrating VM, in its domain's metadata.
+
+Two libvirt hosts (two test-driver connections: each has its own state), each
+with its own actuator, monitor and scheduler logic. On the source the VM saves
+coins for a while and ResCoin changes its settings; the domain's XML, as a
+live migration carries it (metadata included), is then defined on the
+destination. There the VM starts from the source's balance (within one
+period's credit), not from 0, and its originals are the ones found before
+ResCoin touched it on the source, not the source's ResCoin-set values.
+"""
+
+from __future__ import annotations
+
+import libvirt
+import numpy as np
+import pytest
+from rescoin.proto import Envelope
+from rescoin.proto.messages import Estimate
+from rescoin.services.actuator.backend_libvirt import LibvirtActuatorBackend
+from rescoin.services.actuator.core import ActuatorCore
+from rescoin.services.monitor.backend_libvirt import LibvirtMonitorBackend
+from rescoin.services.monitor.core import MonitorCore
+from rescoin.services.runtime.config import load_config
+from rescoin.services.runtime.support import Counters
+from rescoin.services.scheduler.core import SchedulerCore
+
+from tests.integration.test_enforcement_per_vm import ODD
+
+VM = "a0000000-0000-0000-0000-000000000001"  # odd-fine
+CAPACITY = np.array([8.0, 1.5 * 2**30, 1e9, 1e9])  # memory contended: balloons are set
+
+
+class Host:
+    """One host's pipeline logic on its own libvirt connection, fed by hand period by period."""
+
+    def __init__(self, uri: str, tmp_path, name: str) -> None:
+        cfg = load_config(None, [f"actuator.uri='{uri}'", "actuator.net_shaping='libvirt'",
+                                 "actuator.carry_every_periods=1", "scheduler.coin_window=20"])  # fmt: skip
+        self.actuator = ActuatorCore(name, cfg.actuator, LibvirtActuatorBackend(cfg.actuator), Counters(),
+                                     tmp_path / name)  # fmt: skip
+        self.monitor_backend = LibvirtMonitorBackend(uri, 1)
+        self.monitor = MonitorCore(cfg.monitor, Counters())
+        self.scheduler = SchedulerCore(name, cfg.scheduler, Counters(), tmp_path / name, monotonic=lambda: self.now)
+        self.now = 0.0
+
+    def period(self, p: int):
+        """One period: sample (the VM idle: it saves), estimate, alloc, apply."""
+        sample = self.monitor.observe(self.monitor_backend.read(), p, 1.0, CAPACITY)
+        sample.usage[:, :] = 0.0  # the test driver's counters do not move: the VMs idle, and save
+        self.now += 1.0
+        self.scheduler.on_sample(Envelope("sample", "h", "monitor", 1, p, 0, p, sample))
+        est = Estimate(sample.vms, np.zeros((len(sample.vms), 4)), ["last"] * 4, {})
+        (alloc,) = self.scheduler.on_estimate(Envelope("estimate", "h", "predictor", 1, p + 1, 0, p + 1, est))
+        env = Envelope("alloc", "h", "scheduler", 1, p + 1, 0, p + 1, alloc.body)
+        self.actuator.on_alloc(env)
+        return sample, alloc.body
+
+    def coins(self, vm: str) -> np.ndarray:
+        return self.scheduler.ledger.balances([vm])[0]
+
+
+def test_a_migrated_vm_keeps_its_coins_and_its_true_originals(tmp_path):
+    source = Host(f"test://{ODD}", tmp_path, "src")
+    dom = source.actuator.backend.libvirt.get().lookupByUUIDString(VM)
+    for p in range(1000, 1012):
+        source.period(p)
+    on_source = source.coins(VM)
+    assert on_source[0] > 0  # it saved cpu
+    found = source.actuator.originals[VM]  # what was set before ResCoin's first write, on the source
+    set_there = source.actuator.in_force.settings(VM)
+    assert any(f is not None and s != f for f, s in zip(found, set_there, strict=True))  # ResCoin changed some
+    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)  # what a live migration sends, metadata included
+    assert "https://rescoin.dev/xmlns/state/1" in xml
+
+    destination_conn = libvirt.open("test:///default")  # another host: its own libvirt state
+    for other in destination_conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        other.destroy()
+    destination_conn.createXML(xml, 0)
+    destination = Host("test:///default", tmp_path, "dst")
+    destination.actuator.backend.libvirt.conn = destination_conn  # the host the VM now runs on
+    destination.monitor_backend.libvirt.conn = destination_conn
+    destination.period(2000)  # the destination's monitor sees it for the first time
+    sample, _ = destination.period(2001)
+    assert VM in sample.carried_vms
+    arrived = destination.coins(VM)
+    one_period = sample.template[sample.vms.index(VM)] / CAPACITY  # what one idle period credits
+    assert arrived == pytest.approx(on_source, abs=float(one_period.max()) + 1e-9)  # not 0
+    assert destination.scheduler.counters.values["coins_carried_in"] == 1
+    # its originals are those found on the source before ResCoin, not what ResCoin had set there
+    assert destination.actuator.originals[VM] == found
+    assert destination.actuator.restore().errors == []
+
+
+def test_a_forged_balance_is_bounded_by_what_the_window_could_earn(tmp_path):
+    """Metadata is writable by whoever can define domains: a balance of 10^6 is cut and counted."""
+    conn = libvirt.open("test:///default")
+    for other in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        other.destroy()
+    xml = (
+        libvirt.open(f"test://{ODD}").lookupByUUIDString(VM).XMLDesc(0).replace("<metadata>", "", 1)
+    )  # the fixture has none for this VM; add ours
+    xml = xml.replace(
+        "</name>",
+        "</name><metadata><rescoin:state xmlns:rescoin='https://rescoin.dev/xmlns/state/1'>"
+        "<rescoin:coins cpu='1e6' mem='0' disk='0' net='0' period='1'/></rescoin:state></metadata>",
+        1,
+    )
+    conn.createXML(xml, 0)
+    host = Host("test:///default", tmp_path, "h")
+    host.actuator.backend.libvirt.conn = conn
+    host.monitor_backend.libvirt.conn = conn
+    host.period(10)
+    sample, _ = host.period(11)
+    template = sample.template[sample.vms.index(VM)]
+    assert host.coins(VM)[0] == pytest.approx(20 * template[0] / CAPACITY[0])  # k periods of a full template
+    assert host.scheduler.counters.values["rejected.carried_coins"] == 1
