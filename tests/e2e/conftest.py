@@ -10,6 +10,7 @@ from a thread and stops everything in a finally, killing by PID whatever
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,15 +37,18 @@ N_VMS = 4
 START_SAMPLE = 195  # 13 quiet periods (coins accrue), then these 4 VMs contend for cpu
 
 
-def demo_like_config(state: Path, sim_endpoint: str) -> str:
-    """deploy/demo.toml with this test's state directory, ports and period."""
+def demo_like_config(state: Path, sim_endpoint: str, as_demo: bool = False) -> str:
+    """deploy/demo.toml with this test's state directory and ports; unless ``as_demo``, its own period and
+    VMs (the demo's own scenario otherwise, as ./deploy/demo.sh runs it)."""
     text = (DEPLOY / "demo.toml").read_text()
     text = text.replace('name = "demo"', f'name = "{HOST}"')
-    text = text.replace("period_s = 1.0", f"period_s = {PERIOD_S}")
+    if not as_demo:
+        text = text.replace("period_s = 1.0", f"period_s = {PERIOD_S}")
+        text = text.replace("n_vms = 8", f"n_vms = {N_VMS}")
+        text = re.sub(r"start_sample = \d+", f"start_sample = {START_SAMPLE}", text)
     text = text.replace('state_dir = "state"', f'state_dir = "{state}"')
     text = text.replace('"ipc://state/bus/', f'"ipc://{state}/bus/')  # the bus's sockets, in this state dir
     text = text.replace("tcp://127.0.0.1:7720", sim_endpoint)
-    text = text.replace("n_vms = 8", f"n_vms = {N_VMS}\nstart_sample = {START_SAMPLE}")
     text = text.replace("listen_port = 9810", f"listen_port = {free_port()}")  # the exporter
     return text
 
@@ -182,7 +186,7 @@ def _missing_reason() -> str | None:
     return None
 
 
-def start_pipeline(tmp: Path) -> Pipeline:
+def start_pipeline(tmp: Path, as_demo: bool = False) -> Pipeline:
     reason = _missing_reason()
     if reason:
         missing(reason)
@@ -190,7 +194,7 @@ def start_pipeline(tmp: Path) -> Pipeline:
     (state / "logs").mkdir(parents=True)
     sim_endpoint = f"tcp://127.0.0.1:{free_port()}"
     config = tmp / "rescoin.toml"
-    config.write_text(demo_like_config(state, sim_endpoint))
+    config.write_text(demo_like_config(state, sim_endpoint, as_demo))
     conf = tmp / "supervisord.conf"
     conf.write_text(supervisord_config(state, config))
     group = [ln for ln in conf.read_text().splitlines() if ln.startswith("programs=")][0]
