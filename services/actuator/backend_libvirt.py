@@ -4,8 +4,10 @@ Mapping and units (libvirt wants µs, KiB and KiB/s in places):
 
 * cpu: ``cpu_shares`` = 1024 × weight cores; libvirt writes it unchanged
   into cgroup v1 cpu.shares (2…262144) or v2 cpu.weight (1…10000), so the
-  range is the domains' cgroup layout's (``cpu_weight_range``: on v2 the
-  core scales every VM's weight by one factor above 9.8 cores). The ceiling
+  range is this host's cgroup layout's, read from the actuator's own
+  mountinfo (the domains' cgroups are on the same mounts;
+  ``cpu_weight_range``: on v2 the core scales every VM's weight by one factor
+  above 9.8 cores). The ceiling
   as a domain-wide quota, ``global_period``/``global_quota`` (or, where the
   driver has no global_quota, ``vcpu_quota`` per vCPU), set in its own call
   so a refused weight does not cost the quota. The test driver knows only

@@ -51,7 +51,6 @@ from .backend import DomainReading, HostCapacity, HostReading
 from .settings import MonitorSettings
 
 log = logging.getLogger("rescoin.monitor")
-GUEST_REPORT_MAX_AGE = 2  # periods
 ABSURD_GUEST_FACTOR = 1.5  # a guest claiming more than this times its max memory is lying
 # the sample's pressure vectors and where each comes from: a fresh guest report's field, else balloon stats
 GUEST_PRESSURE = ("psi_some_avg10", "psi_full_avg10", "pgmajfault_per_s", "pswpin_per_s")
@@ -212,7 +211,8 @@ class MonitorCore:
 
     def _fresh_report(self, vm: str, period: int) -> GuestMem | None:
         report = self.guest.get(vm)
-        return report[1] if report is not None and period - report[0] <= GUEST_REPORT_MAX_AGE else None
+        fresh = report is not None and period - report[0] <= self.settings.guest_report_max_age_periods
+        return report[1] if fresh else None  # type: ignore[index]
 
     def _unreclaimable(self, dom: DomainReading, now_s: float) -> float | None:
         """The median actual - usable of the last stats the guest refreshed after the balloon was last seen

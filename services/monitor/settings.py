@@ -19,6 +19,9 @@ class MonitorSettings:
         one_of("libvirt", "kernel", "sim"),
     )
     uri: str = setting("qemu:///system", "libvirt URI (qemu:///system, test:///abs/path.xml, test+unix:///default)")
+    guest_report_max_age_periods: int = setting(
+        2, "a guest agent's report is the VM's memory use for at most this many periods after it came", positive
+    )
     reserve_cores: float = setting(
         0.5, "cores kept back for the host itself (capacity = host cores - this)", non_negative
     )

@@ -27,6 +27,7 @@ from rescoin.proto.envelope import MAX_PAYLOAD_BYTES
 
 from .config import Config, ConfigError, load_config
 from .owners import from_owner
+from .settings import HostSettings
 from .support import Counters, StopFlag, keep_freed_memory, secure_client, setup_logging
 
 log = logging.getLogger("rescoin.runtime")
@@ -37,12 +38,10 @@ log = logging.getLogger("rescoin.runtime")
 # receives): a topic prefix is at most 256 bytes.
 MAX_FRAME_BYTES = MAX_PAYLOAD_BYTES
 MAX_SUBSCRIPTION_BYTES = 64 * 1024
-# The input filter's table is keyed by what senders choose (src, host, VM):
-# bounded, least recently used entries go first (counted as filter_evicted).
-MAX_STREAMS = 16_384
-# A message for a period further ahead of this host's own clock is rejected:
-# one forged far-future period would otherwise make every real one "stale".
-MAX_FUTURE_PERIODS = 2
+# The input filter's bounds ([host] max_streams, max_future_periods): its table is keyed by what senders
+# choose (src, host, VM), and one forged far-future period would otherwise make every real one "stale".
+MAX_STREAMS = HostSettings.max_streams
+MAX_FUTURE_PERIODS = HostSettings.max_future_periods
 
 
 @dataclass
@@ -304,8 +303,13 @@ class ServiceLoop:
         self.counters = counters
         self.clock = clock  # wall: numbers periods
         self.monotonic = monotonic  # paces them
+        self.period_mismatch: str | None = None  # the last stage heard running another period_s
         self.filter = InputFilter(
-            counters, own_period=lambda: current_period(self.clock(), cfg.host.period_s), host=cfg.host.name
+            counters,
+            own_period=lambda: current_period(self.clock(), cfg.host.period_s),
+            host=cfg.host.name,
+            max_entries=cfg.host.max_streams,
+            max_future_periods=cfg.host.max_future_periods,
         )
         self.stop = StopFlag()
         self.logger = logging.getLogger(f"rescoin.{stage.name}")
@@ -398,6 +402,7 @@ class ServiceLoop:
         try:
             if not from_owner(env, self.counters) or not self.filter.accept(env):
                 return
+            self._check_period(env)
             outgoing = self.stage.on_message(env)
         except ProtocolError as exc:  # the core found the message inconsistent (unknown VM...)
             self.counters.reject(exc.field.split(".")[0] or env.kind, str(exc), self.logger)
@@ -406,6 +411,18 @@ class ServiceLoop:
             self._failed("handler", exc)
             return
         self._publish(outgoing)
+
+    def _check_period(self, env: Envelope) -> None:
+        """A stage of this host that hears another period length (a sample's or a heartbeat's period_s)
+        runs on another config: its periods and this one's do not line up. Counted, said in hb, handled."""
+        heard = getattr(env.body, "period_s", None)
+        if heard is None or env.host != self.cfg.host.name or math.isclose(heard, self.cfg.host.period_s):
+            return
+        self.counters.inc("period_mismatch")
+        if self.period_mismatch is None:
+            self.logger.warning("%s on %s runs %g s periods, this %s %g s: their configs differ",
+                                env.src, env.host, heard, self.stage.name, self.cfg.host.period_s)  # fmt: skip
+        self.period_mismatch = f"{env.src} runs {heard:g} s periods"
 
     def _publish(self, outgoing: Sequence[Outgoing] | None) -> None:
         for out in outgoing or ():  # a stage that returned None has nothing to say
@@ -432,7 +449,11 @@ class ServiceLoop:
             state=state or health.state,
             period_s=self.cfg.host.period_s,
             counters=self.counters.snapshot(),
-            info={"pid": os.getpid(), **health.info},
+            info={
+                "pid": os.getpid(),
+                **health.info,
+                **({"period_mismatch": self.period_mismatch} if self.period_mismatch else {}),
+            },  # fmt: skip
             errors=list(self.counters.recent_errors),
         )
         self._send(KIND_HB, period, hb)

@@ -37,6 +37,18 @@ class HostSettings:
         between(0.1, 3600),
     )
     state_dir: str = setting("/var/lib/rescoin", "directory for state files (coin ledger, original tunables, logs)")
+    max_future_periods: int = setting(
+        2,
+        "a message more than this many periods ahead of this host's clock is refused (rejected.period): "
+        "another host's clock, or a forged period (proto/README.md §6)",
+        between(0, 1_000_000),
+    )
+    max_streams: int = setting(
+        16_384,
+        "publisher streams each stage tracks for seq gaps and stale drops; the least recently heard go first "
+        "(filter_evicted): no sender can make a stage's table grow without bound",
+        between(16, 10_000_000),
+    )
 
     def __post_init__(self) -> None:
         if not self.name:

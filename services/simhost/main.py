@@ -39,7 +39,6 @@ log = logging.getLogger("rescoin.simhost")
 
 SCHEMA = service_schema(simhost=SimhostSettings)  # the config sections this program reads
 
-STATE_FILE = "simhost.json"
 
 
 def handle_request(sim: SimHost, frame: bytes, now_ns: int, counters: Counters) -> bytes:
@@ -177,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         sim,
         rep,
         Publisher(pub, cfg.host.name, "simhost"),
-        Path(cfg.host.state_dir) / STATE_FILE,
+        Path(cfg.host.state_dir) / cfg.simhost.state_file,
         Counters(max_warnings=cfg.log.max_warnings_per_period),
     )
     server.info["endpoint"] = settings.endpoint

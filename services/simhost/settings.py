@@ -36,6 +36,9 @@ class SimhostSettings:
         "", "directory of Bitbrains .csv.gz traces; empty = $RESCOIN_TRACES, else the month shipped in the package"
     )
     traces: list[str] = setting([], "trace files (VM ids, e.g. '7') to replay, one VM each; empty = the first n_vms")
+    state_file: str = setting(
+        "simhost.json", "the sim host's tunables and trace position, relative to host.state_dir (kept across restarts)"
+    )
     n_vms: int = setting(
         8,
         "how many VMs when `traces` is empty; more than the trace files reuse them, shifted in time",

@@ -78,6 +78,19 @@ def test_stage_answers_messages_and_beats_every_period(echo_stage):
     assert beats[-1].info["periods"] >= 1
 
 
+def test_a_stage_that_hears_another_period_length_counts_it_and_says_so(echo_stage):
+    """Two stages of one host on different configs: their periods do not line up. Counted and named in hb."""
+    _proc, pub, sub = echo_stage
+    collect(sub, lambda s: len(echo_beats(s)) >= 1)
+    wrong = sample()
+    object.__setattr__(wrong, "period_s", 1.0)  # this stage runs 0.2 s periods
+    beats = echo_beats(
+        collect(sub, lambda s: any(b.counters.get("period_mismatch") for b in echo_beats(s)) or not pub.send(
+            "sample", 60, wrong))  # fmt: skip
+    )
+    assert beats[-1].info["period_mismatch"] == "monitor runs 1 s periods"
+
+
 def test_bad_frames_and_stale_periods_are_counted_not_fatal(echo_stage):
     proc, pub, sub = echo_stage
     collect(sub, lambda s: len(echo_beats(s)) >= 1)
