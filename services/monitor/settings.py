@@ -42,13 +42,13 @@ class MonitorSettings:
         60, "re-read each domain's XML (size, devices, metadata) every this many periods", positive
     )
     balloon_stats_periods: int = setting(
-        5,
+        30,
         "kernel backend: read each domain's balloon stats (a QMP round trip) every this many periods,"
         " spread over periods; balloon size changes in between arrive as libvirt events",
         positive,
     )
     crosscheck_periods: int = setting(
-        30,
+        300,
         "kernel backend: every this many periods read each domain through libvirt's bulk call as well and"
         " compare the rates (spread over periods; 0 = never)",
         non_negative,

@@ -224,7 +224,12 @@ def host_mem_bytes() -> int:
 
 
 def host_config(
-    lab: Lab, state: Path, enforcement: str, guest_mem_bytes: int = 80 * 2**20, scheduler_extra: str = ""
+    lab: Lab,
+    state: Path,
+    enforcement: str,
+    guest_mem_bytes: int = 80 * 2**20,
+    scheduler_extra: str = "",
+    monitor_extra: str = "",
 ) -> str:
     cores = os.cpu_count() or 1
     agents = ", ".join(f'"{s.uuid}" = "tcp://127.0.0.1:{s.agent_port}"' for s in lab.specs)
@@ -241,8 +246,10 @@ keys_dir = "{lab.keys}"
 bind_endpoint = ""
 agents = {{ {agents} }}
 [monitor]
-backend = "libvirt"
+backend = "kernel"   # what deploy/host.toml runs; checked against libvirt's bulk call every 5 periods
 uri = "qemu:///system"
+crosscheck_periods = 5
+{monitor_extra}
 reserve_cores = {cores - 1}.0   # a host of one core: the two burning guests contend
 reserve_mem_bytes = {host_mem_bytes() - guest_mem_bytes}.0   # 80 MiB by default: above Σ templates, below Σ use
 disk_bps = {3 * 2**20}
@@ -312,6 +319,7 @@ def host_pipeline(lab, request):
             getattr(request.module, "ENFORCEMENT", "ceilings"),
             getattr(request.module, "GUEST_MEM_BYTES", 80 * 2**20),  # the host's memory for guests (C)
             getattr(request.module, "SCHEDULER_CONFIG", ""),  # more [scheduler] lines
+            getattr(request.module, "MONITOR_CONFIG", ""),  # more [monitor] lines
         )
     )
     text = (DEPLOY / "supervisord-host.conf").read_text()

@@ -48,6 +48,7 @@ GUEST_FILES = {"rc-mem": {"ws_mib": str(W_MIB)}}  # mode mem reads its working s
 ENFORCEMENT = "shares"  # the default: memory's ceiling is the balloon
 SCHEDULER_CONFIG = f"release_when_fit = false\nshare_leftover = false\nmem_reserve_bytes = {RESERVE_MIB * MIB}"
 GUEST_MEM_BYTES = 0  # set by host_memory below, from the guests' own balloon stats
+MONITOR_CONFIG = "balloon_stats_periods = 1"  # the floor counts what the guest cannot give back, every period
 HEADROOM_MIB = 40  # the host's memory beyond the floors and W
 
 

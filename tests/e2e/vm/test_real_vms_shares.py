@@ -228,6 +228,19 @@ def test_applied_says_what_holds_each_vm_and_why_not_and_doctor_agrees(lab, host
                          text=True, timeout=120).stdout)  # fmt: skip
 
 
+def test_the_kernel_counters_agree_with_libvirts_under_mixed_load(lab, host_pipeline):
+    """The monitor reads cgroups and /proc (backend "kernel", what deploy/host.toml runs); every 5 periods it
+    reads each domain through libvirt's bulk call too and compares the rates. Over the minutes of this
+    module (a CPU burner, a disk reader, a network streamer) they agree within the tolerance (10 %)."""
+    monitor = [e.body for e in host_pipeline.watcher.since(0, "hb") if e.body.service == "monitor"][-1]
+    info = monitor.info
+    checks = info["crosscheck_checks"]
+    off = {r: info[f"crosscheck_disagreements_{r}"] for r in ("cpu", "disk", "net")}
+    print(f"kernel counters against libvirt: {checks} domain checks, disagreements {off}, sources {info['sources']}")
+    assert info["backend"] == "kernel" and checks >= 20
+    assert all(n <= 0.1 * checks for n in off.values()), off
+
+
 def test_a_hot_plugged_disk_is_held_with_the_others_without_a_restart(lab, host_pipeline):
     """libvirt's device-added event makes the actuator probe the hog again: its new disk joins the VM's one
     throttle (the same ceiling, one QEMU throttle group), while the VM keeps running."""
