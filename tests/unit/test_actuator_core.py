@@ -273,3 +273,23 @@ def test_an_alloc_far_behind_this_hosts_clock_is_refused(actuator):
     assert {g: v2_files(root, g) for g in GROUPS} == before
     assert core.counters.values["rejected.alloc"] == 1
     assert core.on_alloc(alloc_env(1000 - 3, np.array([[1.5, 3e8, 5e7, 1e7], [0.4, 6e8, 2e7, 1e7]]))) is not None
+
+
+@pytest.mark.parametrize("step", [-3600, 3600])
+def test_a_wall_clock_step_is_followed_no_alloc_refused_no_failsafe(actuator, step):
+    """The host's clock stepped an hour back (or ahead): allocs numbered by the new clock are applied at
+    once, not refused as "not newer" for an hour, and the silence check never fires."""
+    make, _root = actuator
+    now = [1000]
+    core = make("actuator.stale_periods=3")
+    core.own_period = lambda: now[0]
+    alloc = np.array([[1.5, 3e8, 5e7, 1e7], [0.4, 6e8, 2e7, 1e7]])
+    for p in range(1000, 1005):
+        now[0] = p
+        assert core.on_alloc(alloc_env(p, alloc)) is not None
+    for p in range(1005 + step, 1010 + step):
+        now[0] = p
+        assert core.on_alloc(alloc_env(p, alloc)) is not None and core.on_period(p) == []
+    assert core.mode == "normal" and core.counters.values["failsafe_entries"] == 0
+    assert core.counters.values.get("rejected.alloc", 0) == 0
+    assert core.counters.values["clock_steps"] == (1 if step < 0 else 0)
