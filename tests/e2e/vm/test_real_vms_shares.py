@@ -39,6 +39,7 @@ ENFORCEMENT = "shares"  # read by conftest's host_pipeline
 # (boot, the sink, the unshaped rate), and the saver must save under its eyes for most of a coin window (30)
 SAVER_IDLE_S = 150
 CPU, MEM, DISK, NET = 0, 1, 2, 3
+NOT_WAITED_ON_S = 10.0  # an apply that waited on a stopped QEMU would not return before SIGCONT
 SHARES_PER_CORE = 1024  # libvirt's cpu_shares per core of share (services/actuator/backend_libvirt.py)
 
 
@@ -295,13 +296,29 @@ def test_a_stopped_qemu_is_skipped_as_busy_and_holds_up_no_other_vm(lab, tmp_pat
     stopped one is reported busy, and once it runs again it gets its setting."""
     cfg = load_config(None, ["actuator.uri='qemu:///system'", "actuator.net_shaping='off'",
                              "actuator.busy_after_s=0.5"])  # fmt: skip
-    core = ActuatorCore("lab", cfg.actuator, LibvirtActuatorBackend(cfg.actuator), Counters(), tmp_path)
+    backend = LibvirtActuatorBackend(cfg.actuator)
+    core = ActuatorCore("lab", cfg.actuator, backend, Counters(), tmp_path)
     specs = lab.specs
+    spent: dict[str, float] = {}  # backend call -> seconds, of the last apply: where any wait went
+
+    def timed(name, call):
+        def measured(*args, **kwargs):
+            t0 = time.monotonic()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.monotonic() - t0
+
+        return measured
+
+    for name in ("domains", "probe", "read", "write", "carry"):
+        setattr(backend, name, timed(name, getattr(backend, name)))
     vms = [s.uuid for s in specs]
     size = np.array([s.mem_mib * 2**20 for s in specs], dtype=float)
     template = np.column_stack([np.full(len(vms), 0.3), size * 0.5, np.full(len(vms), 1e6), np.full(len(vms), 1e5)])
 
     def apply(period, balloon_fraction):
+        spent.clear()
         alloc = template.copy()
         alloc[:, MEM] = size * balloon_fraction
         body = make_alloc(vms, alloc, template, template * 0.1, np.array([2.0, size.sum(), 1e8, 1e7]))
@@ -320,7 +337,10 @@ def test_a_stopped_qemu_is_skipped_as_busy_and_holds_up_no_other_vm(lab, tmp_pat
         why = {(u["vm"], u["resource"]): u["reason"] for u in applied.unenforced}
         print(f"apply with {stopped.name} stopped: {took * 1e3:.0f} ms, latency_s {applied.latency_s:.3f}; {why}")
         assert why.get((stopped.uuid, "mem")) == "busy"
-        assert took < 0.5 + PERIOD_S / 2  # one wait of busy_after_s, never the stuck call
+        # not the stuck call, which returns only after SIGCONT (the time itself is measured and reported:
+        # one wait of busy_after_s, 0.50 s here; a bound in seconds would be a timed assertion on a
+        # shared machine, so this one is far above it and far below "waited on")
+        assert took < NOT_WAITED_ON_S
         assert wait_for(  # everyone else's balloon goes to its target (a TCG guest takes a second or so)
             lambda: all(
                 lab.dom(spec.name).info()[2] == pytest.approx(spec.mem_mib * 1024 * 0.90, abs=1024)
@@ -331,7 +351,8 @@ def test_a_stopped_qemu_is_skipped_as_busy_and_holds_up_no_other_vm(lab, tmp_pat
         ), [lab.dom(spec.name).info()[2] for spec in specs]
         started = time.monotonic()
         again = apply(3, 0.85)
-        assert time.monotonic() - started < 0.5 + PERIOD_S / 2
+        print(f"the next period: {time.monotonic() - started:.3f} s; backend calls {spent}")
+        assert time.monotonic() - started < NOT_WAITED_ON_S  # 0.01 s here: the busy domain is not asked
         assert {(u["vm"], u["resource"]): u["reason"] for u in again.unenforced}.get((stopped.uuid, "mem")) == "busy"
     finally:
         os.kill(pid, signal.SIGCONT)
