@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,7 +30,10 @@ from pathlib import Path
 import zmq.auth
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import write_section  # noqa: E402
+
+from tests.support.net import free_ports  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PERIOD_S = 1.0
@@ -75,23 +76,6 @@ while not stop.stopping:
         beats["monitor"].send("sample", period, sample)
 ctx.destroy(linger=0)
 """
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` free loopback ports below the kernel's ephemeral range, so that no outgoing connection made
-    meanwhile (hundreds here) takes one before its simulated host binds it."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    ports: list[int] = []
-    for port in random.sample(range(max(low - 15000, 1024), low), min(15000, low - 1024)):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == n:
-            return ports
-    raise RuntimeError("not enough free ports")
 
 
 def proc_usage(pid: int) -> tuple[float, float, float]:

@@ -19,10 +19,8 @@ rescoin-exporter watches the fleet from a plain bus of its own.
 from __future__ import annotations
 
 import json
-import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +31,7 @@ import pytest
 import zmq.auth
 
 from tests.support.bus import wait_for
+from tests.support.net import free_ports
 
 pytestmark = pytest.mark.e2e
 
@@ -68,23 +67,6 @@ while not stop.stopping:
     time.sleep(period_s - now % period_s)
 ctx.destroy(linger=0)
 """
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` free loopback ports below the kernel's ephemeral range: 40-odd processes connect out while
-    the buses start, and an outgoing connection may take an ephemeral port a bus was about to bind."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    ports: list[int] = []
-    for port in random.sample(range(max(low - 12000, 1024), low), 2000):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == n:
-            return ports
-    raise RuntimeError("no free ports")
 
 
 def rescoin(*args, timeout=60):

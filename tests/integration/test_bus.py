@@ -123,25 +123,15 @@ def test_bus_exits_zero_on_sigterm():
 
 def test_a_curve_bus_serves_key_holders_and_nobody_else(ctx, tmp_path):
     import subprocess
-    import sys
 
     import zmq.auth
     from rescoin.services.runtime.support import secure_client
 
-    from tests.support.net import free_port
+    from tests.support.net import curve_bus_command
 
     zmq.auth.create_certificates(str(tmp_path), "bus")
-    pub_ep, sub_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     secret, public = str(tmp_path / "bus.key_secret"), str(tmp_path / "bus.key")
-    args = [sys.executable, "-m", "rescoin.services.bus.main", "--host", "h1", "--period", "0.2"]
-    for item in (
-        f"bus.pub_endpoint='{pub_ep}'",
-        f"bus.sub_endpoint='{sub_ep}'",
-        f"bus.curve_server_key='{secret}'",
-        f"bus.curve_client_key='{secret}'",
-        f"bus.curve_server_public='{public}'",
-    ):
-        args += ["--set", item]
+    args, _pub_ep, sub_ep = curve_bus_command(secret, public)
     bus = subprocess.Popen(args, stderr=subprocess.DEVNULL)
     try:
         trusted = ctx.socket(zmq.SUB)

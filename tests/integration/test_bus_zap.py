@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import sys
 
 import pytest
 import zmq
@@ -17,7 +16,7 @@ from rescoin.services.runtime.service import Publisher
 from rescoin.services.runtime.support import secure_client
 
 from tests.support.bus import wait_for
-from tests.support.net import free_port
+from tests.support.net import curve_bus_command
 
 
 @pytest.fixture
@@ -29,17 +28,8 @@ def curve_bus(tmp_path):
     zmq.auth.create_certificates(str(tmp_path), "stranger")
     shutil.copy(tmp_path / "ops.key", clients / "ops.key")
     (clients / "broken.key").write_text("not a certificate")  # skipped, logged: locks nobody out
-    pub_ep, sub_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     secret, public = keys / "server.key_secret", keys / "server.key"
-    args = [sys.executable, "-m", "rescoin.services.bus.main", "--host", "h1", "--period", "0.2"]
-    for item in (
-        f"bus.pub_endpoint='{pub_ep}'",
-        f"bus.sub_endpoint='{sub_ep}'",
-        f"bus.curve_server_key='{secret}'",
-        f"bus.curve_client_key='{secret}'",
-        f"bus.curve_server_public='{public}'",
-    ):
-        args += ["--set", item]
+    args, pub_ep, sub_ep = curve_bus_command(str(secret), str(public))
     log = open(tmp_path / "bus.log", "w")  # noqa: SIM115 - closed below
     bus = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
     ctx = zmq.Context()
