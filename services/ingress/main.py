@@ -6,7 +6,11 @@ the key store; each message's User-Id is the VM its key was issued for, and
 only that VM's own ``guest.mem`` reports, in any guest format it speaks
 (``rescoin.proto.GUEST_FORMATS``), at most ``reports_per_period`` a period
 each, are converted to the bus's ``guest.mem`` and published on the bus under
-the ingress's own envelope (services/ingress/core.py).
+the ingress's own envelope (services/ingress/core.py). Its guests' TCP
+connections are bounded (services/ingress/guard.py): the open-file limit is
+raised to the hard limit, unfinished handshakes and silent peers are closed,
+and past ``max_connections`` the oldest connections that have not sent a
+handshake are evicted; handshake failures are counted per cause.
 """
 
 from __future__ import annotations
@@ -20,18 +24,25 @@ import zmq
 from rescoin.proto import GUEST_FORMATS, KIND_GUEST_MEM, KIND_HB, Heartbeat, ProtocolError
 from rescoin.proto.envelope import MAX_GUEST_PAYLOAD_BYTES
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import parse_monitor_message
 
 from ..runtime.config import use_schema
 from ..runtime.service import PeriodPacer, Publisher, common_arguments, config_from_args
 from ..runtime.support import Counters, StopFlag, load_curve_keypair
 from ..schema import service_schema
 from .core import COUNTERS, GuestRateLimit, check_guest_frames
+from .guard import COUNTERS as GUARD_COUNTERS
+from .guard import MONITOR_EVENTS, ConnectionGuard, effective_max_connections, open_fds, raise_nofile
 from .keys import SERVER, trusted_guests
 from .settings import IngressSettings
 
 log = logging.getLogger("rescoin.ingress")
 
 SCHEMA = service_schema(ingress=IngressSettings)  # the config sections this program reads
+# connections the kernel queues for accept() (libzmq's default is 100): libzmq takes a full queue at once,
+# so the guard keeps that many descriptors in reserve (a longer queue only lengthens a flood's bursts)
+LISTEN_BACKLOG = 128
+MONITOR_BATCH = 10_000  # monitor events handled before the guest socket is looked at again
 
 
 class GuestAuthenticator(ThreadAuthenticator):
@@ -69,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no server key in %s (run `rescoin keys init`): %s", keys_dir, exc)
         return 1
     guests = trusted_guests(keys_dir)
+    nofile_soft, nofile_hard = raise_nofile()
     stop = StopFlag().install()
     ctx = zmq.Context()
     auth = GuestAuthenticator(ctx, guests)
@@ -80,6 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     guest_sock.rcvhwm = 1000
     guest_sock.maxmsgsize = MAX_GUEST_PAYLOAD_BYTES  # a guest report is ~250 bytes: larger frames drop the peer
     guest_sock.subscribe(b"")
+    settings = cfg.ingress
+    guest_sock.handshake_ivl = round(settings.handshake_timeout_s * 1000)
+    if settings.heartbeat_s > 0:
+        guest_sock.heartbeat_ivl = round(settings.heartbeat_s * 1000)
+        guest_sock.heartbeat_timeout = round(settings.heartbeat_timeout_s * 1000)
+        guest_sock.heartbeat_ttl = round(settings.heartbeat_timeout_s * 1000)
+    guest_sock.backlog = LISTEN_BACKLOG
+    # every guest connection and handshake, seen as it happens; unbounded queue: no event is dropped
+    guest_sock.monitor(f"inproc://ingress.monitor.{os.getpid()}", MONITOR_EVENTS)
+    monitor = ctx.socket(zmq.PAIR)
+    monitor.rcvhwm = 0
+    monitor.connect(f"inproc://ingress.monitor.{os.getpid()}")
     if cfg.ingress.bind_endpoint:
         guest_sock.bind(cfg.ingress.bind_endpoint)
     for endpoint in cfg.ingress.agents.values():  # bind-mode agents behind NAT: we dial them
@@ -87,19 +111,41 @@ def main(argv: list[str] | None = None) -> int:
     bus = ctx.socket(zmq.PUB)
     bus.connect(cfg.bus.pub_endpoint)
     publisher = Publisher(bus, cfg.host.name, "ingress")
-    counters = Counters(max_warnings=cfg.log.max_warnings_per_period, declared=COUNTERS)
+    counters = Counters(max_warnings=cfg.log.max_warnings_per_period, declared=(*COUNTERS, *GUARD_COUNTERS))
     period_s = cfg.host.period_s
     pacer = PeriodPacer(period_s)
     limit = GuestRateLimit(cfg.ingress.reports_per_period, cfg.ingress.report_burst, period_s)
+    guard = ConnectionGuard(
+        effective_max_connections(settings.max_connections, nofile_soft, open_fds(), LISTEN_BACKLOG)
+    )
     log.info(
-        "ingress up: %d guest keys, bind %s, %d agents to dial",
+        "ingress up: %d guest keys, bind %s, %d agents to dial; open files %d (hard %d), at most %d guest "
+        "connections, handshake within %.1f s",
         len(guests),
         cfg.ingress.bind_endpoint or "-",
         len(cfg.ingress.agents),
+        nofile_soft,
+        nofile_hard,
+        guard.max_connections,
+        settings.handshake_timeout_s,
     )
+    poller = zmq.Poller()
+    poller.register(guest_sock, zmq.POLLIN)
+    poller.register(monitor, zmq.POLLIN)
     try:
         while not stop.stopping:
-            if guest_sock.poll(round(pacer.timeout_s() * 1000)):  # at most a period: SIGTERM seen within one
+            ready = dict(poller.poll(round(pacer.timeout_s() * 1000)))  # at most a period: SIGTERM seen within one
+            if monitor in ready:
+                for handled in range(MONITOR_BATCH):
+                    try:
+                        event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+                    guard.on_event(event["event"], event["value"])
+                    if handled % 64 == 63:  # a fast flood: make room as it comes, not after the batch
+                        guard.enforce()
+                guard.enforce()
+            if guest_sock in ready:
                 frames = guest_sock.recv_multipart(copy=False)
                 counters.inc("received")
                 verdict = check_guest_frames([f.bytes for f in frames], _curve_user_id(frames))
@@ -117,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             ended = pacer.due()
             if ended is not None:
                 counters.values["rejected.zap_denied"] = auth.denied
+                for name, value in guard.values.items():  # values.update() would add: a Counter
+                    counters.values[name] = value
                 hb = Heartbeat(
                     "ingress",
                     "ok",
@@ -126,12 +174,17 @@ def main(argv: list[str] | None = None) -> int:
                         "pid": os.getpid(),
                         "guest_keys": len(guests),
                         "guest_formats": ",".join(map(str, GUEST_FORMATS)),
+                        "connections": guard.open,
+                        "max_connections": guard.max_connections,
+                        "open_files_limit": nofile_soft,
                     },
                     list(counters.recent_errors),
                 )
                 publisher.send(KIND_HB, ended, hb)
                 counters.end_period(log)
     finally:
+        guest_sock.disable_monitor()
+        monitor.close(linger=0)
         auth.stop()
         ctx.destroy(linger=200)
     return 0

@@ -64,7 +64,7 @@ class Prometheus:
             return False
 
 
-def both_enforcement_config(state: Path, sim_endpoint: str) -> str:
+def both_enforcement_config(state: Path, sim_endpoint: str, as_demo: bool = False) -> str:
     # `shares` (the demo's default) sets no rate ceilings, so the ceiling panels would rightly be
     # empty: `both` sets coin-weighted shares and ceilings, and every panel has something to show
     return ORIGINAL_CONFIG(state, sim_endpoint) + '\n[scheduler]\nenforcement = "both"\n'

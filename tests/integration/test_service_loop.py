@@ -85,8 +85,12 @@ def test_a_stage_that_hears_another_period_length_counts_it_and_says_so(echo_sta
     wrong = sample()
     object.__setattr__(wrong, "period_s", 1.0)  # this stage runs 0.2 s periods
     beats = echo_beats(
-        collect(sub, lambda s: any(b.counters.get("period_mismatch") for b in echo_beats(s)) or not pub.send(
-            "sample", 60, wrong))  # fmt: skip
+        collect(
+            sub,
+            lambda s: (
+                any(b.counters.get("period_mismatch") for b in echo_beats(s)) or not pub.send("sample", 60, wrong)
+            ),
+        )  # fmt: skip
     )
     assert beats[-1].info["period_mismatch"] == "monitor runs 1 s periods"
 

@@ -19,6 +19,9 @@ MACHINE_FACTS = {
     "one_cpu": "this host has one CPU: the burners need one each",
     "libvirtd_not_ours": "libvirtd was already running, not in a network namespace this suite owns: no tap VM",
     "bus_in_use": "a ResCoin bus already runs on this machine's host bus path: not touching it",
+    "no_v2_controller": "the cgroup2 mount offers no such controller here (a hybrid host: v1 holds it)",
+    "no_cgroup2": "no cgroup2 mount on this machine",
+    "low_fd_limit": "the hard limit on open files is below what the test opens",
 }
 
 

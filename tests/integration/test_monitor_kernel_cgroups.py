@@ -158,7 +158,7 @@ def test_cpu_rate_of_a_busy_domain_agrees_with_proc(lab: Lab):
 
 def test_the_process_cpu_clock_agrees_with_the_cgroup(lab: Lab):
     if lab.mounts.v2 is None:
-        pytest.skip("no cgroup2 mount here: only the process clock to compare with")
+        machine_lacks("no_cgroup2", "only the process clock to compare with")
     busy = lab.start([sys.executable, "-c", BUSY])
     dirs = lab.place("vm1", busy.pid)
     group = dirs["unified"].parent / "cpu.stat"
@@ -221,10 +221,7 @@ def test_net_bytes_on_a_veth_pair_between_two_namespaces(lab: Lab):
 
 def test_cgroup2_io_stat_where_the_io_controller_is_on(lab: Lab):
     if "io" not in lab.mounts.v2_controllers():
-        pytest.skip(
-            f"cgroup2 at {lab.mounts.v2} offers no io controller here ({lab.mounts.layout()}): "
-            "disk bytes come from /proc/<pid>/io"
-        )
+        machine_lacks("no_v2_controller", f"io at {lab.mounts.v2} ({lab.mounts.layout()}); disk bytes from /proc")
     reader = lab.start([sys.executable, "-c", READER, "/dev/null", "0"])
     leaf = lab.group_dirs("vm2")["unified"]
     for parent in reversed(leaf.parents):  # io.stat exists where the parent enabled the io controller
