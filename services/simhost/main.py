@@ -40,7 +40,6 @@ log = logging.getLogger("rescoin.simhost")
 SCHEMA = service_schema(simhost=SimhostSettings)  # the config sections this program reads
 
 
-
 def handle_request(sim: SimHost, frame: bytes, now_ns: int, counters: Counters) -> bytes:
     """One request frame -> one reply frame; bad requests are counted and answered with an error."""
     counters.inc("requests")
