@@ -21,6 +21,7 @@ import zmq
 import zmq.auth
 from common import free_port, write_section
 from rescoin.proto import Envelope, GuestMem, encode_guest_mem
+from rescoin.proto.guest import GUEST_FORMAT_PREVIOUS
 
 N_MESSAGES = 150_000  # per run, split over the publishers
 N_CURVE = 40_000
@@ -41,7 +42,8 @@ def frames() -> list[bytes]:
             0,
             time.time_ns(),
             0,
-            GuestMem(VM, 2**31, 2**30, 2**29, 2**27, 0, "meminfo"),
+            GuestMem(VM, 2**31, 2**30, 2**30, 2**27, 0, "meminfo"),  # used = total - available, exactly
+            v=GUEST_FORMAT_PREVIOUS,  # what an agent sends the ingress: a guest format, not the bus's version
         )
     )
 
@@ -157,6 +159,9 @@ def main() -> None:
             f"bus.sub_endpoint='{b}'",
             f"ingress.keys_dir='{keys}'",
             f"ingress.bind_endpoint='{g}'",
+            # the rate one ingress can validate and forward, not the per-VM limit a guest gets (1 a period)
+            "ingress.reports_per_period=1e9",
+            "ingress.report_burst=1e9",
         ):
             args += ["--set", item]
         ingress = subprocess.Popen(args, stderr=subprocess.DEVNULL)
@@ -204,9 +209,12 @@ def main() -> None:
         "the subscriber never drop. Rate = messages received / (release of the publishers → last message "
         "received).\n\n"
         "Targets (rescoin-bus, no CURVE): " + " ".join(lines) + "\n\n"
-        "rescoin-bus forwards in libzmq (`zmq.proxy_steerable` in a thread) and asks for statistics once a "
-        "period, so it behaves like the raw proxy. The ceiling on both is most likely the single Python "
-        "subscriber (one `recv_multipart` per message)"
+        "Since 0.3 rescoin-bus forwards in one Python thread, not in libzmq: it reads every subscription "
+        "itself (`ZMQ_XPUB_MANUAL`) so that no subscriber can make a publisher hold more than a legal "
+        "subscription (docs/SECURITY.md), which costs it a Python call per message against the raw "
+        "proxy's none — hence the missed targets above; a host's pipeline sends a few dozen messages a "
+        "period. The raw proxy's ceiling is most likely the single Python subscriber (one "
+        "`recv_multipart` per message)"
         + (
             ": with 4 publishers (7 processes on 2 cores) the proxies' XPUB queues overflowed and dropped "
             "messages in this run — *delivered* below 100 % — i.e. the publishers outran the subscriber. "
