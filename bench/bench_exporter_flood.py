@@ -29,7 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, as bench_rogue_agent.py
-from common import free_port, start_sim_pipeline, stop, write_section
+from common import free_port, old_service_loader, start_sim_pipeline, stop, write_section
 from rescoin.services.exporter.settings import ExporterSettings
 
 from tests.support.bus import BusListener, decoded
@@ -88,15 +88,7 @@ while time.monotonic() < end:
 print(opened, closed_by_server, failed, flush=True)
 """
 
-OLD_LOADER = r"""
-import importlib, importlib.util, sys
-import rescoin.services
-spec = importlib.util.spec_from_file_location(
-    "rescoin.services.exporter_old", sys.argv[1] + "/__init__.py", submodule_search_locations=[sys.argv[1]])
-mod = importlib.util.module_from_spec(spec); sys.modules[spec.name] = mod; spec.loader.exec_module(mod)
-main = importlib.import_module("rescoin.services.exporter_old.main")
-raise SystemExit(main.main(sys.argv[2:]))
-"""
+OLD_LOADER = old_service_loader("exporter")
 
 
 def proc_status(pid: int) -> tuple[int, float, float]:

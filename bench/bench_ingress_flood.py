@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, as bench_rogue_agent.py
-from common import free_port, write_section
+from common import free_port, old_service_loader, write_section
 from rescoin.services.ingress.keys import add_guest, init_server
 
 from tests.support.agents import agent_command
@@ -98,15 +98,7 @@ while time.monotonic() < end:
 print(opened, closed, failed, completed, flush=True)
 """
 
-OLD_LOADER = r"""
-import importlib, importlib.util, sys
-import rescoin.services
-spec = importlib.util.spec_from_file_location(
-    "rescoin.services.ingress_old", sys.argv[1] + "/__init__.py", submodule_search_locations=[sys.argv[1]])
-mod = importlib.util.module_from_spec(spec); sys.modules[spec.name] = mod; spec.loader.exec_module(mod)
-main = importlib.import_module("rescoin.services.ingress_old.main")
-raise SystemExit(main.main(sys.argv[2:]))
-"""
+OLD_LOADER = old_service_loader("ingress")
 
 
 def limit_nofile() -> None:

@@ -110,3 +110,18 @@ def stop(procs: dict[str, subprocess.Popen]) -> None:
         p.terminate()
     for p in procs.values():
         p.wait()
+
+
+def old_service_loader(service: str) -> str:
+    """A python -c script that runs an earlier copy of a service's package (its folder: argv[1]; the
+    service's own arguments follow), imported under another name beside today's rescoin: "before"
+    numbers from the same machine in the same run."""
+    return rf"""
+import importlib, importlib.util, sys
+import rescoin.services
+spec = importlib.util.spec_from_file_location(
+    "rescoin.services.{service}_old", sys.argv[1] + "/__init__.py", submodule_search_locations=[sys.argv[1]])
+mod = importlib.util.module_from_spec(spec); sys.modules[spec.name] = mod; spec.loader.exec_module(mod)
+main = importlib.import_module("rescoin.services.{service}_old.main")
+raise SystemExit(main.main(sys.argv[2:]))
+"""
