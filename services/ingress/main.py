@@ -27,7 +27,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
 from ..runtime.config import use_schema
-from ..runtime.service import PeriodPacer, Publisher, common_arguments, config_from_args
+from ..runtime.service import PeriodPacer, Publisher, bus_publisher, common_arguments, config_from_args
 from ..runtime.support import Counters, StopFlag, load_curve_keypair
 from ..schema import service_schema
 from .core import COUNTERS, GuestRateLimit, check_guest_frames
@@ -108,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         guest_sock.bind(cfg.ingress.bind_endpoint)
     for endpoint in cfg.ingress.agents.values():  # bind-mode agents behind NAT: we dial them
         guest_sock.connect(endpoint)
-    bus = ctx.socket(zmq.PUB)
-    bus.connect(cfg.bus.pub_endpoint)
+    bus = bus_publisher(ctx, cfg)  # as every stage's: hwm, message size, the bus's CURVE client key
     publisher = Publisher(bus, cfg.host.name, "ingress")
     counters = Counters(max_warnings=cfg.log.max_warnings_per_period, declared=(*COUNTERS, *GUARD_COUNTERS))
     period_s = cfg.host.period_s

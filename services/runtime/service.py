@@ -241,6 +241,25 @@ class BusConnector(Protocol):
     def connect(self, sock: zmq.Socket) -> None: ...
 
 
+def _bus_options(sock: zmq.Socket, cfg: Config) -> None:
+    sock.linger = 1000
+    sock.sndhwm = cfg.bus.hwm
+    sock.rcvhwm = cfg.bus.hwm
+    sock.reconnect_ivl = 100
+    sock.reconnect_ivl_max = 2000
+    if cfg.bus.curve_client_key:
+        secure_client(sock, cfg.bus.curve_client_key, cfg.bus.curve_server_public)
+
+
+def bus_publisher(ctx: zmq.Context, cfg: Config) -> zmq.Socket:
+    """A PUB connected to the bus's XSUB side, set up as every stage's (hwm, message size, CURVE key)."""
+    pub = ctx.socket(zmq.PUB)
+    pub.maxmsgsize = MAX_SUBSCRIPTION_BYTES  # a PUB only ever receives subscriptions
+    _bus_options(pub, cfg)
+    pub.connect(cfg.bus.pub_endpoint)
+    return pub
+
+
 def bus_sockets(
     ctx: zmq.Context,
     cfg: Config,
@@ -250,19 +269,10 @@ def bus_sockets(
     """A PUB connected to the bus's XSUB side and a SUB connected to its XPUB side, and to each of
     ``extra_sub_endpoints``: an endpoint string with this host's [bus] keys, a ``BusConnector`` with its
     own (connected last: each sets the socket's CURVE options for the connections made after it)."""
-    pub = ctx.socket(zmq.PUB)
+    pub = bus_publisher(ctx, cfg)
     sub = ctx.socket(zmq.SUB)
-    pub.maxmsgsize = MAX_SUBSCRIPTION_BYTES  # a PUB only ever receives subscriptions
     sub.maxmsgsize = MAX_FRAME_BYTES
-    for sock in (pub, sub):
-        sock.linger = 1000
-        sock.sndhwm = cfg.bus.hwm
-        sock.rcvhwm = cfg.bus.hwm
-        sock.reconnect_ivl = 100
-        sock.reconnect_ivl_max = 2000
-        if cfg.bus.curve_client_key:
-            secure_client(sock, cfg.bus.curve_client_key, cfg.bus.curve_server_public)
-    pub.connect(cfg.bus.pub_endpoint)
+    _bus_options(sub, cfg)
     sub.connect(cfg.bus.sub_endpoint)
     for endpoint in extra_sub_endpoints:  # other hosts' buses (exporter, central tools)
         if isinstance(endpoint, str):
