@@ -64,7 +64,7 @@ from .backend import (
     change_error,
     incapable,
 )
-from .blockdev import active_scheduler, honours_weights
+from .blockdev import WEIGHTED_SCHEDULERS, schedulers
 from .netshape import ShapingError, SharedLinkShaper
 from .settings import ActuatorSettings
 
@@ -92,8 +92,9 @@ class LibvirtActuatorBackend:
         self.warned_schedulers: set[str] = set()  # I/O schedulers already said to ignore weights
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="libvirt")
         self.in_flight: dict[str, Future[Any]] = {}  # VM -> a call still running past busy_after_s
-        cpu = cgroup_mounts().where("cpu")[0]
-        self.cpu_range = CPU_SHARES_ON_V2 if cpu == "v2" else CPU_SHARES_V1
+        mounts = cgroup_mounts()  # read once: a host's cgroup layout does not change while it runs
+        self.cgroup_layout = mounts.layout()
+        self.cpu_range = CPU_SHARES_ON_V2 if mounts.where("cpu")[0] == "v2" else CPU_SHARES_V1
         self.watched: libvirt.virConnect | None = None  # the connection our device events are registered on
         self.device_changes: dict[str, int] = {}  # VM -> hot-plugs seen (libvirt's event thread counts them)
         self.facts_changes: dict[str, int] = {}  # VM -> the hot-plugs its cached XML already shows
@@ -251,8 +252,11 @@ class LibvirtActuatorBackend:
         if self.settings.uri.startswith("test"):
             return capable("blkiotune weight + setBlockIoTune")  # the test driver stores both; no device to ask
         network = [d for d, src in zip(facts.disks, facts.disk_sources, strict=True) if not src]
-        ignoring = {active_scheduler(src) or "an unknown scheduler" for src in facts.disk_sources
-                    if src and not honours_weights(src)}  # fmt: skip
+        ignoring = {  # each source's devices asked once: a dm/md source walks its slaves
+            (", ".join(found) or "an unknown scheduler")
+            for found in (sorted(set(schedulers(src))) for src in facts.disk_sources if src)
+            if not set(found) <= set(WEIGHTED_SCHEDULERS)
+        }
         for scheduler in sorted(ignoring - self.warned_schedulers):  # once per scheduler, not per VM
             log.warning("disk weights are ignored by %s: throttling at the allocation instead", scheduler)
         self.warned_schedulers |= ignoring
@@ -480,9 +484,8 @@ class LibvirtActuatorBackend:
             self.shaper.set_vm(key, taps, rate_bps=rate, ceil_bps=ceil, link_bps=setting.link)
 
     def capabilities(self) -> dict[str, str]:
-        mounts = cgroup_mounts()
         return {
-            "cgroups": mounts.layout(),
+            "cgroups": self.cgroup_layout,
             "cpu.weight_range": f"{self.cpu_range.lo}-{self.cpu_range.hi} ({self.cpu_range.per_core:g} per core)",
             "net.shaping": self.net_mode,
             "busy_domains": str(sum(1 for vm in list(self.in_flight) if self._busy(vm))),

@@ -38,15 +38,31 @@ def _leaves(node: Path) -> list[Path]:
     return [leaf for slave in below for leaf in _leaves(slave)]
 
 
+def parse_scheduler(text: str) -> tuple[str, list[str]]:
+    """(the active I/O scheduler, every one offered) from a queue/scheduler file: "[none] mq-deadline"."""
+    words = text.split()
+    chosen = [word.strip("[]") for word in words if word.startswith("[")]
+    return (chosen[0] if chosen else text.strip()), [word.strip("[]") for word in words]
+
+
 def _selected(node: Path) -> str:
     """The bracketed word of a device's queue/scheduler; a partition asks its whole disk."""
     try:
         queue = node / "queue" if (node / "queue").exists() else node.resolve().parent / "queue"
-        text = (queue / "scheduler").read_text()
+        return parse_scheduler((queue / "scheduler").read_text())[0]
     except OSError:
         return ""
-    chosen = [word.strip("[]") for word in text.split() if word.startswith("[")]
-    return chosen[0] if chosen else text.strip()
+
+
+def kernel_offers_bfq(sysfs: str = "/sys") -> bool:
+    """Some block device offers BFQ (built in, or its module loaded): a kernel without it has none."""
+    for scheduler in Path(sysfs, "block").glob("*/queue/scheduler"):
+        try:
+            if "bfq" in parse_scheduler(scheduler.read_text())[1]:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def schedulers(path: str, sysfs: str = "/sys") -> list[str]:
@@ -64,7 +80,3 @@ def active_scheduler(path: str, sysfs: str = "/sys") -> str:
 def active_scheduler_of(device: str, sysfs: str = "/sys") -> str:
     """The I/O scheduler of a device given as ``MAJ:MIN`` ("" if unknown)."""
     return _selected(Path(sysfs, "dev", "block", device))
-
-
-def honours_weights(path: str, sysfs: str = "/sys") -> bool:
-    return all(s in WEIGHTED_SCHEDULERS for s in schedulers(path, sysfs))

@@ -22,6 +22,7 @@ from typing import Any
 from rescoin.proto import RESOURCES
 
 from ..actuator.backend import BackendError, Capability
+from ..actuator.blockdev import kernel_offers_bfq, parse_scheduler
 from ..actuator.settings import ActuatorSettings
 from ..runtime.cgroups import cgroup_mounts
 from ..runtime.config import ConfigError, load_config
@@ -43,19 +44,10 @@ def block_devices(sysfs: str = "/sys") -> dict[str, dict[str, Any]]:
     out = {}
     for scheduler in sorted(Path(sysfs, "block").glob("*/queue/scheduler")):
         name = scheduler.parent.parent.name
-        if name.startswith(SKIPPED_DEVICES):
-            continue
-        words = scheduler.read_text().split()
-        active = next((w.strip("[]") for w in words if w.startswith("[")), "")
-        out[name] = {"active": active, "offered": [w.strip("[]") for w in words]}
+        if not name.startswith(SKIPPED_DEVICES):
+            active, offered = parse_scheduler(scheduler.read_text())
+            out[name] = {"active": active, "offered": offered}
     return out
-
-
-def kernel_offers_bfq(sysfs: str = "/sys") -> bool:
-    for scheduler in Path(sysfs, "block").glob("*/queue/scheduler"):
-        if "bfq" in scheduler.read_text().replace("[", " ").replace("]", " ").split():
-            return True
-    return False
 
 
 def host_facts(sysfs: str = "/sys") -> dict[str, Any]:

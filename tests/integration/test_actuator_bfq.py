@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rescoin.services.actuator.backend_cgroup import CgroupBackend, group_uuid
+from rescoin.services.actuator.blockdev import kernel_offers_bfq
 from rescoin.services.actuator.core import ActuatorCore
 from rescoin.services.runtime.config import load_config
 from rescoin.services.runtime.support import Counters
 
-from tests.support.machine import kernel_has_bfq, machine_lacks
+from tests.support.machine import machine_lacks
 from tests.support.messages import alloc_envelope, make_alloc
 from tests.support.need import missing
 
@@ -54,7 +55,7 @@ def bfq_device(tmp_path):
     """(loop device, MAJ:MIN, two blkio groups) with BFQ on the device; all removed afterwards."""
     if os.geteuid() != 0 or shutil.which("losetup") is None:
         missing("needs root and losetup")
-    if not kernel_has_bfq():
+    if not kernel_offers_bfq():
         machine_lacks("no_bfq")
     if not all((CGROUP / c / "cgroup.procs").exists() for c in CONTROLLERS):
         machine_lacks("no_cgroup_v1")

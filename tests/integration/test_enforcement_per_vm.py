@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rescoin.services.actuator.backend_libvirt import LibvirtActuatorBackend
+from rescoin.services.actuator.blockdev import kernel_offers_bfq
 from rescoin.services.actuator.core import ActuatorCore
 from rescoin.services.runtime.cgroups import cgroup_mounts
 from rescoin.services.runtime.config import load_config
 from rescoin.services.runtime.support import Counters
 
 from tests.e2e.conftest import VENV_BIN
-from tests.support.machine import kernel_has_bfq
 from tests.support.messages import alloc_envelope, make_alloc
 
 ODD = Path(__file__).resolve().parents[1] / "fixtures" / "libvirt" / "host_odd.xml"
@@ -121,11 +121,11 @@ def test_doctor_says_what_holds_on_each_vm_and_on_this_host():
     assert by_name["odd-hugepages"]["resources"]["disk"]["reason"] == "no_device"
     assert "not a number" in by_name["odd-typo"]["problem"]
     assert by_name["odd-fine"]["resources"]["cpu"]["mechanism"] == "weight"
-    assert report["host"]["bfq"] == kernel_has_bfq()
+    assert report["host"]["bfq"] == kernel_offers_bfq()
     assert report["host"]["cgroups"] == cgroup_mounts().layout()
     assert report["summary"].startswith("12 of 16")
     status, text, _ = doctor("--uri", URI)
-    assert "NOT: no_balloon" in text and ("the kernel has no BFQ" in text) != kernel_has_bfq()
+    assert "NOT: no_balloon" in text and ("the kernel has no BFQ" in text) != kernel_offers_bfq()
 
 
 def test_doctor_fails_when_nothing_can_be_enforced(tmp_path):

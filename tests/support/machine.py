@@ -8,7 +8,6 @@ missing is an install step that failed (``need.missing``: a failure in CI).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -22,19 +21,9 @@ MACHINE_FACTS = {
     "no_v2_controller": "the cgroup2 mount offers no such controller here (a hybrid host: v1 holds it)",
     "no_cgroup2": "no cgroup2 mount on this machine",
     "low_fd_limit": "the hard limit on open files is below what the test opens",
+    "no_mallopt": "this C library has no mallopt (not glibc): the services run with its defaults",
 }
 
 
 def machine_lacks(fact: str, detail: str = "") -> NoReturn:
     pytest.skip(f"machine fact ({fact}): {MACHINE_FACTS[fact]}{': ' + detail if detail else ''}")
-
-
-def kernel_has_bfq(sysfs: str = "/sys") -> bool:
-    """Some block device's scheduler list offers bfq (built in, or a module already loaded)."""
-    for scheduler in Path(sysfs, "block").glob("*/queue/scheduler"):
-        try:
-            if "bfq" in scheduler.read_text().replace("[", " ").replace("]", " ").split():
-                return True
-        except OSError:
-            continue
-    return False

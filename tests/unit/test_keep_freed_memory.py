@@ -6,8 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 from rescoin.services.runtime.support import keep_freed_memory
+
+from tests.support.machine import machine_lacks
 
 PERIODS = 10
 TEMPORARIES = 40  # about what one scheduler period allocates at 10k VMs
@@ -39,7 +40,7 @@ def page_faults(mode: str) -> int:
 
 def test_freed_temporaries_are_reused_instead_of_faulted_in_again():
     if not keep_freed_memory():
-        pytest.skip("this C library has no mallopt (not glibc): the services run with its defaults")
+        machine_lacks("no_mallopt")
     kept, default = page_faults("keep"), page_faults("default")
     print(f"minor page faults over {PERIODS} periods of {TEMPORARIES} temporaries: kept {kept}, default {default}")
     assert kept < 0.02 * PAGES

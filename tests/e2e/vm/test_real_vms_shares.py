@@ -21,7 +21,7 @@ import libvirt
 import numpy as np
 import pytest
 from rescoin.services.actuator.backend_libvirt import LibvirtActuatorBackend
-from rescoin.services.actuator.blockdev import WEIGHTED_SCHEDULERS, active_scheduler
+from rescoin.services.actuator.blockdev import WEIGHTED_SCHEDULERS, active_scheduler, kernel_offers_bfq
 from rescoin.services.actuator.core import ActuatorCore
 from rescoin.services.actuator.netshape import DOWN_IFB, UP_IFB
 from rescoin.services.runtime.config import load_config
@@ -30,7 +30,7 @@ from rescoin.services.runtime.support import Counters
 from tests.e2e.conftest import VENV_BIN
 from tests.e2e.vm.conftest import HOST_NET_BPS, PERIOD_S
 from tests.support.bus import wait_for
-from tests.support.machine import kernel_has_bfq, machine_lacks
+from tests.support.machine import machine_lacks
 from tests.support.messages import alloc_envelope, make_alloc
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vm, pytest.mark.root, pytest.mark.libvirtd]
@@ -224,7 +224,7 @@ def test_applied_says_what_holds_each_vm_and_why_not_and_doctor_agrees(lab, host
     vms = {vm["uuid"]: vm["resources"] for vm in report["vms"]}
     assert vms[saver.uuid]["net"]["reason"] == "no_device" and vms[saver.uuid]["cpu"]["mechanism"] != "unenforced"
     assert vms[saver.uuid]["disk"]["mechanism"] == ("weight+ceiling" if bfq else "ceiling")
-    assert report["host"]["bfq"] == kernel_has_bfq()
+    assert report["host"]["bfq"] == kernel_offers_bfq()
     print(subprocess.run([str(VENV_BIN / "rescoin"), "doctor", "--uri", "qemu:///system"], capture_output=True,
                          text=True, timeout=120).stdout)  # fmt: skip
 
