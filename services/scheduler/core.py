@@ -102,13 +102,12 @@ class SchedulerCore:
         sample: Sample = env.body
         now = self.monotonic()
         elapsed = None if self.credited_at is None else round((now - self.credited_at) / sample.period_s)
-        last = self.ledger.period
+        steps = self.ledger.clock_steps
         arrived = [vm for vm in sample.carried_vms if vm not in self.ledger.vms]  # with coins from elsewhere
         if self.ledger.credit(env.period, sample.vms, sample.template, sample.usage, sample.capacity, elapsed):
             self.credited_at = now
             self._take_carried(sample, arrived)
-            if last >= 0 and env.period != last + max(elapsed or 1, 1) and abs(env.period - last) > 2:
-                self.counters.inc("clock_steps")
+            self.counters.inc("clock_steps", self.ledger.clock_steps - steps)
         self.ledger_dirty = True  # saved by flush(), right after this period's alloc is out
         estimate = self.estimates.pop(env.period + 1, None)
         if estimate is not None:

@@ -35,6 +35,7 @@ class CoinLedger:
         self.total = np.zeros((0, 4))  # (n, 4): the ring's sum, kept as the seed did: += new − oldest
         self.slot = 0  # where the next period's savings go
         self.period = -1  # last period credited
+        self.clock_steps = 0  # wall-clock steps followed (not saved: a count for hb)
 
     def balances(self, vms: list[str]) -> np.ndarray:
         """Coin balance (n, 4) of ``vms``, in their order; a VM never seen has none."""
@@ -67,6 +68,7 @@ class CoinLedger:
         gap = period - self.period if self.period >= 0 else 1
         stepped = self.period >= 0 and (gap < -2 or (elapsed is not None and gap - elapsed > self.window))
         if stepped:
+            self.clock_steps += 1
             gap = max(elapsed or 1, 1)
         elif gap <= 0:
             return False
