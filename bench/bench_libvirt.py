@@ -26,6 +26,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +52,8 @@ from tests.support.net import free_port  # noqa: E402
 
 NETNS = "rescoin-bench"
 SIZES = (10, 25, 50, 100)
+SIZES_RUN = list(SIZES)  # what this run measures (the command line may ask for fewer)
+WORKER_SWEEP = (4, 8, 16, 32)  # [actuator] workers tried at the largest N
 GUEST_MIB = 96  # Debian's kernel does not boot in 64
 BOOT_BATCH = 6
 MIB = 2**20
@@ -146,6 +149,12 @@ def booted(tmp: Path, count: int) -> bool:
     return len(logs) >= count and all("RESCOIN-BOOTED" in p.read_text(errors="replace") for p in logs)
 
 
+def actuator(**settings: Any) -> ActuatorCore:
+    """The actuator as a host runs it (its defaults: cpu written to the cgroups directly), on qemu:///system."""
+    chosen = ActuatorSettings(uri="qemu:///system", **settings)
+    return ActuatorCore("bench", chosen, LibvirtActuatorBackend(chosen), Counters(), None)
+
+
 def measure(conn: libvirt.virConnect, n: int, libvirtd_pid: int) -> dict[str, float]:
     doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
     vms = sorted(d.UUIDString() for d in doms)
@@ -170,8 +179,7 @@ def measure(conn: libvirt.virConnect, n: int, libvirtd_pid: int) -> dict[str, fl
     counters_only.close()
     calls = Calls()
     for mode in ("shares", "ceilings"):
-        core = ActuatorCore("h1", ActuatorSettings(uri="qemu:///system"), LibvirtActuatorBackend(
-            ActuatorSettings(uri="qemu:///system")), Counters(), None)  # fmt: skip
+        core = actuator()
         driver = Driver(core, (alloc(vms, 1.0, mode), alloc(vms, 1.5, mode)))
         driver.steady()  # first sight: reads, originals, the shared htb tree
         before = (calls.libvirt, calls.commands)
@@ -183,9 +191,15 @@ def measure(conn: libvirt.virConnect, n: int, libvirtd_pid: int) -> dict[str, fl
         out[f"{mode}.change_tc"] = (calls.commands - before[1]) / 7
         core.restore()
         core.backend.close()
+    for workers in WORKER_SWEEP if n == max(SIZES_RUN) else ():  # libvirt calls at once, every setting changing
+        core = actuator(workers=workers)
+        driver = Driver(core, (alloc(vms, 1.0, "shares"), alloc(vms, 1.5, "shares")))
+        driver.steady()
+        out[f"workers.{workers}"] = timed(driver.changing, repeat=6, warmup=1)[0]
+        core.restore()
+        core.backend.close()
     # a simulated 1 s period: monitor read + a steady shares apply, CPU of this process and of libvirtd
-    core = ActuatorCore("bench", ActuatorSettings(uri="qemu:///system"), LibvirtActuatorBackend(
-        ActuatorSettings(uri="qemu:///system")), Counters(), None)  # fmt: skip
+    core = actuator()
     body = alloc(vms, 1.0, "shares")
     core.on_alloc(Envelope("alloc", "bench", "scheduler", 1, 1, 0, 1, body))
     mine, theirs, wall = own_cpu_s(), cpu_s(libvirtd_pid), time.monotonic()
@@ -268,6 +282,8 @@ def report(results: dict[int, dict[str, float]]) -> None:
             f"{ms(r['ceilings.change'])} | {r['cpu.pipeline']:.1%} | {r['cpu.libvirtd']:.1%} | "
             f"{r['cpu.guests']:.0%} |"
         )
+    largest = results[max(results)]
+    sweep = ", ".join(f"{w}: {ms(largest[f'workers.{w}'])} ms" for w in WORKER_SWEEP if f"workers.{w}" in largest)
     groups = ["| domains | " + " | ".join(STAT_GROUPS) + " |", "| ---: |" + " ---: |" * len(STAT_GROUPS)]
     for n, r in results.items():
         groups.append(f"| {n} | " + " | ".join(ms(r[f"group.{g}"]) for g in STAT_GROUPS) + " |")
@@ -288,7 +304,8 @@ def report(results: dict[int, dict[str, float]]) -> None:
         "QMP for 1/k of the domains, a libvirt cross-check spread over `crosscheck_periods`) and its counters "
         "alone:\n\n"
         + "\n".join(kernel_rows)
-        + "\n\nEach stats group alone (one getAllDomainStats call, ms):\n\n"
+        + f"\n\nThe shares apply with every setting changing at {max(results)} domains, by `[actuator] workers` (libvirt "
+        f"calls at once, one domain each): {sweep}.\n\nEach stats group alone (one getAllDomainStats call, ms):\n\n"
         + "\n".join(groups)
         + f"\n\nA linear fit over N: the monitor's call costs {per_domain['bulk']:.2f} ms per domain, a steady "
         f"actuator apply {per_domain['shares.steady']:.2f} ms; extrapolated to 1,000 domains the two take "
@@ -301,6 +318,7 @@ def report(results: dict[int, dict[str, float]]) -> None:
 
 def main() -> None:
     sizes = tuple(int(a) for a in sys.argv[1:] if a.isdigit()) or SIZES  # bench_libvirt.py 2 5: a quick try
+    SIZES_RUN[:] = sizes
     if "--inside" in sys.argv:
         inside(sizes)
         return

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 ./deploy/install.sh
 TRACES=$(.venv/bin/python -c 'from rescoin.services.model.traces import default_traces_dir; print(default_traces_dir())')
 if [ ! -d "$TRACES" ]; then   # the sim host replays them: without them it cannot start
-    echo "demo.sh: no trace folder at $TRACES (\$RESCOIN_TRACES, or the package's data/traces/ is incomplete: reinstall)" >&2
+    echo "demo.sh: no trace folder at $TRACES (the package's data/traces/ is incomplete: reinstall)" >&2
     exit 1
 fi
 CONF=deploy/supervisord.conf

@@ -51,11 +51,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help() if not argv or argv[0] in ("-h", "--help") else parser.parse_args(argv)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     name = argv[0]
-    from rescoin.services.ingress.settings import IngressSettings
-    from rescoin.services.runtime.config import use_schema
-    from rescoin.services.schema import service_schema
-
-    use_schema(service_schema(ingress=IngressSettings))  # the tools read [bus] and [ingress]; `config` reads all
     module = importlib.import_module(COMMANDS[name][0])
     sub = argparse.ArgumentParser(prog=f"rescoin {name}", description=COMMANDS[name][1])
     module.add_arguments(sub)

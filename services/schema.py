@@ -39,6 +39,13 @@ def service_schema(**own: type) -> dict[str, type | None]:
     return {name: read.get(name) for name in SECTION_NAMES}
 
 
+def tools_schema() -> dict[str, type | None]:
+    """What the command-line tools read: [bus] (where to tap) and [ingress] (where the keys are)."""
+    from rescoin.services.ingress.settings import IngressSettings
+
+    return service_schema(ingress=IngressSettings)
+
+
 def full_schema() -> Mapping[str, type]:
     """Every section's class (imports every stage's settings: for `rescoin config` and the tests)."""
     from rescoin.services.actuator.settings import ActuatorSettings

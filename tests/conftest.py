@@ -4,16 +4,11 @@ reason printed (-ra); `deploy/install.sh --test` (run by CI) installs it all."""
 from __future__ import annotations
 
 import pytest
-from rescoin.services.runtime.config import use_schema
-from rescoin.services.schema import full_schema
 
 from tests.support import libvirtd as libvirtd_support
 from tests.support.need import missing
 
 LIBVIRTD_NETNS = "rescoin-vmlab"
-
-# In-process tests read every section, as `rescoin config check` does; each program hands in its own.
-use_schema(full_schema())
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,7 @@ from .backend import (
     incapable,
 )
 from .blockdev import WEIGHTED_SCHEDULERS, active_scheduler_of
+from .cpufiles import CpuFiles
 from .settings import ActuatorSettings
 
 log = logging.getLogger("rescoin.actuator.cgroup")
@@ -150,16 +151,15 @@ class CgroupBackend:
             return Setting()
         return getattr(self, f"_read_{res}")(vm)
 
+    def _cpu_files(self, vm: str) -> CpuFiles:
+        return CpuFiles(self._dir(vm, "cpu"), self.layout["cpu"])
+
     def _read_cpu(self, vm: str) -> Setting:
-        per_core = self.cpu_weight_range().per_core
-        if self.layout["cpu"] == "v1":
-            quota = int(self._read(vm, "cpu", "cpu.cfs_quota_us"))
-            period = int(self._read(vm, "cpu", "cpu.cfs_period_us"))
-            weight = int(self._read(vm, "cpu", "cpu.shares")) / per_core
-            return Setting(quota / period if quota > 0 else NO_LIMIT, weight)
-        max_quota, max_period = self._read(vm, "cpu", "cpu.max").split()
-        weight = int(self._read(vm, "cpu", "cpu.weight")) / per_core
-        return Setting(NO_LIMIT if max_quota == "max" else int(max_quota) / int(max_period), weight)
+        try:
+            weight, quota, period = self._cpu_files(vm).read()
+        except (OSError, ValueError) as exc:
+            raise BackendError(f"{self.groups[vm][0]}: cannot read its cpu files: {exc}") from exc
+        return Setting(quota / period if quota > 0 else NO_LIMIT, weight / self.cpu_weight_range().per_core)
 
     def _read_mem(self, vm: str) -> Setting:
         if self.layout["mem"] == "v1":
@@ -222,16 +222,11 @@ class CgroupBackend:
         period = self.settings.cpu_period_us
         quota = -1 if setting.ceiling == NO_LIMIT else max(int(setting.ceiling * period), 1000)
         span = self.cpu_weight_range()
-        weight = str(min(max(round(setting.weight * span.per_core), span.lo), span.hi))
-        if self.layout["cpu"] == "v1":
-            self._write(vm, "cpu", "cpu.cfs_period_us", str(period))
-            self._write(vm, "cpu", "cpu.cfs_quota_us", str(quota))
-            if setting.weight > 0:
-                self._write(vm, "cpu", "cpu.shares", weight)
-        else:  # quota and weight each on its own: a refused weight does not cost the quota
-            self._write(vm, "cpu", "cpu.max", f"{'max' if quota < 0 else quota} {period}")
-            if setting.weight > 0:
-                self._write(vm, "cpu", "cpu.weight", weight)
+        weight = min(max(round(setting.weight * span.per_core), span.lo), span.hi) if setting.weight > 0 else None
+        try:
+            self._cpu_files(vm).write(weight, quota, period)
+        except OSError as exc:
+            raise BackendError(f"{self.groups[vm][0]}: cannot write its cpu files: {exc}") from exc
 
     def _write_mem(self, vm: str, setting: Setting) -> None:
         unlimited = setting.ceiling == NO_LIMIT

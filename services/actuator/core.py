@@ -312,6 +312,9 @@ class ActuatorCore:
             except BackendError as exc:
                 report.row(i, "busy" if isinstance(exc, BusyError) else "read_failed", str(exc))
                 return False
+            log.info("%s: %s", vm, "; ".join(  # once per instance: how each resource is held, or why not
+                f"{RESOURCES[r]} {c.how if c.enforceable else f'unenforced ({c.reason}: {c.how})'}"
+                for r, c in enumerate(self.capabilities[vm])))  # fmt: skip
         known = self.in_force.settings(vm) if vm in self.in_force else [None] * 4
         if all(known):
             return True

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..runtime.config import Config, use_schema
+from ..runtime.config import Config
 from ..runtime.service import common_arguments, config_from_args, current_period, run_stage
 from ..runtime.support import Counters
 from ..schema import service_schema
@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = ["actuator.dry_run=true"] if args.dry_run else []
     if args.uri:
         extra.append(f"actuator.uri='{args.uri}'")
-    use_schema(SCHEMA)
-    cfg = config_from_args(args, extra)
+    cfg = config_from_args(args, SCHEMA, extra)
     counters = Counters(max_warnings=cfg.log.max_warnings_per_period, declared=COUNTERS)
     try:
         backend = make_backend(cfg)

@@ -60,6 +60,11 @@ class ActuatorSettings:
         "many periods (spread over them), so they travel with a live migration; 0 = never",
         between(0, 100_000),
     )
+    cpu_direct: bool = setting(
+        True,
+        "libvirt: write a domain's cpu weight and quota straight into its cgroup (µs, not a libvirt round trip "
+        "of ~1 ms; `virsh schedinfo` reads them back live), where the probe finds the group libvirt reads",
+    )
     cpu_period_us: int = setting(100_000, "CFS period for quotas, microseconds", between(1000, 1_000_000))
     net_shaping: str = setting(
         "tc",

@@ -52,7 +52,7 @@ from rescoin.proto.envelope import MAX_TOPIC_BYTES
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
-from ..runtime.config import Config, use_schema
+from ..runtime.config import Config
 from ..runtime.service import (
     MAX_FRAME_BYTES,
     MAX_SUBSCRIPTION_BYTES,
@@ -310,8 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rescoin-bus", description=__doc__.split("\n")[0])
     common_arguments(parser)
     args = parser.parse_args(argv)
-    use_schema(SCHEMA)
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, SCHEMA)
     stop = StopFlag().install()
     reload_wanted = threading.Event()
     signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_wanted.set())

@@ -19,7 +19,6 @@ import time
 from prometheus_client.core import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
-from ..runtime.config import use_schema
 from ..runtime.service import Health, Outgoing, common_arguments, config_from_args, run_stage
 from ..runtime.support import Counters
 from ..schema import service_schema
@@ -116,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     common_arguments(parser)
     parser.add_argument("--port", type=int, help="HTTP port (exporter.listen_port)")
     args = parser.parse_args(argv)
-    use_schema(SCHEMA)
-    cfg = config_from_args(args, [f"exporter.listen_port={args.port}"] if args.port else [])
+    cfg = config_from_args(args, SCHEMA, [f"exporter.listen_port={args.port}"] if args.port else [])
     settings: ExporterSettings = cfg.exporter
     if not settings.listen_port and not settings.unix_socket:
         print("rescoin: bad configuration: exporter.listen_port is 0 and exporter.unix_socket empty", file=sys.stderr)

@@ -26,7 +26,6 @@ from rescoin.proto.envelope import MAX_GUEST_PAYLOAD_BYTES
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
-from ..runtime.config import use_schema
 from ..runtime.service import PeriodPacer, Publisher, bus_publisher, common_arguments, config_from_args
 from ..runtime.support import Counters, StopFlag, load_curve_keypair
 from ..schema import service_schema
@@ -71,8 +70,7 @@ def _curve_user_id(frames: list[zmq.Frame]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rescoin-ingress", description=__doc__.split("\n")[0])
     common_arguments(parser)
-    use_schema(SCHEMA)
-    cfg = config_from_args(parser.parse_args(argv))
+    cfg = config_from_args(parser.parse_args(argv), SCHEMA)
     keys_dir = Path(cfg.ingress.keys_dir)
     try:
         server_public, server_secret = load_curve_keypair(str(keys_dir / f"{SERVER}.key_secret"))

@@ -31,7 +31,6 @@ import numpy as np
 
 STEP_S = 300
 KIB = 1024.0
-TRACES_ENV = "RESCOIN_TRACES"
 BITBRAINS = "bitbrains_rnd_2013-08"
 PLANETLAB = "planetlab_2011-03"
 PACKAGED = {"bitbrains": BITBRAINS, "planetlab": PLANETLAB}  # short names for the shipped sets
@@ -55,16 +54,14 @@ class Trace:
 
 
 def default_traces_dir() -> Path:
-    """$RESCOIN_TRACES, else the Bitbrains month shipped as package data (``data/traces/``, its README)."""
-    env = os.environ.get(TRACES_ENV)
-    if env:
-        return Path(env)
+    """The Bitbrains month shipped as package data (``data/traces/``, its README)."""
     return _packaged_traces_dir()
 
 
 def traces_dir(name: str | os.PathLike[str] | None) -> Path:
     """A folder of traces: a shipped set's short name (``bitbrains``, ``planetlab``) or folder name, a
-    path, or None (``default_traces_dir``)."""
+    path, or None (``default_traces_dir``). The one way every program names traces (``[simhost]
+    traces_dir``, ``rescoin evaluate --trace``)."""
     if name is None or str(name) == "":
         return default_traces_dir()
     key = str(name)
@@ -106,16 +103,16 @@ def read_bitbrains_file(path: Path) -> np.ndarray:
 
 
 def load_bitbrains(
-    traces_dir: str | os.PathLike[str] | None = None, vm_ids: list[str] | None = None, n_vms: int | None = None
+    traces: str | os.PathLike[str] | None = None, vm_ids: list[str] | None = None, n_vms: int | None = None
 ) -> list[Trace]:
     """Load Bitbrains traces onto one 300 s grid spanning all of them.
 
     ``vm_ids`` picks files by VM id (``"7"`` → ``7.csv.gz``); otherwise the
     first ``n_vms`` files by numeric id (all if None).
     """
-    folder = Path(traces_dir) if traces_dir else default_traces_dir()
+    folder = traces_dir(traces)
     if not folder.is_dir():
-        raise FileNotFoundError(f"no trace folder at {folder} (set {TRACES_ENV} or --trace)")
+        raise FileNotFoundError(f"no trace folder at {folder} ([simhost] traces_dir, or --trace)")
     if vm_ids:
         paths = [folder / f"{vm}.csv.gz" for vm in vm_ids]
     else:

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 import zlib
 from collections.abc import Callable
@@ -55,10 +54,11 @@ from pathlib import Path
 
 import libvirt
 
-from ..runtime.cgroups import CgroupMounts, cgroup_mounts
+from ..runtime.cgroups import CgroupMounts, cgroup_mounts, proc_cgroups
 from ..runtime.domxml import DomainFacts, DomainXMLError, parse_domain_xml
 from ..runtime.host import HostFactsError, host_memory_bytes, usable_cores
 from ..runtime.libvirt_conn import LibvirtConnection, LibvirtDown
+from ..runtime.qemu import QemuPids
 from .backend import BackendError, DomainReading, HostCapacity, HostReading
 from .backend_libvirt import (
     GROUP_KEYS,
@@ -73,7 +73,6 @@ log = logging.getLogger("rescoin.monitor.kernel")
 
 NS_PER_TICK = 1e9 / os.sysconf("SC_CLK_TCK")
 CPUCLOCK_SCHED = 2  # linux/posix-timers.h: a process CPU clock id is (~pid << 3) | CPUCLOCK_SCHED
-DOMAIN_DIR_TAIL = re.compile(r"^(emulator|vcpu\d+|iothread\d+|libvirt)$")  # libvirt's sub-groups of a domain
 BALLOON_GROUPS = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BALLOON
 # a cross-check disagreement is beyond tolerance * the larger rate AND beyond this floor (cores, B/s, B/s)
 CROSSCHECK_FLOOR = (0.02, 64 * 1024.0, 16 * 1024.0)
@@ -209,81 +208,6 @@ Counter = FileCounter | ClockCounter
 
 
 # ---- finding QEMU and its cgroups ------------------------------------------------------------------
-
-
-def qemu_name_arg(name: str) -> bytes:
-    return f"guest={name.replace(',', ',,')}".encode()
-
-
-def is_qemu_of(cmdline: bytes, name: str) -> bool:
-    """Does this command line (NUL-separated) run QEMU for domain ``name`` (``-name guest=<name>,...``)?"""
-    args = cmdline.split(b"\0")
-    want = qemu_name_arg(name)
-    for flag, value in zip(args, args[1:], strict=False):
-        if flag == b"-name" and (value == want or value.startswith(want + b",") or value == name.encode()):
-            return True
-    return False
-
-
-class QemuPids:
-    """The QEMU pid of a running domain: libvirt's pid file, checked; else one scan of /proc per period."""
-
-    def __init__(self, proc_root: str = "/proc", pid_dirs: tuple[str, ...] = ("/run/libvirt/qemu",)) -> None:
-        self.proc_root = Path(proc_root)
-        self.pid_dirs = [Path(d) for d in pid_dirs]
-        self._scan: dict[bytes, int] | None = None  # cmdline -> pid, from this period's scan
-
-    def new_period(self) -> None:
-        self._scan = None
-
-    def _cmdline(self, pid: int) -> bytes:
-        try:
-            return (self.proc_root / str(pid) / "cmdline").read_bytes()
-        except OSError:
-            return b""
-
-    def __call__(self, name: str, dom_id: int) -> int | None:
-        for directory in self.pid_dirs:
-            try:
-                pid = int((directory / f"{name}.pid").read_text().strip())
-            except (OSError, ValueError):
-                continue
-            if is_qemu_of(self._cmdline(pid), name):
-                return pid
-        if self._scan is None:
-            self._scan = {}
-            for entry in os.scandir(self.proc_root):
-                if entry.name.isdigit():
-                    cmdline = self._cmdline(int(entry.name))
-                    if b"-name\0" in cmdline:
-                        self._scan[cmdline] = int(entry.name)
-        for cmdline, pid in self._scan.items():
-            if is_qemu_of(cmdline, name):
-                return pid
-        return None
-
-
-def domain_dir(path: str) -> str:
-    """A cgroup path without libvirt's per-thread sub-groups (emulator, vcpuN, iothreadN, libvirt)."""
-    parts = [p for p in path.strip().split("/") if p]
-    while parts and DOMAIN_DIR_TAIL.match(parts[-1]):
-        parts.pop()
-    return "/".join(parts)
-
-
-def proc_cgroups(text: str) -> tuple[dict[str, str], str | None]:
-    """/proc/<pid>/cgroup -> ({v1 controller: domain dir}, v2 domain dir); "" is the root."""
-    v1: dict[str, str] = {}
-    v2 = None
-    for line in text.splitlines():
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hierarchy == "0" and controllers == "":
-            v2 = domain_dir(path)
-        else:
-            for controller in controllers.split(","):
-                v1[controller] = domain_dir(path)
-    return v1, v2
 
 
 # ---- one domain instance ---------------------------------------------------------------------------

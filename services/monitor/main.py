@@ -12,7 +12,7 @@ import time
 
 from rescoin.proto import KIND_GUEST_MEM, KIND_SAMPLE, Envelope, topic_prefix
 
-from ..runtime.config import Config, use_schema
+from ..runtime.config import Config
 from ..runtime.service import Health, Outgoing, common_arguments, config_from_args, run_stage
 from ..runtime.support import Counters
 from ..schema import service_schema
@@ -132,13 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="with --once: print JSON (the only format)")
     args = parser.parse_args(argv)
-    use_schema(SCHEMA)
     overrides = [f"monitor.uri='{args.uri}'"] if args.uri else []
     if args.uri and args.backend is None:
         overrides.append("monitor.backend='libvirt'")
     if args.backend:
         overrides.append(f"monitor.backend='{args.backend}'")
-    cfg = config_from_args(args, overrides)
+    cfg = config_from_args(args, SCHEMA, overrides)
     counters = Counters(max_warnings=cfg.log.max_warnings_per_period)
     stage = MonitorStage(cfg, make_backend(cfg), counters)
     if args.once:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..runtime.config import use_schema
 from ..runtime.service import common_arguments, config_from_args, run_stage
 from ..runtime.support import Counters
 from ..schema import service_schema
@@ -17,8 +16,7 @@ SCHEMA = service_schema(predictor=PredictorSettings)  # the config sections this
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rescoin-predictor", description=__doc__)
     common_arguments(parser)
-    use_schema(SCHEMA)
-    cfg = config_from_args(parser.parse_args(argv))
+    cfg = config_from_args(parser.parse_args(argv), SCHEMA)
     counters = Counters(max_warnings=cfg.log.max_warnings_per_period)
     return run_stage(PredictorCore(cfg.host.name, cfg.predictor), cfg, counters)
 

@@ -9,10 +9,12 @@ where it is: v1 if a v1 mount has it, else v2 if the v2 root offers it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 V1_NAMES = {"cpu": "cpu", "memory": "memory", "io": "blkio", "cpuacct": "cpuacct"}  # v2 name -> v1 name
+DOMAIN_DIR_TAIL = re.compile(r"^(emulator|vcpu\d+|iothread\d+|libvirt)$")  # libvirt's sub-groups of a domain
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,17 @@ class CgroupMounts:
             return f"v1 ({v1})"
         return f"v2 at {self.v2} ({v2})" if self.v2 else "none mounted"
 
+    def group_of(self, controller: str, proc_cgroup: str) -> tuple[str, Path] | None:
+        """(layout, directory) of the domain group holding a process for a v2 controller name, from its
+        /proc/<pid>/cgroup; None where the controller is not mounted or the process sits in the root
+        (a write there would be the whole host's)."""
+        layout, mount = self.where(controller)
+        v1, v2 = proc_cgroups(proc_cgroup)
+        rel = v1.get(V1_NAMES.get(controller, controller)) if layout == "v1" else v2
+        if mount is None or not rel:
+            return None
+        return layout, mount / rel
+
 
 def _unescape(path: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as octal."""
@@ -73,3 +86,26 @@ def cgroup_mounts(mountinfo: str = "/proc/self/mountinfo") -> CgroupMounts:
                 if option not in ("rw", "ro") and not option.startswith("name=") and "=" not in option:
                     v1.setdefault(option, mount_point)
     return CgroupMounts(v1, v2)
+
+
+def domain_dir(path: str) -> str:
+    """A cgroup path without libvirt's per-thread sub-groups (emulator, vcpuN, iothreadN, libvirt)."""
+    parts = [p for p in path.strip().split("/") if p]
+    while parts and DOMAIN_DIR_TAIL.match(parts[-1]):
+        parts.pop()
+    return "/".join(parts)
+
+
+def proc_cgroups(text: str) -> tuple[dict[str, str], str | None]:
+    """/proc/<pid>/cgroup -> ({v1 controller: domain dir}, v2 domain dir); "" is the root."""
+    v1: dict[str, str] = {}
+    v2 = None
+    for line in text.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            v2 = domain_dir(path)
+        else:
+            for controller in controllers.split(","):
+                v1[controller] = domain_dir(path)
+    return v1, v2

@@ -1,10 +1,11 @@
 """One TOML config for every service, validated at start-up.
 
 Each section is a dataclass whose fields carry a default and a line of
-documentation (``setting(default, "doc")``). This module imports nothing
-of the services above it: each entry point hands in its own schema
-(``use_schema``, or ``sections=``), built by ``rescoin.services.schema``
-from the section classes it reads, the other sections known by name only.
+documentation (``setting(default, "doc")``). Each entry point hands
+``load_config`` its own schema, built by ``rescoin.services.schema`` from
+the section classes it reads, the other sections known by name only, so the
+bus never imports the scheduler's numpy to read its config; without one, the
+full schema (every section, as ``rescoin config check`` reads).
 ``deploy/rescoin.example.toml`` is generated from the full schema
 (``rescoin config example``) and a test keeps the two equal. A misspelt
 section refuses every service; a misspelt key refuses every service that
@@ -66,14 +67,6 @@ def one_of(*choices: str) -> Callable[[Any], str | None]:
 Schema = Mapping[str, type | None]
 """Section name -> its class, or None for a section this program accepts but does not read."""
 
-_schema: Schema | None = None  # handed in by the entry point: use_schema()
-
-
-def use_schema(sections: Schema) -> None:
-    """Set the schema ``load_config`` validates against when not given ``sections`` (once, in main())."""
-    global _schema
-    _schema = dict(sections)
-
 
 class Config:
     """The validated config: one attribute per section it read (``cfg.monitor.uri``)."""
@@ -85,7 +78,7 @@ class Config:
             setattr(self, name, value)
 
     def __getattr__(self, name: str) -> Any:  # sections are set in __init__; this tells type checkers so
-        raise AttributeError(f"no config section {name!r} in this program's schema (see use_schema)")
+        raise AttributeError(f"no config section {name!r} in this program's schema")
 
     def section(self, name: str) -> Any:
         return self._sections[name]
@@ -159,12 +152,12 @@ def load_config(
 ) -> Config:
     """Read ``path`` (None: all defaults), apply ``section.key=value`` overrides, validate.
 
-    ``sections`` (default: the schema handed to ``use_schema``) names every known
-    section; those with a class are validated and built, the others only accepted."""
+    ``sections`` names every known section; those with a class are validated and built, the others
+    only accepted. None: every section's class (``schema.full_schema``: imports every stage's settings)."""
     if sections is None:
-        sections = _schema
-    if sections is None:
-        raise RuntimeError("no config schema: the entry point calls use_schema() or passes sections=")
+        from ..schema import full_schema  # here, not above: this module sits below every service
+
+        sections = full_schema()
     raw: dict[str, Any] = {}
     source = "defaults"
     if path:

@@ -25,7 +25,7 @@ from rescoin.proto import KIND_HB, Envelope, Heartbeat, ProtocolError
 from rescoin.proto.codec import decode, encode
 from rescoin.proto.envelope import MAX_PAYLOAD_BYTES
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, Schema, load_config
 from .owners import from_owner
 from .settings import HostSettings
 from .support import Counters, StopFlag, keep_freed_memory, secure_client, setup_logging
@@ -489,8 +489,9 @@ def common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", help="state directory (host.state_dir)")
 
 
-def config_from_args(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
-    """Load the config named by the common arguments; on error print it and exit 2."""
+def config_from_args(args: argparse.Namespace, schema: Schema, extra: Sequence[str] = ()) -> Config:
+    """Load the config named by the common arguments, validated against the program's ``schema`` with
+    ``extra`` overrides last; on error print it and exit 2."""
     overrides = list(args.set)
     for flag, key in (
         ("host", "host.name"),
@@ -502,7 +503,7 @@ def config_from_args(args: argparse.Namespace, extra: Sequence[str] = ()) -> Con
             overrides.append(f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}")
     overrides.extend(extra)
     try:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, overrides, schema)
     except ConfigError as exc:
         print(f"rescoin: bad configuration: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..runtime.config import use_schema
 from ..runtime.service import common_arguments, config_from_args, run_stage
 from ..runtime.support import Counters
 from ..schema import service_schema
@@ -20,8 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     common_arguments(parser)
     parser.add_argument("--policy", help="allocation policy (scheduler.policy)")
     args = parser.parse_args(argv)
-    use_schema(SCHEMA)
-    cfg = config_from_args(args, [f"scheduler.policy='{args.policy}'"] if args.policy else [])
+    cfg = config_from_args(args, SCHEMA, [f"scheduler.policy='{args.policy}'"] if args.policy else [])
     counters = Counters(max_warnings=cfg.log.max_warnings_per_period, declared=COUNTERS)
     core = SchedulerCore(cfg.host.name, cfg.scheduler, counters, Path(cfg.host.state_dir))
     return run_stage(core, cfg, counters)

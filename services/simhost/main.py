@@ -28,7 +28,6 @@ from rescoin.proto.simhost import (
     encode_result,
 )
 
-from ..runtime.config import use_schema
 from ..runtime.service import Publisher, bus_sockets, common_arguments, config_from_args
 from ..runtime.support import Counters, StopFlag, atomic_write
 from ..schema import service_schema
@@ -143,8 +142,7 @@ def _bind(sock: zmq.Socket, endpoint: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rescoin-simhost", description=__doc__.split("\n")[0])
     common_arguments(parser)
-    use_schema(SCHEMA)
-    cfg = config_from_args(parser.parse_args(argv))
+    cfg = config_from_args(parser.parse_args(argv), SCHEMA)
     settings = cfg.simhost
     try:
         workload = build_workload(settings)

@@ -33,7 +33,9 @@ class SimhostSettings:
         _endpoint,
     )
     traces_dir: str = setting(
-        "", "directory of Bitbrains .csv.gz traces; empty = $RESCOIN_TRACES, else the month shipped in the package"
+        "",
+        "the traces to replay: a shipped set ('bitbrains') or a directory of Bitbrains .csv.gz files, as "
+        "`rescoin evaluate --trace` names them; empty = the month shipped in the package",
     )
     traces: list[str] = setting([], "trace files (VM ids, e.g. '7') to replay, one VM each; empty = the first n_vms")
     state_file: str = setting(

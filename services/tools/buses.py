@@ -222,8 +222,9 @@ def bus_endpoints(args) -> list[str]:
     if args.bus:
         return list(args.bus)
     from ..runtime.config import load_config
+    from ..schema import tools_schema
 
-    return [load_config(args.config).bus.sub_endpoint]
+    return [load_config(args.config, sections=tools_schema()).bus.sub_endpoint]
 
 
 def bus_targets(args, fleet: Fleet | None = None) -> list[BusTarget]:
@@ -251,8 +252,9 @@ def curve_keys(args) -> tuple[str, str] | None:
     if not args.config:
         return None
     from ..runtime.config import load_config
+    from ..schema import tools_schema
 
-    bus = load_config(args.config).bus
+    bus = load_config(args.config, sections=tools_schema()).bus
     return (bus.curve_client_key, bus.curve_server_public) if bus.curve_client_key else None
 
 

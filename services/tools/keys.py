@@ -56,8 +56,9 @@ def _keys_dir(args: argparse.Namespace) -> Path:
     if args.dir:
         return Path(args.dir)
     from ..runtime.config import load_config
+    from ..schema import tools_schema
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, sections=tools_schema())
     if args.action in ("allow", "disallow"):
         if not cfg.bus.curve_server_key:
             raise SystemExit("rescoin keys: give --dir (the config sets no bus.curve_server_key)")

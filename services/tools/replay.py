@@ -38,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
     endpoint = args.bus_pub
     if endpoint is None:
         from ..runtime.config import load_config
+        from ..schema import tools_schema
 
-        endpoint = load_config(args.config).bus.pub_endpoint
+        endpoint = load_config(args.config, sections=tools_schema()).bus.pub_endpoint
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
     pub.sndhwm = 0  # a replay must not drop on its own side

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import libvirt
@@ -10,7 +11,9 @@ import pytest
 from rescoin.services.actuator.backend import NO_LIMIT, Change, Setting
 from rescoin.services.actuator.backend_libvirt import LibvirtActuatorBackend
 from rescoin.services.actuator.core import ActuatorCore
+from rescoin.services.runtime.cgroups import CgroupMounts
 from rescoin.services.runtime.config import load_config
+from rescoin.services.runtime.qemu import QemuPids
 from rescoin.services.runtime.support import Counters
 
 from tests.support.messages import alloc_envelope, make_alloc
@@ -120,3 +123,53 @@ def test_no_ceiling_below_the_template_the_domain_itself_states(backend, tmp_pat
     assert backend.libvirt.get().lookupByUUIDString(VM1).blockIoTune("vda", 0)["total_bytes_sec"] == 10485760
     assert core.counters.values["rejected.below_template"] == 1
     assert applied.set[vms.index(VM2), 2] == 1e5  # vm2 states no template: nothing to check against
+
+
+class SchedDomain:
+    """Stands in for a QEMU domain's scheduler calls (the test driver has no cpu_shares or quota)."""
+
+    def __init__(self, shares: int, quota: int) -> None:
+        self.params = {"cpu_shares": shares, "global_period": 100000, "global_quota": quota}
+
+    def schedulerParameters(self) -> dict[str, int]:  # noqa: N802 - libvirt's name
+        return dict(self.params)
+
+    def ID(self) -> int:  # noqa: N802
+        return 7
+
+
+def domain_cgroup(tmp_path: Path, shares: int, quota: int) -> Path:
+    group = tmp_path / "cpu" / "machine" / "qemu-7-vm1.libvirt-qemu"
+    (group / "emulator").mkdir(parents=True)
+    for name, value in (("cpu.shares", shares), ("cpu.cfs_quota_us", quota), ("cpu.cfs_period_us", 100000)):
+        (group / name).write_text(f"{value}\n")
+    return group
+
+
+@pytest.mark.parametrize(("files_hold", "direct"), [((1024, -1), True), ((2048, -1), False), ((1024, 50000), False)])
+def test_cpu_goes_straight_to_the_domains_cgroup_only_where_libvirt_reads_the_same_files(
+    backend, tmp_path, files_hold, direct
+):
+    group = domain_cgroup(tmp_path, *files_hold)
+    backend.mounts = CgroupMounts({"cpu": tmp_path / "cpu"}, None)
+    qemu = tmp_path / "proc" / "4242"
+    qemu.mkdir(parents=True)
+    (qemu / "cmdline").write_bytes(b"qemu-system-x86_64\0-name\0guest=vm1,debug-threads=on\0")
+    (qemu / "cgroup").write_text("1:cpu:/machine/qemu-7-vm1.libvirt-qemu/emulator\n0::/\n")
+    backend.qemu_pids = QemuPids(str(tmp_path / "proc"), ())
+    dom = SchedDomain(1024, -1)  # what libvirt reports for the domain
+    facts = backend._facts(VM1, backend.libvirt.get().lookupByUUIDString(VM1))
+    files = backend._direct_cpu_files(VM1, dom, facts, dom.schedulerParameters())
+    assert (files is not None) == direct
+    if not direct:  # another group, or files libvirt does not read: never written behind its back
+        return
+    backend.cpu_files[VM1] = files
+    assert backend.write([Change(VM1, 0, Setting(0.5, 2.0))]) == []
+    assert (group / "cpu.shares").read_text() == "2048" and (group / "cpu.cfs_quota_us").read_text() == "50000"
+    assert (group / "emulator").is_dir() and not (group / "emulator" / "cpu.shares").exists()
+    assert backend.read(VM1, 0) == Setting(0.5, 2.0)
+    assert backend.write([Change(VM1, 0, Setting(NO_LIMIT, 0.0))]) == []  # no ceiling; the weight left as is
+    assert (group / "cpu.cfs_quota_us").read_text() == "-1" and (group / "cpu.shares").read_text() == "2048"
+    shutil.rmtree(group)  # the domain went away under us: an error for its cpu, no exception
+    errors = backend.write([Change(VM1, 0, Setting(1.0, 1.0))])
+    assert [e.resource for e in errors] == ["cpu"] and "qemu-7-vm1" in errors[0].error

@@ -161,7 +161,6 @@ def clock_step_main() -> int:
     """The echo stage, with a wall clock that steps back an hour 0.6 s after start (run in a subprocess)."""
     import time
 
-    from rescoin.services.runtime.config import use_schema
     from rescoin.services.runtime.service import ServiceLoop, common_arguments, config_from_args
     from rescoin.services.runtime.support import Counters
     from rescoin.services.schema import service_schema
@@ -170,8 +169,7 @@ def clock_step_main() -> int:
 
     parser = __import__("argparse").ArgumentParser()
     common_arguments(parser)
-    use_schema(service_schema())
-    cfg = config_from_args(parser.parse_args())
+    cfg = config_from_args(parser.parse_args(), service_schema())
     step_at = time.monotonic() + 0.6
 
     def wall() -> float:

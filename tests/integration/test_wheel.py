@@ -46,7 +46,7 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str], Path]:
             shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(ROOT / name, src / name)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RESCOIN_TRACES", "VIRTUAL_ENV")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp / "dist"), str(src)], tmp, env, 300)
     (wheel,) = (tmp / "dist").glob("rescoin-*.whl")
     venv = tmp / "venv"

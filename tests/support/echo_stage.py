@@ -7,7 +7,6 @@ import argparse
 
 from rescoin.proto import Envelope, topic_prefix
 from rescoin.proto.messages import Estimate
-from rescoin.services.runtime.config import use_schema
 from rescoin.services.runtime.service import (
     Health,
     Outgoing,
@@ -47,8 +46,7 @@ class EchoStage:
 def main() -> int:
     parser = argparse.ArgumentParser()
     common_arguments(parser)
-    use_schema(service_schema())
-    cfg = config_from_args(parser.parse_args())
+    cfg = config_from_args(parser.parse_args(), service_schema())
     return run_stage(EchoStage(cfg.host.name), cfg, Counters())
 
 

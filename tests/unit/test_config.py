@@ -80,13 +80,12 @@ def test_a_program_validates_the_sections_it_reads_and_accepts_the_others_by_nam
         service_schema(nosuch=BusSettings)
 
 
-# Each entry point imports, then reads its config exactly as main() does (use_schema + load_config).
+# Each entry point imports, then reads its config exactly as main() does (load_config with its SCHEMA).
 _IMPORT_AND_LOAD = """
 import importlib, json, sys
-from rescoin.services.runtime.config import load_config, use_schema
+from rescoin.services.runtime.config import load_config
 main = importlib.import_module(sys.argv[1])
-use_schema(main.SCHEMA)
-load_config(sys.argv[2])
+load_config(sys.argv[2], sections=main.SCHEMA)
 print(json.dumps(sorted(sys.modules)))
 """
 

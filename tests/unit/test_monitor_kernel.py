@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 from rescoin.services.monitor import backend_kernel as bk
-from rescoin.services.monitor.backend_kernel import KernelMonitorBackend, QemuPids
-from rescoin.services.runtime.cgroups import CgroupMounts
+from rescoin.services.monitor.backend_kernel import KernelMonitorBackend
+from rescoin.services.runtime.cgroups import CgroupMounts, domain_dir, proc_cgroups
+from rescoin.services.runtime.qemu import QemuPids, is_qemu_of
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "libvirt" / "host4.xml"
 URI = f"test://{FIXTURE}"
@@ -263,15 +264,22 @@ def test_parsers():
     assert bk.parse_proc_stat(b"7 (a b) c) R 1 1 1 0 -1 0 0 0 0 0 5 6 0 0 20 0\n") == 11 * bk.NS_PER_TICK
     table = bk.parse_net_dev(net_dev({"vnet0": (10, 20), "rcs-net0": (1, 2)}).encode())
     assert table == {"vnet0": 30.0, "rcs-net0": 3.0}
-    assert bk.domain_dir("/machine/qemu-1-a.libvirt-qemu/emulator") == "machine/qemu-1-a.libvirt-qemu"
-    assert bk.domain_dir("/machine.slice/machine-qemu\\x2d1\\x2da.scope/libvirt/vcpu0") == (
+
+
+def test_a_domains_group_and_its_qemu_are_found_from_proc():
+    assert domain_dir("/machine/qemu-1-a.libvirt-qemu/emulator") == "machine/qemu-1-a.libvirt-qemu"
+    assert domain_dir("/machine.slice/machine-qemu\\x2d1\\x2da.scope/libvirt/vcpu0") == (
         "machine.slice/machine-qemu\\x2d1\\x2da.scope"
     )
-    assert bk.domain_dir("/") == ""
-    v1, v2 = bk.proc_cgroups("2:cpuacct:/\n1:cpu,cpuacct:/x/emulator\n0::/x/vcpu1\n")
+    assert domain_dir("/") == ""
+    v1, v2 = proc_cgroups("2:cpuacct:/\n1:cpu,cpuacct:/x/emulator\n0::/x/vcpu1\n")
     assert v1 == {"cpuacct": "x", "cpu": "x"} and v2 == "x"
-    assert bk.is_qemu_of(b"qemu\0-name\0guest=a,,b,debug-threads=on\0", "a,b")
-    assert not bk.is_qemu_of(b"qemu\0-name\0guest=ab,debug-threads=on\0", "a")
+    mounts = CgroupMounts({"cpu": Path("/cg/cpu"), "cpuacct": Path("/cg/cpu")}, Path("/cg/unified"))
+    assert mounts.group_of("cpu", "1:cpu,cpuacct:/x/emulator\n0::/x/vcpu1\n") == ("v1", Path("/cg/cpu/x"))
+    assert mounts.group_of("cpu", "1:cpu,cpuacct:/emulator\n") is None  # the root: the whole host's
+    assert mounts.group_of("memory", "1:cpu,cpuacct:/x\n") is None  # not mounted
+    assert is_qemu_of(b"qemu\0-name\0guest=a,,b,debug-threads=on\0", "a,b")
+    assert not is_qemu_of(b"qemu\0-name\0guest=ab,debug-threads=on\0", "a")
 
 
 def test_pread_all_reads_a_big_table(tmp_path: Path):

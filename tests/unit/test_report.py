@@ -22,7 +22,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def page(tmp_path_factory) -> str:
     if not default_traces_dir().is_dir():
-        missing(f"the Bitbrains traces are not at {default_traces_dir()} (a broken install, or a wrong RESCOIN_TRACES)")
+        missing(f"the Bitbrains traces are not at {default_traces_dir()} (a broken install)")
     folder = tmp_path_factory.mktemp("report")
     args = ["evaluate", "--vms", "5", "--periods", "300", "--policies", "rescoin", "static", "--report", str(folder)]
     out = subprocess.run(
