@@ -42,12 +42,13 @@ import logging
 import re
 import signal
 import threading
-import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.auth
-from rescoin.proto import KIND_HB, KINDS, Heartbeat
+from rescoin.proto import KINDS
 from rescoin.proto.envelope import MAX_TOPIC_BYTES
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
@@ -55,13 +56,13 @@ from zmq.utils.monitor import parse_monitor_message
 from ..runtime.config import Config
 from ..runtime.service import (
     MAX_FRAME_BYTES,
-    MAX_SUBSCRIPTION_BYTES,
-    PeriodPacer,
-    Publisher,
+    Health,
+    Outgoing,
+    ServiceLoop,
     common_arguments,
     config_from_args,
 )
-from ..runtime.support import StopFlag, load_curve_keypair
+from ..runtime.support import Counters, load_curve_keypair
 from ..schema import service_schema
 from .ipc import PUBLISH_MODE, SUBSCRIBE_MODE, prepare_socket_dir, restrict_socket
 
@@ -306,12 +307,57 @@ COUNTERS = (
 AUTH_COUNTERS = ("rejected.unknown_key", "rejected.unknown_publisher")  # a CURVE bus's, from its ZAP handler
 
 
+class BusStage:
+    """The bus as a stage: it forwards in its own thread (``Bus``); each period its counters, which
+    ``Bus`` keeps as running totals, and its allow-list reread after a SIGHUP (``reload_wanted``)."""
+
+    name = "bus"
+
+    def __init__(self, bus: Bus, cfg: Config, counters: Counters, reload_wanted: threading.Event) -> None:
+        self.bus = bus
+        self.cfg = cfg
+        self.counters = counters
+        self.reload_wanted = reload_wanted
+
+    def subscriptions(self) -> Sequence[bytes]:
+        return ()
+
+    def on_message(self, env: Any) -> list[Outgoing]:
+        return []
+
+    def on_period(self, ended_period: int) -> list[Outgoing]:
+        if self.reload_wanted.is_set() and self.bus.auth is not None:
+            self.reload_wanted.clear()
+            self.bus.auth.reload()
+        return []
+
+    def health(self) -> Health:
+        stats = self.bus.statistics()
+        totals = {name: stats.get(name, 0) for name in COUNTERS}
+        if self.bus.auth is not None:
+            refused = self.bus.auth.counters()
+            totals.update(refused)
+            totals["rejected"] += sum(refused.values())
+        for name, value in totals.items():  # running totals from the forwarding thread: set, not added
+            self.counters.values[name] = value
+        auth = self.bus.auth
+        return Health("ok", {
+            "pub_endpoint": self.cfg.bus.pub_endpoint,
+            "sub_endpoint": self.cfg.bus.sub_endpoint,
+            "subscriptions": stats["subscriptions"],
+            "max_subscriptions": self.bus.max_subscriptions,
+            **({"allowed_keys": len(auth.allowed)} if auth is not None else {}),
+        })  # fmt: skip
+
+    def close(self) -> list[Outgoing]:
+        return []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rescoin-bus", description=__doc__.split("\n")[0])
     common_arguments(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args, SCHEMA)
-    stop = StopFlag().install()
     reload_wanted = threading.Event()
     signal.signal(signal.SIGHUP, lambda _signum, _frame: reload_wanted.set())
     ctx = zmq.Context()
@@ -322,59 +368,18 @@ def main(argv: list[str] | None = None) -> int:
         ctx.destroy(linger=0)
         return 1
     bus.start()
-    hb_sock = ctx.socket(zmq.PUB)
-    hb_sock.linger = 500
-    hb_sock.maxmsgsize = MAX_SUBSCRIPTION_BYTES
-    if cfg.bus.curve_client_key:
-        from ..runtime.support import secure_client
-
-        secure_client(hb_sock, cfg.bus.curve_client_key, cfg.bus.curve_server_public)
-    hb_sock.connect(cfg.bus.pub_endpoint)
-    publisher = Publisher(hb_sock, cfg.host.name, "bus")
-    period_s = cfg.host.period_s
     log.info(
         "bus up: publishers -> %s, subscribers -> %s (host %s)",
         cfg.bus.pub_endpoint,
         cfg.bus.sub_endpoint,
         cfg.host.name,
     )
-    pacer = PeriodPacer(period_s)  # monotonic pace: a wall clock stepping back stops no heartbeat
-    try:
-        while not stop.stopping:
-            time.sleep(min(0.2, pacer.timeout_s()))
-            if reload_wanted.is_set():
-                reload_wanted.clear()
-                if bus.auth is not None:
-                    bus.auth.reload()
-            ended = pacer.due()
-            if ended is not None:
-                stats = bus.statistics()
-                counters = {name: stats.get(name, 0) for name in COUNTERS}
-                if bus.auth is not None:
-                    refused = bus.auth.counters()
-                    counters.update(refused)
-                    counters["rejected"] += sum(refused.values())
-                hb = Heartbeat(
-                    "bus",
-                    "ok",
-                    period_s,
-                    counters,
-                    {
-                        "pub_endpoint": cfg.bus.pub_endpoint,
-                        "sub_endpoint": cfg.bus.sub_endpoint,
-                        "subscriptions": stats["subscriptions"],
-                        "max_subscriptions": bus.max_subscriptions,
-                        **({"allowed_keys": len(bus.auth.allowed)} if bus.auth is not None else {}),
-                    },
-                    [],
-                )
-                publisher.send(KIND_HB, ended, hb)
-        log.info("stopping on %s", stop.signal_name)
+    counters = Counters(max_warnings=cfg.log.max_warnings_per_period, declared=(*COUNTERS,))
+    try:  # its heartbeat goes through itself, like every stage's
+        return ServiceLoop(BusStage(bus, cfg, counters, reload_wanted), cfg, counters, ctx=ctx).run()
     finally:
-        hb_sock.close(linger=200)
         bus.stop()
         ctx.term()
-    return 0
 
 
 if __name__ == "__main__":

@@ -14,16 +14,24 @@ previous-format report simply has no pressure fields) and published again
 under the ingress's own envelope (this host, src ``ingress``, this host's
 period, the bus protocol version): a guest chooses none of what the stages key
 their tables on. Socket-free: it takes frames, the authenticated identity and
-the time.
+the time; ``IngressStage`` is the stage ``ServiceLoop`` runs (main.py hands it
+the guest socket's messages).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rescoin.proto import KIND_GUEST_MEM, GuestMem, ProtocolError, decode_guest_report, parse_topic
+
+from ..runtime.service import Health, Outgoing
+from ..runtime.support import Counters
+
+log = logging.getLogger("rescoin.ingress")
 
 # every cause a guest message is dropped for, in hb from the start (deploy/prometheus alerts on them)
 CAUSES = ("unauthenticated", "zap_denied", "forbidden_topic", "malformed", "wrong_vm", "rate_limited", "guest_format")
@@ -81,3 +89,49 @@ class GuestRateLimit:
         allowed = tokens >= 1.0
         self.buckets[vm] = (tokens - 1.0 if allowed else tokens, now)
         return allowed
+
+
+class IngressStage:
+    """The ingress as a stage: nothing from the bus, guest reports in, ``guest.mem`` out. ``facts()``
+    gives the connection guard's and the ZAP handler's numbers for each heartbeat."""
+
+    name = "ingress"
+
+    def __init__(
+        self, counters: Counters, limit: GuestRateLimit, facts: Callable[[], tuple[dict[str, int], dict[str, Any]]]
+    ) -> None:
+        self.counters = counters
+        self.limit = limit
+        self.facts = facts  # () -> (counter values to report, hb info)
+
+    def subscriptions(self) -> Sequence[bytes]:
+        return ()
+
+    def on_message(self, env: Any) -> list[Outgoing]:
+        return []
+
+    def on_guest(self, frames: Sequence[bytes], authenticated_vm: str | None, period: int) -> list[Outgoing]:
+        """One message from a guest: its report for the bus, or nothing (counted by cause)."""
+        self.counters.inc("received")
+        verdict = check_guest_frames(frames, authenticated_vm)
+        if verdict.report is None:
+            self.counters.reject(verdict.cause, verdict.detail, log)
+            return []
+        if not self.limit.allow(verdict.report.vm):
+            self.counters.reject("rate_limited", f"VM {verdict.report.vm}: more reports than allowed", log)
+            return []
+        self.counters.inc("forwarded")
+        self.counters.inc(f"guest_format.{verdict.guest_format}")  # who still runs old agents
+        return [Outgoing(KIND_GUEST_MEM, period, verdict.report)]
+
+    def on_period(self, ended_period: int) -> list[Outgoing]:
+        return []
+
+    def health(self) -> Health:
+        values, info = self.facts()
+        for name, value in values.items():  # absolute numbers, not increments: set, not added
+            self.counters.values[name] = value
+        return Health("ok", info)
+
+    def close(self) -> list[Outgoing]:
+        return []

@@ -18,18 +18,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import zmq
-from rescoin.proto import GUEST_FORMATS, KIND_GUEST_MEM, KIND_HB, Heartbeat, ProtocolError
+from rescoin.proto import GUEST_FORMATS
 from rescoin.proto.envelope import MAX_GUEST_PAYLOAD_BYTES
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
-from ..runtime.service import PeriodPacer, Publisher, bus_publisher, common_arguments, config_from_args
-from ..runtime.support import Counters, StopFlag, load_curve_keypair
+from ..runtime.service import Outgoing, Reader, ServiceLoop, common_arguments, config_from_args
+from ..runtime.support import Counters, load_curve_keypair
 from ..schema import service_schema
-from .core import COUNTERS, GuestRateLimit, check_guest_frames
+from .core import COUNTERS, GuestRateLimit, IngressStage
 from .guard import COUNTERS as GUARD_COUNTERS
 from .guard import MONITOR_EVENTS, ConnectionGuard, effective_max_connections, open_fds, raise_nofile
 from .keys import SERVER, trusted_guests
@@ -42,6 +44,7 @@ SCHEMA = service_schema(ingress=IngressSettings)  # the config sections this pro
 # so the guard keeps that many descriptors in reserve (a longer queue only lengthens a flood's bursts)
 LISTEN_BACKLOG = 128
 MONITOR_BATCH = 10_000  # monitor events handled before the guest socket is looked at again
+GUEST_BATCH = 1000  # guest messages handled before the clock and the bus are looked at again
 
 
 class GuestAuthenticator(ThreadAuthenticator):
@@ -79,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     guests = trusted_guests(keys_dir)
     nofile_soft, nofile_hard = raise_nofile()
-    stop = StopFlag().install()
     ctx = zmq.Context()
     auth = GuestAuthenticator(ctx, guests)
     auth.start()
@@ -106,15 +108,42 @@ def main(argv: list[str] | None = None) -> int:
         guest_sock.bind(cfg.ingress.bind_endpoint)
     for endpoint in cfg.ingress.agents.values():  # bind-mode agents behind NAT: we dial them
         guest_sock.connect(endpoint)
-    bus = bus_publisher(ctx, cfg)  # as every stage's: hwm, message size, the bus's CURVE client key
-    publisher = Publisher(bus, cfg.host.name, "ingress")
     counters = Counters(max_warnings=cfg.log.max_warnings_per_period, declared=(*COUNTERS, *GUARD_COUNTERS))
-    period_s = cfg.host.period_s
-    pacer = PeriodPacer(period_s)
-    limit = GuestRateLimit(cfg.ingress.reports_per_period, cfg.ingress.report_burst, period_s)
+    limit = GuestRateLimit(cfg.ingress.reports_per_period, cfg.ingress.report_burst, cfg.host.period_s)
     guard = ConnectionGuard(
         effective_max_connections(settings.max_connections, nofile_soft, open_fds(), LISTEN_BACKLOG)
     )
+
+    def facts() -> tuple[dict[str, int], dict[str, Any]]:
+        info = {"guest_keys": len(guests), "guest_formats": ",".join(map(str, GUEST_FORMATS)),
+                "connections": guard.open, "max_connections": guard.max_connections,
+                "open_files_limit": nofile_soft}  # fmt: skip
+        return {"rejected.zap_denied": auth.denied, **guard.values}, info
+
+    stage = IngressStage(counters, limit, facts)
+
+    def guest_messages(current_period: Callable[[], int]) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        for _ in range(GUEST_BATCH):
+            try:
+                frames = guest_sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            out += stage.on_guest([f.bytes for f in frames], _curve_user_id(frames), current_period())
+        return out
+
+    def monitor_events(_current_period: Callable[[], int]) -> list[Outgoing]:
+        for handled in range(MONITOR_BATCH):
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            guard.on_event(event["event"], event["value"])
+            if handled % 64 == 63:  # a fast flood: make room as it comes, not after the batch
+                guard.enforce()
+        guard.enforce()
+        return []
+
     log.info(
         "ingress up: %d guest keys, bind %s, %d agents to dial; open files %d (hard %d), at most %d guest "
         "connections, handshake within %.1f s",
@@ -126,65 +155,15 @@ def main(argv: list[str] | None = None) -> int:
         guard.max_connections,
         settings.handshake_timeout_s,
     )
-    poller = zmq.Poller()
-    poller.register(guest_sock, zmq.POLLIN)
-    poller.register(monitor, zmq.POLLIN)
+    readers = [Reader(monitor, monitor_events), Reader(guest_sock, guest_messages)]  # room first, then reports
     try:
-        while not stop.stopping:
-            ready = dict(poller.poll(round(pacer.timeout_s() * 1000)))  # at most a period: SIGTERM seen within one
-            if monitor in ready:
-                for handled in range(MONITOR_BATCH):
-                    try:
-                        event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
-                    except zmq.Again:
-                        break
-                    guard.on_event(event["event"], event["value"])
-                    if handled % 64 == 63:  # a fast flood: make room as it comes, not after the batch
-                        guard.enforce()
-                guard.enforce()
-            if guest_sock in ready:
-                frames = guest_sock.recv_multipart(copy=False)
-                counters.inc("received")
-                verdict = check_guest_frames([f.bytes for f in frames], _curve_user_id(frames))
-                if verdict.report is None:
-                    counters.reject(verdict.cause, verdict.detail, log)
-                elif not limit.allow(verdict.report.vm):
-                    counters.reject("rate_limited", f"VM {verdict.report.vm}: more reports than allowed", log)
-                else:
-                    try:
-                        publisher.send(KIND_GUEST_MEM, pacer.current(), verdict.report)
-                        counters.inc("forwarded")
-                        counters.inc(f"guest_format.{verdict.guest_format}")  # who still runs old agents
-                    except ProtocolError as exc:  # decoded a moment ago: only a bug lands here
-                        counters.reject("malformed", f"VM {verdict.report.vm}: {exc}", log)
-            ended = pacer.due()
-            if ended is not None:
-                counters.values["rejected.zap_denied"] = auth.denied
-                for name, value in guard.values.items():  # values.update() would add: a Counter
-                    counters.values[name] = value
-                hb = Heartbeat(
-                    "ingress",
-                    "ok",
-                    period_s,
-                    counters.snapshot(),
-                    {
-                        "pid": os.getpid(),
-                        "guest_keys": len(guests),
-                        "guest_formats": ",".join(map(str, GUEST_FORMATS)),
-                        "connections": guard.open,
-                        "max_connections": guard.max_connections,
-                        "open_files_limit": nofile_soft,
-                    },
-                    list(counters.recent_errors),
-                )
-                publisher.send(KIND_HB, ended, hb)
-                counters.end_period(log)
+        return ServiceLoop(stage, cfg, counters, ctx=ctx, readers=readers).run()
     finally:
         guest_sock.disable_monitor()
         monitor.close(linger=0)
+        guest_sock.close(linger=0)
         auth.stop()
         ctx.destroy(linger=200)
-    return 0
 
 
 if __name__ == "__main__":

@@ -59,6 +59,17 @@ class Health:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Reader:
+    """A socket of the stage's own beside the bus (the ingress's guest socket): when it is readable the
+    loop calls ``handle(current_period)`` and publishes what it returns, as for a bus message.
+    ``current_period()`` is the period in progress when it is called: a batch that crosses a boundary
+    labels each message by its own moment."""
+
+    sock: zmq.Socket
+    handle: Callable[[Callable[[], int]], Sequence[Outgoing]]
+
+
 class Stage(Protocol):
     """What a stage's core offers the runtime."""
 
@@ -306,8 +317,12 @@ class ServiceLoop:
         clock: Callable[[], float] = time.time,
         extra_sub_endpoints: Sequence[str | BusConnector] = (),
         monotonic: Callable[[], float] = time.monotonic,
+        ctx: zmq.Context | None = None,
+        readers: Sequence[Reader] = (),
     ) -> None:
         self.stage = stage
+        self.ctx = ctx  # the caller's, if its readers' sockets live in it (then the caller ends it)
+        self.readers = list(readers)
         self.extra_sub_endpoints = list(extra_sub_endpoints)
         self.cfg = cfg
         self.counters = counters
@@ -331,12 +346,14 @@ class ServiceLoop:
         self.stop.install()
         if not keep_freed_memory():
             self.logger.info("this C library has no mallopt: freed numpy blocks go back to the kernel each period")
-        ctx = zmq.Context()
+        ctx = self.ctx or zmq.Context()
         pub, sub = bus_sockets(ctx, self.cfg, self.stage.subscriptions(), self.extra_sub_endpoints)
         self.publisher = Publisher(pub, self.cfg.host.name, self.stage.name)
         pacer = self.make_pacer()
         poller = zmq.Poller()
         poller.register(sub, zmq.POLLIN)
+        for reader in self.readers:
+            poller.register(reader.sock, zmq.POLLIN)
         self.logger.info(
             "started: host %s, period %.3f s, bus %s / %s (config: %s)",
             self.cfg.host.name,
@@ -347,8 +364,12 @@ class ServiceLoop:
         )
         try:
             while not self.stop.stopping:
-                if poller.poll(round(pacer.timeout_s() * 1000)):  # at most one period: SIGTERM is seen within one
+                ready = dict(poller.poll(round(pacer.timeout_s() * 1000)))  # at most a period: SIGTERM seen within one
+                if sub in ready:
                     self._drain(sub)
+                for reader in self.readers:
+                    if reader.sock in ready:
+                        self._read(reader, pacer.current)
                 ended = pacer.due()
                 if ended is not None:
                     self._tick(ended)
@@ -363,8 +384,17 @@ class ServiceLoop:
         finally:
             pub.close(linger=1000)
             sub.close(linger=0)
-            ctx.term()
+            if self.ctx is None:
+                ctx.term()
         return 0
+
+    def _read(self, reader: Reader, current_period: Callable[[], int]) -> None:
+        try:
+            outgoing = reader.handle(current_period)
+        except Exception as exc:
+            self._failed("reader", exc)
+            return
+        self._publish(outgoing)
 
     def _drain(self, sub: zmq.Socket) -> None:
         for _ in range(self.MAX_BATCH):

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import zmq
-from rescoin.proto import KIND_HB, Heartbeat, ProtocolError
+from rescoin.proto import ProtocolError
 from rescoin.proto.simhost import (
     OP_DESCRIBE,
     OP_GET_TUNABLES,
@@ -28,8 +29,8 @@ from rescoin.proto.simhost import (
     encode_result,
 )
 
-from ..runtime.service import Publisher, bus_sockets, common_arguments, config_from_args
-from ..runtime.support import Counters, StopFlag, atomic_write
+from ..runtime.service import Health, Outgoing, Reader, ServiceLoop, common_arguments, config_from_args
+from ..runtime.support import Counters, atomic_write
 from ..schema import service_schema
 from .core import SimHost, build_workload
 from .settings import SimhostSettings
@@ -37,6 +38,7 @@ from .settings import SimhostSettings
 log = logging.getLogger("rescoin.simhost")
 
 SCHEMA = service_schema(simhost=SimhostSettings)  # the config sections this program reads
+REQUEST_BATCH = 100  # requests answered before the clock and the bus are looked at again
 
 
 def handle_request(sim: SimHost, frame: bytes, now_ns: int, counters: Counters) -> bytes:
@@ -62,17 +64,17 @@ def handle_request(sim: SimHost, frame: bytes, now_ns: int, counters: Counters) 
     return encode_result(result)
 
 
-class Server:
-    """The REP socket, the period clock, the state file and the `hb`."""
+class SimhostStage:
+    """The sim host as a stage: nothing from the bus, requests in, its state file kept; the period's
+    tick moves the host on. Socket- and clock-free: the loop passes the time of each request."""
 
-    def __init__(self, sim: SimHost, rep: zmq.Socket, publisher: Publisher, state: Path, counters: Counters) -> None:
+    name = "simhost"
+
+    def __init__(self, sim: SimHost, state: Path, counters: Counters, endpoint: str) -> None:
         self.sim = sim
-        self.rep = rep
-        self.publisher = publisher
         self.state = state
         self.counters = counters
-        self.info = {"pid": os.getpid(), "backend": "sim", "vms": len(sim.vms)}
-        self.last_request = time.monotonic()
+        self.info = {"backend": "sim", "vms": len(sim.vms), "endpoint": endpoint}
 
     def load(self) -> None:
         """Continue from the state file if it fits these VMs; either way, (re)write it."""
@@ -92,45 +94,41 @@ class Server:
     def save(self) -> None:
         atomic_write(self.state, json.dumps(self.sim.saved_state()).encode())
 
-    def serve_once(self, timeout_s: float) -> None:
-        """Answer at most one request, then let the host catch up with the clock."""
-        ended = self.sim.period  # before the request: answering it may cross the boundary
-        if self.rep.poll(max(0, int(timeout_s * 1000)) + 1):
-            frame = self.rep.recv()
-            self.rep.send(handle_request(self.sim, frame, time.time_ns(), self.counters))
-            self.last_request = time.monotonic()
-        self.sim.advance(time.time_ns())
-        if self.sim.period != ended:
-            self.counters.inc("periods", self.sim.period - ended)
-            if self.sim.changed:
-                self.save()
-            self.heartbeat(ended, "ok")
+    def on_request(self, frame: bytes, now_ns: int) -> bytes:
+        reply = handle_request(self.sim, frame, now_ns, self.counters)
+        self.sim.advance(now_ns)  # a request after a boundary sees the new period's sample
+        return reply
 
-    def heartbeat(self, period: int, state: str) -> None:
-        hb = Heartbeat(
-            "simhost",
-            state,
-            self.sim.period_s,
-            self.counters.snapshot(),
-            self.info,
-            list(self.counters.recent_errors),
-        )
-        self.publisher.send(KIND_HB, period, hb)
-        self.counters.end_period(log)
+    def subscriptions(self) -> Sequence[bytes]:
+        return ()
 
-    def run(self, stop: StopFlag, grace_s: float) -> None:
-        period_s = self.sim.period_s
-        while not stop.stopping:
-            # at most a period: after the wall clock steps back, the next boundary is not an hour away
-            self.serve_once(min(period_s, (self.sim.period + 1) * period_s - time.time()))
-        log.info("stopping on %s: serving until quiet", stop.signal_name)
-        self.heartbeat(self.sim.period, "stopping")
-        quiet_s = max(1.0, 2 * period_s)
-        deadline = time.monotonic() + grace_s
-        self.last_request = time.monotonic()
-        while time.monotonic() < min(deadline, self.last_request + quiet_s):
-            self.serve_once(min(period_s, self.last_request + quiet_s - time.monotonic()))
-        self.save()
+    def on_message(self, env: Any) -> list[Outgoing]:
+        return []
+
+    def on_period(self, ended_period: int) -> list[Outgoing]:
+        before = self.sim.period
+        self.sim.advance(int((ended_period + 1) * self.sim.period_s * 1e9))  # to the boundary that just passed
+        self.counters.inc("periods", max(self.sim.period - before, 0))
+        if self.sim.changed:
+            self.save()
+        return []
+
+    def health(self) -> Health:
+        return Health("ok", self.info)
+
+    def close(self) -> list[Outgoing]:
+        return []
+
+
+def serve_until_quiet(rep: zmq.Socket, stage: SimhostStage, quiet_s: float, grace_s: float) -> None:
+    """After SIGTERM: answer until nobody has called for ``quiet_s`` (an actuator stopped at the same
+    moment still restores), ``grace_s`` at most."""
+    deadline = time.monotonic() + grace_s
+    last_request = time.monotonic()
+    while (left := min(deadline, last_request + quiet_s) - time.monotonic()) > 0:
+        if rep.poll(int(left * 1000) + 1):
+            rep.send(stage.on_request(rep.recv(), time.time_ns()))
+            last_request = time.monotonic()
 
 
 def _bind(sock: zmq.Socket, endpoint: str) -> None:
@@ -157,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
         settings.samples_per_period,
         settings.start_sample,
     )
-    stop = StopFlag().install()
     ctx = zmq.Context()
     rep = ctx.socket(zmq.REP)
     rep.linger = 0
@@ -167,17 +164,19 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot bind %s: %s", settings.endpoint, exc)
         ctx.destroy(linger=0)
         return 1
-    pub, sub = bus_sockets(ctx, cfg, [])
-    sub.close(linger=0)  # the sim host only speaks on the bus (its hb)
-    server = Server(
-        sim,
-        rep,
-        Publisher(pub, cfg.host.name, "simhost"),
-        Path(cfg.host.state_dir) / cfg.simhost.state_file,
-        Counters(max_warnings=cfg.log.max_warnings_per_period),
-    )
-    server.info["endpoint"] = settings.endpoint
-    server.load()
+    counters = Counters(max_warnings=cfg.log.max_warnings_per_period)
+    stage = SimhostStage(sim, Path(cfg.host.state_dir) / cfg.simhost.state_file, counters, settings.endpoint)
+    stage.load()
+
+    def requests(_current_period: Callable[[], int]) -> list[Outgoing]:
+        for _ in range(REQUEST_BATCH):
+            try:
+                frame = rep.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            rep.send(stage.on_request(frame, time.time_ns()))
+        return []
+
     log.info(
         "sim host up: %d VMs, capacity %s, serving %s (config: %s)",
         len(sim.vms),
@@ -186,10 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg.source,
     )
     try:
-        server.run(stop, settings.stop_grace_s)
+        ServiceLoop(stage, cfg, counters, ctx=ctx, readers=[Reader(rep, requests)]).run()
+        log.info("serving until quiet")
+        serve_until_quiet(rep, stage, max(1.0, 2 * cfg.host.period_s), settings.stop_grace_s)
+        stage.save()
     finally:
         rep.close(linger=0)
-        pub.close(linger=200)
         ctx.term()
     return 0
 

@@ -147,3 +147,23 @@ def test_a_wall_clock_step_back_is_followed_and_the_trace_and_the_counters_go_on
     after = sim.stats(at(2.5 - 3600))  # the next period, by the stepped clock: the next trace row
     assert after.period == stepped.period + 1 and after.demand[0, 0] == pytest.approx(0.3)
     assert after.counters[0, 0] > before.counters[0, 0] and after.now_ns > stepped.now_ns
+
+
+def test_the_stage_moves_the_host_on_at_each_tick_and_keeps_its_state_file(tmp_path):
+    import json
+
+    from rescoin.proto.simhost import OP_DESCRIBE, encode_request
+    from rescoin.services.runtime.support import Counters
+    from rescoin.services.simhost.main import SimhostStage
+
+    sim = SimHost("h1", PERIOD_S, workload(steady([[0.5, GIB, 1e6, 2e6], [1.0, GIB, 0, 0]])), at(0))
+    counters = Counters()
+    stage = SimhostStage(sim, tmp_path / "simhost.json", counters, "ipc://x")
+    stage.load()
+    assert json.loads((tmp_path / "simhost.json").read_text()) == sim.saved_state()
+    start = sim.period
+    stage.on_period(start)  # the boundary after the first period passed: the next trace sample
+    stage.on_period(start + 2)  # a tick late by one period: both periods are counted
+    assert sim.period == start + 3 and counters.snapshot()["periods"] == 3
+    assert stage.on_request(encode_request(OP_DESCRIBE, {}), at(3.5)) and counters.snapshot()["requests"] == 1
+    assert stage.health().info["vms"] == 2 and stage.subscriptions() == ()
