@@ -29,7 +29,9 @@ Mapping and units (libvirt wants µs, KiB and KiB/s in places):
   every disk, all in one QEMU throttle group per VM (``group_name``) when it
   has several, so N disks share one ceiling; every other field passed as 0.
 * net: ResCoin's own tc shaping (netshape.py): one htb tree per direction
-  for the whole host, each VM a class. ``net_shaping = "libvirt"`` holds
+  for the whole host, each VM a class (a class per NIC under it when it has
+  several); traffic between two VMs of the host is outside the link's class
+  (``net_local_bps``). ``net_shaping = "libvirt"`` holds
   ceilings through ``setInterfaceParameters`` instead (a throttle: no
   guarantee against neighbours). A VM with no tap (user, vhost-user,
   hostdev NICs) or with macvtap (its traffic never crosses the host's tap)
@@ -96,7 +98,7 @@ class LibvirtActuatorBackend:
         self.net_mode = settings.net_shaping
         if self.net_mode == "libvirt":
             log.warning("libvirt's interface shaping holds ceilings only: network shares are throttles there")
-        self.shaper = SharedLinkShaper()
+        self.shaper = SharedLinkShaper(local_bps=settings.net_local_bps)
         self.stale_shaping_checked = False  # classes an earlier process left: dropped after the first write
         self.warned_schedulers: set[str] = set()  # I/O schedulers already said to ignore weights
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="libvirt")

@@ -23,10 +23,23 @@ for both would make uploads and downloads compete for half the link). A share
 holds per direction, so rx + tx still gets ≥ min(demand, share) whatever the
 mix; a ceiling too holds per direction: rx + tx may reach twice it.
 
+A VM with several NICs gets a class per NIC under its own (rate = its share
+split evenly, ceil = its ceiling): each NIC is queued on its own and lends its
+unused guarantee to the VM's others first.
+
+Traffic between two VMs of this host (a bridge forwards it from one tap to
+the other) never leaves through the link, so the link must not cap it: a
+frame whose destination MAC (up) or source MAC (down) is a shaped guest's goes
+to 1:3, a class beside the link's with ``local_bps`` (default: no cap, 100
+Gbit/s). Its u32 filter sits at a lower node id than every VM's own (u32 tries
+a bucket's filters in node order), so a guest-to-guest frame is classified as
+local first.
+
 Class ids come from an allocator in the object (a 16-bit hash of the VM key
 would collide within a few hundred VMs); after a restart ``set_vm`` recovers a
-VM's class from the MAC filters on ``rcb-up``, so nothing moves. Rates are
-bytes/s here, bit/s to tc; every tc/ip failure raises ShapingError.
+VM's class from the MAC filters on ``rcb-up`` (and a NIC's parent from the
+class tree), so nothing moves. Rates are bytes/s here, bit/s to tc; every tc/ip
+failure raises ShapingError.
 
 The link is the ``alloc``'s network capacity: it comes with every ``set_vm``
 (a host's configuration may change it), and a class is rewritten only when its
@@ -37,7 +50,8 @@ from __future__ import annotations
 
 import re
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 
 class ShapingError(RuntimeError):
@@ -48,12 +62,18 @@ _SI = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
 
 UP_IFB, DOWN_IFB = "rcb-up", "rcb-down"
-_LINK, _DEFAULT, _FIRST_VM, _LAST_VM = 1, 2, 0x10, 0xFFFF  # htb minors: parent, unclassified, VM leaves
-_LAST_NODE = 0xFFF  # u32 node ids are 12 bits: at most 4095 MACs per host
+_LINK, _DEFAULT, _LOCAL, _FIRST_VM, _LAST_VM = 1, 2, 3, 0x10, 0xFFFF  # htb minors: link, unclassified, guest to
+# guest, VMs' and NICs' classes
+# u32 node ids are 12 bits. A guest MAC's own filter is at node n in [_FIRST_NODE, _LAST_NODE], its guest-to-guest
+# filter at n - _LOCAL_OFFSET, below every own filter: at most 2048 guest MACs per host
+_FIRST_NODE, _LAST_NODE, _LOCAL_OFFSET = 0x800, 0xFFF, 0x7FF
+_LOCAL_UNCAPPED = 100e9 / 8  # bytes/s: guest-to-guest traffic with no cap configured
+_LOCAL_BURST = 1 << 20  # bytes; htb computes 0 for rates this high
 _DEFAULT_SHARE = 0.01  # of the link, for unclassified frames
 _QUANTUM_MAX, _QUANTUM_MIN = 200_000, 1514  # bytes; a VM with the whole link gets the maximum htb accepts quietly
 _MAC_AT = {UP_IFB: -8, DOWN_IFB: -14}  # where u32 finds the source / destination MAC (offsets from the IP header)
-_MATCH_MAC = {UP_IFB: "src", DOWN_IFB: "dst"}
+_MATCH_MAC = {UP_IFB: "src", DOWN_IFB: "dst"}  # the guest's own frames
+_MATCH_PEER = {UP_IFB: "dst", DOWN_IFB: "src"}  # a frame between two guests: the other end is a guest too
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _UNSHAPED_ROOTS = ("noqueue", "pfifo_fast", "fq_codel", "mq", "pfifo", "fq", "noop")  # defaults: nobody's QoS
 _TAP_FILTER = ["protocol", "all", "prio", "1", "handle", "800::800", "u32", "match", "u32", "0", "0"]
@@ -66,17 +86,24 @@ class _Vm:
     taps: set[str]
     rate: float  # requested, bytes/s
     ceil: float
+    nics: dict[str, int] = field(default_factory=dict)  # guest MAC -> its own class, with two MACs or more
     applied: tuple[int, int] | None = None  # (rate, ceil) bytes/s as last written to tc
+
+    def flow_of(self, mac: str) -> int:
+        return self.nics.get(mac, self.minor)
 
 
 class SharedLinkShaper:
     """One htb tree per direction shared by all VMs; see the module docstring."""
 
-    def __init__(self, netns: str = "") -> None:
+    def __init__(self, netns: str = "", local_bps: float = 0.0) -> None:
         self.link_bps = 0.0  # bytes/s, from the latest set_vm; no class exists before the first
         self.netns = netns
+        self.local_bps = local_bps if local_bps > 0 else _LOCAL_UNCAPPED
         self._vms: dict[str, _Vm] = {}
-        self._found: dict[str, tuple[int, int]] | None = None  # MAC -> (node, minor) left by an earlier process
+        # left by an earlier process: MAC -> (node, the VM's class, the NIC's class or None)
+        self._found: dict[str, tuple[int, int, int | None]] | None = None
+        self._moved: list[int] = []  # nodes an earlier version used for own filters: deleted, then reused
 
     # -- commands ------------------------------------------------------------------
 
@@ -102,13 +129,19 @@ class SharedLinkShaper:
         if self._run("ip", "link", "show", UP_IFB, check=False).returncode != 0:
             return
         text = self._run("tc", "filter", "show", "dev", UP_IFB, "parent", "1:").stdout
+        parents = _parse_parents(self._run("tc", "class", "show", "dev", UP_IFB).stdout)
         for node, minor, mac in _parse_mac_filters(text, _MAC_AT[UP_IFB]):
-            self._found[mac] = (node, minor)
+            vm_minor = parents.get(minor, _LINK)
+            if node < _FIRST_NODE:  # an earlier version's node, where guest-to-guest filters go now
+                self._moved.append(node)
+                node = 0  # a fresh one is allocated
+            self._found[mac] = (node, minor, None) if vm_minor == _LINK else (node, vm_minor, minor)
 
     def _used(self) -> tuple[set[int], set[int]]:
         found = self._found or {}
-        minors = {vm.minor for vm in self._vms.values()} | {m for _, m in found.values()}
-        nodes = {n for vm in self._vms.values() for n in vm.macs.values()} | {n for n, _ in found.values()}
+        minors = {m for vm in self._vms.values() for m in (vm.minor, *vm.nics.values())}
+        minors |= {m for _, vm_minor, nic in found.values() for m in (vm_minor, nic) if m is not None}
+        nodes = {n for vm in self._vms.values() for n in vm.macs.values()} | {n for n, _, _ in found.values()}
         return minors, nodes
 
     def _targets(self) -> dict[str, tuple[int, int]]:
@@ -122,13 +155,19 @@ class SharedLinkShaper:
             out[key] = (rate, max(int(min(vm.ceil, self.link_bps)), rate))
         return out
 
-    def _class_lines(self, ifb: str, minor: int, rate: int, ceil: int) -> str:
+    def _class_lines(self, ifb: str, minor: int, rate: int, ceil: int, parent: int = _LINK) -> str:
         quantum = min(max(round(_QUANTUM_MAX * rate / self.link_bps), _QUANTUM_MIN), _QUANTUM_MAX)
-        parent = "1:" if minor == _LINK else f"1:{_LINK:x}"
         return (
-            f"class replace dev {ifb} parent {parent} classid 1:{minor:x} htb"
+            f"class replace dev {ifb} parent 1:{'' if minor == parent else f'{parent:x}'} classid 1:{minor:x} htb"
             f" rate {rate * 8}bit ceil {ceil * 8}bit quantum {quantum}"
         )
+
+    def _vm_class_lines(self, ifb: str, vm: _Vm, rate: int, ceil: int) -> list[str]:
+        """The VM's class, and under it one per NIC (its rate split evenly) when it has several."""
+        lines = [self._class_lines(ifb, vm.minor, rate, ceil)]
+        for nic in vm.nics.values():
+            lines.append(self._class_lines(ifb, nic, max(rate // len(vm.nics), 1), ceil, parent=vm.minor))
+        return lines
 
     def _tree_lines(self, qdiscs: str) -> list[str]:
         """Create the ifbs and their roots if missing; the lines that (re)write the link and default classes."""
@@ -145,6 +184,9 @@ class SharedLinkShaper:
                 )
             lines.append(self._class_lines(ifb, _LINK, link, link))
             lines.append(self._class_lines(ifb, _DEFAULT, default, link))
+            local = int(self.local_bps) * 8
+            lines.append(f"class replace dev {ifb} parent 1: classid 1:{_LOCAL:x} htb rate {local}bit ceil {local}bit"
+                         f" burst {_LOCAL_BURST} cburst {_LOCAL_BURST} quantum {_QUANTUM_MAX}")  # fmt: skip
         return lines
 
     def _rescale_lines(self, always: frozenset[str] | set[str] = frozenset()) -> list[str]:
@@ -153,7 +195,7 @@ class SharedLinkShaper:
         for key, target in self._targets().items():
             vm = self._vms[key]
             if vm.applied != target or key in always:
-                lines += [self._class_lines(ifb, vm.minor, *target) for ifb in (UP_IFB, DOWN_IFB)]
+                lines += [line for ifb in (UP_IFB, DOWN_IFB) for line in self._vm_class_lines(ifb, vm, *target)]
         return lines
 
     def _commit(self, lines: list[str]) -> None:
@@ -187,10 +229,17 @@ class SharedLinkShaper:
         self.link_bps = float(link_bps)
         self._load()
         qdiscs = self._run("tc", "qdisc", "show").stdout
+        moved = [_del_filter(ifb, node) for node in self._moved for ifb in (UP_IFB, DOWN_IFB)]
+        self._moved = []
         changes = [self._prepare(key, wanted, rate, ceil) for key, wanted, rate, ceil in checked]
-        lines = self._tree_lines(qdiscs) + self._rescale_lines(always={key for key, *_ in checked})
-        for vm, wanted, gone_macs in changes:
-            lines += self._vm_lines(vm, wanted, gone_macs, qdiscs)
+        lines = moved + self._tree_lines(qdiscs)
+        for _vm, _wanted, gone_macs, _gone_nics in changes:  # a MAC gone: its filters first
+            lines += _filter_del_lines(gone_macs.values())
+        lines += self._rescale_lines(always={key for key, *_ in checked})
+        for vm, wanted, _gone_macs, _gone_nics in changes:
+            lines += self._vm_lines(vm, wanted, qdiscs)
+        for _vm, _wanted, _gone_macs, gone_nics in changes:  # last: no filter points at them any more
+            lines += _class_del_lines(gone_nics)
         self._commit(lines)
 
     @staticmethod
@@ -210,28 +259,39 @@ class SharedLinkShaper:
 
     def _prepare(
         self, vm_key: str, wanted: dict[str, str], rate_bps: float, ceil_bps: float
-    ) -> tuple[_Vm, dict[str, str], dict[str, int]]:
-        """The VM's class and filter nodes, its taps no longer listed released: (vm, wanted, gone MACs)."""
+    ) -> tuple[_Vm, dict[str, str], dict[str, int], list[int]]:
+        """The VM's class, its NICs' classes and filter nodes, its taps no longer listed released:
+        (vm, wanted, gone MACs -> their nodes, gone NIC classes)."""
         vm = self._vms.get(vm_key)
         if vm is None:
             vm = self._vms[vm_key] = self._claim(set(wanted.values()))
-        _, nodes = self._used()
+        minors, nodes = self._used()
         gone_macs = {mac: vm.macs.pop(mac) for mac in list(vm.macs) if mac not in wanted.values()}
         for mac in wanted.values():
-            if mac not in vm.macs:
-                vm.macs[mac] = _free(nodes, 1, _LAST_NODE, "u32 filter nodes")
+            if not vm.macs.get(mac):
+                vm.macs[mac] = _free(nodes, _FIRST_NODE, _LAST_NODE, "u32 filter nodes")
+        several = len(vm.macs) > 1
+        gone_nics = [vm.nics.pop(mac) for mac in list(vm.nics) if mac not in vm.macs or not several]
+        for mac in vm.macs if several else ():
+            if mac not in vm.nics:
+                vm.nics[mac] = _free(minors, _FIRST_VM, _LAST_VM, "htb classes")
+                vm.applied = None  # its new NIC needs its class
         for tap in vm.taps - set(wanted):
             self._release_tap(tap)
         vm.taps, vm.rate, vm.ceil = set(wanted), float(rate_bps), float(ceil_bps)
-        return vm, wanted, gone_macs
+        return vm, wanted, gone_macs, gone_nics
 
-    def _vm_lines(self, vm: _Vm, wanted: dict[str, str], gone_macs: dict[str, int], qdiscs: str) -> list[str]:
-        lines = [_del_filter(ifb, node) for node in gone_macs.values() for ifb in (UP_IFB, DOWN_IFB)]
+    def _vm_lines(self, vm: _Vm, wanted: dict[str, str], qdiscs: str) -> list[str]:
+        lines = []
         for mac, node in vm.macs.items():
             for ifb in (UP_IFB, DOWN_IFB):
                 lines.append(
                     f"filter replace dev {ifb} parent 1: protocol all prio 1 handle 800::{node:x} u32"
-                    f" match ether {_MATCH_MAC[ifb]} {mac} flowid 1:{vm.minor:x}"
+                    f" match ether {_MATCH_MAC[ifb]} {mac} flowid 1:{vm.flow_of(mac):x}"
+                )
+                lines.append(
+                    f"filter replace dev {ifb} parent 1: protocol all prio 1 handle 800::{node - _LOCAL_OFFSET:x} u32"
+                    f" match ether {_MATCH_PEER[ifb]} {mac} flowid 1:{_LOCAL:x}"
                 )
         redirect = " ".join(_TAP_FILTER)
         for tap in wanted:  # last: a tap's traffic reaches the trees only once its class and filters are there
@@ -246,13 +306,16 @@ class SharedLinkShaper:
         return lines
 
     def _claim(self, macs: set[str]) -> _Vm:
-        """A new VM: the class and filter nodes an earlier process gave its MACs, else fresh ones."""
+        """A new VM: the classes and filter nodes an earlier process gave its MACs, else fresh ones (node
+        0: allocated by ``_prepare``)."""
         assert self._found is not None
         mine = [mac for mac in sorted(macs) if mac in self._found]
         if mine:
             minor = self._found[mine[0]][1]
-            nodes = {mac: self._found.pop(mac)[0] for mac in mine if self._found[mac][1] == minor}
-            return _Vm(minor, nodes, set(), 0.0, 0.0)
+            # every MAC that was in its class, also those it no longer has (``_prepare`` removes them)
+            found = {mac: self._found.pop(mac) for mac in list(self._found) if self._found[mac][1] == minor}
+            nics = {mac: nic for mac, (_, _, nic) in found.items() if nic is not None}
+            return _Vm(minor, {mac: node for mac, (node, _, _) in found.items()}, set(), 0.0, 0.0, nics)
         minors, _ = self._used()
         return _Vm(_free(minors, _FIRST_VM, _LAST_VM, "htb classes"), {}, set(), 0.0, 0.0)
 
@@ -292,10 +355,8 @@ class SharedLinkShaper:
             self._release_tap(tap)
         qdiscs = self._run("tc", "qdisc", "show").stdout
         lines = []
-        for ifb in (UP_IFB, DOWN_IFB):
-            if f"qdisc htb 1: dev {ifb} root" in qdiscs:
-                lines += [_del_filter(ifb, node) for node in vm.macs.values()]
-                lines.append(f"class del dev {ifb} classid 1:{vm.minor:x}")
+        if f"qdisc htb 1: dev {UP_IFB} root" in qdiscs:
+            lines += _filter_del_lines(vm.macs.values()) + _class_del_lines([*vm.nics.values(), vm.minor])
         self._commit(lines + self._rescale_lines())
         if not self._vms and not self._found:  # nothing shaped any more (restore): no ifbs left behind
             self.clear()
@@ -359,16 +420,32 @@ class SharedLinkShaper:
         assert self._found is not None
         for tap in self._redirected_taps() - {tap for vm in self._vms.values() for tap in vm.taps}:
             self._release_tap(tap)
-        lines = []
-        for ifb in (UP_IFB, DOWN_IFB):
-            lines += [_del_filter(ifb, node) for node, _ in self._found.values()]
-            lines += [f"class del dev {ifb} classid 1:{minor:x}" for minor in {m for _, m in self._found.values()}]
-        self._found = {}
+        found = self._found.values()
+        lines = [_del_filter(ifb, node) for node in self._moved for ifb in (UP_IFB, DOWN_IFB)]
+        lines += _filter_del_lines(node for node, _, _ in found)
+        lines += _class_del_lines([nic for _, _, nic in found if nic is not None])  # a VM's NICs before the VM
+        lines += _class_del_lines(sorted({vm_minor for _, vm_minor, _ in found}))
+        self._found, self._moved = {}, []
         self._batch(lines)
 
 
 def _del_filter(ifb: str, node: int) -> str:
     return f"filter del dev {ifb} parent 1: protocol all prio 1 handle 800::{node:x} u32"
+
+
+def _filter_del_lines(nodes: Iterable[int]) -> list[str]:
+    """Both filters of each guest MAC (its own, its guest-to-guest one) on both trees; 0: none yet."""
+    return [_del_filter(ifb, n) for node in nodes if node for n in (node, node - _LOCAL_OFFSET)
+            for ifb in (UP_IFB, DOWN_IFB)]  # fmt: skip
+
+
+def _class_del_lines(minors: Iterable[int]) -> list[str]:
+    return [f"class del dev {ifb} classid 1:{minor:x}" for minor in minors for ifb in (UP_IFB, DOWN_IFB)]
+
+
+def _parse_parents(text: str) -> dict[int, int]:
+    """class minor -> its parent's minor, from ``tc class show`` (root classes left out)."""
+    return {int(m, 16): int(p, 16) for m, p in re.findall(r"class htb 1:([0-9a-f]+) parent 1:([0-9a-f]+)", text)}
 
 
 def _free(used: set[int], low: int, high: int, what: str) -> int:

@@ -72,6 +72,12 @@ class ActuatorSettings:
         "libvirt (interface averages: ceilings only, shares not enforced), off",
         one_of("tc", "libvirt", "off"),
     )
+    net_local_bps: float = setting(
+        0.0,
+        "net (tc): the cap on traffic between two VMs of this host (a bridge forwards it tap to tap; it never "
+        "crosses the link), bytes/s each direction; 0 = none",
+        non_negative,
+    )
     cgroups: dict[str, str] = setting(
         {}, "cgroup backend: name = path relative to the cgroup root, e.g. { web = 'rescoin/web' }"
     )

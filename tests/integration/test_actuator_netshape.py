@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from rescoin.services.actuator.netshape import DOWN_IFB, UP_IFB, SharedLinkShaper
@@ -75,21 +77,34 @@ LINK = 2_000_000  # bytes/s
 GUEST_MACS = ("52:54:00:00:00:01", "52:54:00:00:00:02")
 
 
+def ip(netns: str, *cmd: str) -> None:
+    subprocess.run(["ip", "-n", netns, *cmd], check=True)
+
+
+@contextmanager
+def namespaces(prefix: str) -> Iterator[dict[str, str]]:
+    """Three fresh network namespaces, ``host``, ``g1`` and ``g2``, deleted afterwards."""
+    if os.geteuid() != 0 or shutil.which("tc") is None:
+        missing("needs root and iproute2's tc")
+    tag = uuid.uuid4().hex[:6]
+    ns = {"host": f"{prefix}{tag}", "g1": f"{prefix}1{tag}", "g2": f"{prefix}2{tag}"}
+    for name in ns.values():
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield ns
+    finally:
+        for name in ns.values():
+            subprocess.run(["ip", "netns", "del", name])
+
+
 @pytest.fixture
 def host_and_guests():
     """Namespace ``host`` with taps tap1, tap2; their peers eth0 (GUEST_MACS) in namespaces ``g1``, ``g2``.
 
     host has 10.250.N.1 on tapN, guest N has 10.250.N.2: traffic stays on these veth pairs."""
-    if os.geteuid() != 0 or shutil.which("tc") is None:
-        missing("needs root and iproute2's tc")
-    tag = uuid.uuid4().hex[:6]
-    ns = {"host": f"rcH{tag}", "g1": f"rcG1{tag}", "g2": f"rcG2{tag}"}
-    for name in ns.values():
-        subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
+    with namespaces("rcH") as ns:
         for n, mac in ((1, GUEST_MACS[0]), (2, GUEST_MACS[1])):
             guest = ns[f"g{n}"]
-            ip = lambda where, *cmd: subprocess.run(["ip", "-n", where, *cmd], check=True)  # noqa: E731
             ip(ns["host"], "link", "add", f"tap{n}", "type", "veth", "peer", "name", "eth0", "netns", guest)
             ip(guest, "link", "set", "eth0", "address", mac)
             ip(ns["host"], "addr", "add", f"10.250.{n}.1/24", "dev", f"tap{n}")
@@ -97,9 +112,6 @@ def host_and_guests():
             ip(ns["host"], "link", "set", f"tap{n}", "up")
             ip(guest, "link", "set", "eth0", "up")
         yield ns
-    finally:
-        for name in ns.values():
-            subprocess.run(["ip", "netns", "del", name])
 
 
 def shape_both(ns: dict[str, str], rates: tuple[float, float], ceils: tuple[float, float] = (math.inf, math.inf)):
@@ -273,3 +285,120 @@ def test_a_qdisc_rescoin_did_not_create_is_found_and_never_touched(host_and_gues
     shaper.remove_vm("vm1")
     shown = subprocess.run(["tc", "-n", ns["host"], "qdisc", "show", "dev", "tap2"], capture_output=True, text=True)
     assert "tbf" in shown.stdout  # what ResCoin did not create survives it
+
+
+# -- a Linux bridge: guest-to-guest traffic, a VM with two NICs, the bridge's own QoS ----------------------------------
+
+TWO_NIC_MACS = ("52:54:00:00:00:03", "52:54:00:00:00:04")
+
+
+@pytest.fixture
+def bridged():
+    """Namespace ``host`` with bridge br0 (10.251.0.254 and .253, its own tbf root: someone's QoS) and on it tap1
+    (guest g1, GUEST_MACS[0], 10.251.0.1) and tap2 (guest g2's first NIC, 10.251.0.2); g2's second NIC is
+    routed, not bridged: tap3 (10.252.0.1) to g2's eth1 (10.252.0.2)."""
+    with namespaces("rcB") as ns:
+        ip(ns["host"], "link", "add", "br0", "type", "bridge")
+        ip(ns["host"], "addr", "add", "10.251.0.254/24", "dev", "br0")
+        ip(ns["host"], "addr", "add", "10.251.0.253/24", "dev", "br0")  # a second host address: a receiver each
+        ip(ns["host"], "link", "set", "br0", "up")
+        nics = (("tap1", "g1", "eth0", GUEST_MACS[0], "10.251.0.1", True),
+                ("tap2", "g2", "eth0", TWO_NIC_MACS[0], "10.251.0.2", True),
+                ("tap3", "g2", "eth1", TWO_NIC_MACS[1], "10.252.0.2", False))  # fmt: skip
+        for tap, guest, dev, mac, address, bridged_nic in nics:
+            ip(ns["host"], "link", "add", tap, "type", "veth", "peer", "name", dev, "netns", ns[guest])
+            ip(ns[guest], "link", "set", dev, "address", mac)
+            ip(ns[guest], "addr", "add", f"{address}/24", "dev", dev)
+            if bridged_nic:
+                ip(ns["host"], "link", "set", tap, "master", "br0")
+            else:
+                ip(ns["host"], "addr", "add", "10.252.0.1/24", "dev", tap)
+            ip(ns["host"], "link", "set", tap, "up")
+            ip(ns[guest], "link", "set", dev, "up")
+        subprocess.run(["tc", "-n", ns["host"], "qdisc", "add", "dev", "br0", "root", "tbf", "rate", "1gbit",
+                        "burst", "256k", "latency", "50ms"], check=True)  # fmt: skip
+        yield ns
+
+
+def shape_bridged(ns: dict[str, str], rates: tuple[float, float]) -> SharedLinkShaper:
+    shaper = SharedLinkShaper(netns=ns["host"])
+    shaper.set_vms([("vm1", [("tap1", GUEST_MACS[0])], rates[0], math.inf),
+                    ("vm2", [("tap2", TWO_NIC_MACS[0]), ("tap3", TWO_NIC_MACS[1])], rates[1], math.inf)],
+                   LINK)  # fmt: skip
+    return shaper
+
+
+def classes(netns: str) -> dict[str, tuple[str, float]]:
+    """classid -> (parent, rate in bytes/s) on rcb-up."""
+    shown = subprocess.run(["tc", "-n", netns, "class", "show", "dev", UP_IFB], capture_output=True, text=True)
+    si = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}
+    found = re.findall(r"class htb (1:[0-9a-f]+) (root|parent (1:[0-9a-f]+)).*? rate (\d+)([KMG]?)bit", shown.stdout)
+    return {cid: (parent or "root", float(n) * si[unit] / 8) for cid, _, parent, n, unit in found}
+
+
+def test_guest_to_guest_traffic_on_a_bridge_is_not_capped_by_the_link(bridged):
+    ns = bridged
+    shape_bridged(ns, rates=(0.25 * LINK, 0.75 * LINK))
+    (between_guests,) = timed_rates((ns["g1"], ns["g2"], "10.251.0.2"), secs=4.0, settle=1.0)
+    (to_the_link,) = timed_rates((ns["g1"], ns["host"], "10.251.0.254"), secs=4.0, settle=1.0)
+    print(f"\nlink {LINK / 1e6:.1f} MB/s: guest to guest over br0 {between_guests / 1e6:.1f} MB/s, "
+          f"guest to the host {to_the_link / 1e6:.2f} MB/s")  # fmt: skip
+    assert 0.8 * LINK <= to_the_link <= 1.05 * LINK  # what leaves through the link is held to it
+    assert between_guests > 5 * LINK  # what stays on the bridge is not
+
+
+def test_a_vm_with_two_nics_has_a_class_per_nic_and_its_share_over_both(bridged):
+    ns = bridged
+    shape_bridged(ns, rates=(0.25 * LINK, 0.75 * LINK))
+    tree = classes(ns["host"])
+    nic_classes = [cid for cid, (parent, _) in tree.items() if parent not in ("root", "1:1")]
+    assert len(nic_classes) == 2 and len({tree[c][0] for c in nic_classes}) == 1  # two NICs under one VM class
+    vm2_class = tree[nic_classes[0]][0]
+    assert tree[vm2_class][1] == pytest.approx(0.75 * LINK * 0.99, rel=0.02)  # the VM's share, beside 1:2's 1 %
+    assert all(tree[c][1] == pytest.approx(tree[vm2_class][1] / 2, rel=0.02) for c in nic_classes)
+    vm1, nic_a, nic_b = timed_rates((ns["g1"], ns["host"], "10.251.0.254"), (ns["g2"], ns["host"], "10.251.0.253"),
+                                    (ns["g2"], ns["host"], "10.252.0.1"))  # fmt: skip
+    print(f"\nshares 1:3, VM2 on two NICs: vm1 {vm1 / 1e6:.3f}, vm2 {nic_a / 1e6:.3f} + {nic_b / 1e6:.3f} MB/s")
+    assert 2.0 <= (nic_a + nic_b) / vm1 <= 4.0  # the VM's share, whichever NIC carries it
+    assert 0.6 <= nic_a / nic_b <= 1.6  # its NICs share it evenly
+    assert 0.8 * LINK <= vm1 + nic_a + nic_b <= 1.05 * LINK
+
+
+def test_a_restart_recovers_the_nic_classes_and_a_nic_unplugged_takes_its_class_with_it(bridged):
+    ns = bridged
+    shape_bridged(ns, rates=(0.25 * LINK, 0.75 * LINK))
+    before = tc_state(ns["host"])
+    shape_bridged(ns, rates=(0.25 * LINK, 0.75 * LINK))  # a new object: the same tree, nothing moved
+    assert tc_state(ns["host"]) == before
+    again = SharedLinkShaper(netns=ns["host"])
+    again.set_vm("vm2", [("tap2", TWO_NIC_MACS[0])], rate_bps=0.75 * LINK, ceil_bps=math.inf, link_bps=LINK)
+    again.remove_stale()  # vm1 is gone; vm2 has one NIC left
+    tree = classes(ns["host"])
+    assert [parent for parent, _ in tree.values()].count("1:1") == 2  # 1:2 and vm2's, a leaf again
+    assert not [cid for cid, (parent, _) in tree.items() if parent not in ("root", "1:1")]
+    assert again.class_of_mac(TWO_NIC_MACS[0]) == (pytest.approx(0.75 * LINK, rel=1e-3), pytest.approx(LINK))
+    assert again.class_of_mac(TWO_NIC_MACS[1]) is None and again.class_of_mac(GUEST_MACS[0]) is None
+    again.remove_vm("vm2")
+    shown = subprocess.run(["tc", "-n", ns["host"], "qdisc", "show", "dev", "br0"], capture_output=True, text=True)
+    assert "tbf" in shown.stdout  # the bridge's own QoS was never touched
+
+
+def test_a_tree_an_earlier_version_left_is_taken_over_without_moving_its_classes(host_and_guests):
+    """0.2's filters sat at u32 nodes from 1, where guest-to-guest filters go now: they move up, the VM
+    keeps its class."""
+    ns = host_and_guests
+    run = lambda *cmd: subprocess.run(["tc", "-n", ns["host"], *cmd], check=True)  # noqa: E731
+    for ifb, match in ((UP_IFB, "src"), (DOWN_IFB, "dst")):
+        subprocess.run(["ip", "-n", ns["host"], "link", "add", ifb, "type", "ifb"], check=True)
+        subprocess.run(["ip", "-n", ns["host"], "link", "set", ifb, "up"], check=True)
+        run("qdisc", "add", "dev", ifb, "root", "handle", "1:", "htb", "default", "2")
+        run("class", "add", "dev", ifb, "parent", "1:", "classid", "1:1", "htb", "rate", "16mbit")
+        run("class", "add", "dev", ifb, "parent", "1:1", "classid", "1:17", "htb", "rate", "4mbit")
+        run("filter", "add", "dev", ifb, "parent", "1:", "protocol", "all", "prio", "1", "handle", "800::1", "u32",
+            "match", "ether", match, GUEST_MACS[0], "flowid", "1:17")  # fmt: skip
+    shaper = SharedLinkShaper(netns=ns["host"])
+    shaper.set_vm("vm1", [("tap1", GUEST_MACS[0])], rate_bps=0.5 * LINK, ceil_bps=math.inf, link_bps=LINK)
+    shown = subprocess.run(["tc", "-n", ns["host"], "filter", "show", "dev", UP_IFB, "parent", "1:"],
+                           capture_output=True, text=True).stdout  # fmt: skip
+    assert re.search(r"fh 800::1 .*flowid 1:3", shown) and re.search(r"fh 800::800 .*flowid 1:17", shown), shown
+    assert shaper.rate_bps("vm1") == pytest.approx(0.5 * LINK, rel=1e-3)
