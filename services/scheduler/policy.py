@@ -90,9 +90,19 @@ def unthrottled_demand(
     return np.where(pinned, np.maximum(demand, last_ceiling * (1.0 + probe)), demand)
 
 
-def coin_weight(coins: np.ndarray) -> np.ndarray:
-    """w_i = ‖max(coins_i, 0)‖₂ over the resources: coins are one currency. Shape (n,)."""
-    return np.linalg.norm(np.maximum(coins, 0.0), axis=1)
+# How a VM's coin vector becomes its priority (`[scheduler] coin_norm`): one weight for every resource from
+# a norm of the positive coins (coins are one currency: CPU saved buys disk priority), or ``resource``: each
+# resource by its own coins (no exchange). docs/EVALUATION.md compares them; l2 is the seed's ‖ac_i‖.
+COIN_NORMS = {"l2": 2, "l1": 1, "max": np.inf, "resource": None}
+
+
+def coin_weight(coins: np.ndarray, norm: str = "l2") -> np.ndarray:
+    """w_ir from the coins (n, 4) by ``norm`` (COIN_NORMS; default w_i = ‖max(coins_i, 0)‖₂). Shape (n, 4)."""
+    positive = np.maximum(coins, 0.0)
+    if COIN_NORMS[norm] is None:
+        return positive
+    per_vm = np.linalg.norm(positive, ord=COIN_NORMS[norm], axis=1)
+    return np.asfortranarray(np.repeat(per_vm[:, None], N_RESOURCES, axis=1))  # column sums: see check_inputs
 
 
 def _share_leftover(alloc: np.ndarray, template: np.ndarray, capacity: np.ndarray) -> np.ndarray:
@@ -102,7 +112,12 @@ def _share_leftover(alloc: np.ndarray, template: np.ndarray, capacity: np.ndarra
 
 
 def rescoin(
-    demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, share_leftover: bool = False
+    demand: np.ndarray,
+    template: np.ndarray,
+    capacity: np.ndarray,
+    coins: np.ndarray,
+    share_leftover: bool = False,
+    norm: str = "l2",
 ) -> np.ndarray:
     """Entitlement first, then excess by coins, then the rest by template (docs/DESIGN.md §6.5)."""
     demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
@@ -113,20 +128,23 @@ def rescoin(
     if short.any():  # the host sold more than it has: entitlements shrink by template
         base = np.where(short, waterfill(capacity, base, template), base)
     excess = np.maximum(capacity - base.sum(axis=0), 0.0)
-    alloc = base + burst_extra(excess, np.maximum(demand - template, 0.0), template, coins)
+    alloc = base + burst_extra(excess, np.maximum(demand - template, 0.0), template, coins, norm)
     return _share_leftover(alloc, template, capacity) if share_leftover else alloc
 
 
-def burst_extra(amount: np.ndarray, burst: np.ndarray, template: np.ndarray, coins: np.ndarray) -> np.ndarray:
+def burst_extra(
+    amount: np.ndarray, burst: np.ndarray, template: np.ndarray, coins: np.ndarray, norm: str = "l2"
+) -> np.ndarray:
     """Hand ``amount`` (4,) out over the ``burst`` demands (n, 4): tier 1 by coin weight
     (coins buy priority), tier 2 by template for what is left (never withheld). (n, 4)."""
-    weights = np.repeat(coin_weight(coins)[:, None], N_RESOURCES, axis=1)
-    extra = waterfill(amount, burst, weights)
+    extra = waterfill(amount, burst, coin_weight(coins, norm))
     rest = np.maximum(amount - extra.sum(axis=0), 0.0)
     return extra + waterfill(rest, burst - extra, tiebreak_weights(template))
 
 
-def unsold_shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray) -> np.ndarray:
+def unsold_shares(
+    demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, norm: str = "l2"
+) -> np.ndarray:
     """docs/DESIGN.md §6.6: share = template + a split of the unsold capacity E = C − Σ tc, (n, 4).
 
     E goes to the VMs predicted to burst, tier 1 by coin weight and tier 2 by
@@ -136,13 +154,15 @@ def unsold_shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray
     """
     demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
     unsold = np.maximum(capacity - template.sum(axis=0), 0.0)
-    extra = burst_extra(unsold, np.maximum(demand - template, 0.0), template, coins)
+    extra = burst_extra(unsold, np.maximum(demand - template, 0.0), template, coins, norm)
     rest = np.maximum(unsold - extra.sum(axis=0), 0.0)
     share = template + extra + template_shares(template, rest)
     return np.where(oversold(template, capacity), template_shares(template, capacity), share)
 
 
-def seed_shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray) -> np.ndarray:
+def seed_shares(
+    demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, norm: str = "l2"
+) -> np.ndarray:
     """The seed's literal form (docs/DESIGN.md §6.6, allowed variant): share = tc + wr·C_e, (n, 4).
 
     wr = coin weight / Σ coin weight, C_e = C − Σ min(d, tc): the capacity the
@@ -153,16 +173,18 @@ def seed_shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, 
     oversold resource gets shares ∝ template.
     """
     demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
-    weight = coin_weight(coins)
-    total = weight.sum()
-    ratio = weight / total if total > 0 else np.zeros_like(weight)
+    weight = coin_weight(coins, norm)
+    total = weight.sum(axis=0)
+    ratio = np.where(total > 0, weight / np.where(total > 0, total, 1.0), 0.0)
     entitled = np.minimum(demand, template)
     spare = np.maximum(capacity - entitled.sum(axis=0), 0.0)
-    share = template + ratio[:, None] * spare[None, :]
+    share = template + ratio * spare[None, :]
     return np.where(oversold(template, capacity), template_shares(template, capacity), share)
 
 
-def coin_shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray) -> np.ndarray:
+def coin_shares(
+    demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, coins: np.ndarray, norm: str = "l2"
+) -> np.ndarray:
     """share = template + the unsold capacity E = C − Σ tc split by coin weight alone, (n, 4).
 
     No burst caps: a weight a VM does not use costs nobody anything (the kernel
@@ -170,10 +192,11 @@ def coin_shares(demand: np.ndarray, template: np.ndarray, capacity: np.ndarray, 
     predicted. Σ share = C (no coins anywhere: E by template); oversold: ∝ template.
     """
     demand, template, capacity, coins = check_inputs(demand, template, capacity, coins)
-    weight = coin_weight(coins)
-    total = weight.sum()
+    weight = coin_weight(coins, norm)
+    total = weight.sum(axis=0)
     unsold = np.maximum(capacity - template.sum(axis=0), 0.0)
-    extra = weight[:, None] / total * unsold[None, :] if total > 0 else template_shares(template, unsold)
+    by_coins = weight / np.where(total > 0, total, 1.0) * unsold[None, :]
+    extra = np.where(total > 0, by_coins, template_shares(template, unsold))
     return np.where(oversold(template, capacity), template_shares(template, capacity), template + extra)
 
 
@@ -182,6 +205,55 @@ SHARE_FORMULAS: dict[str, Callable[..., np.ndarray]] = {
     "coins": coin_shares,
     "seed": seed_shares,
 }
+
+
+# Which VMs `[scheduler] starved_guard` holds at their template's part of the weights, the period after a
+# resource was busy (Σ use ≥ (1 − fit_headroom)·C): none, those that used less than their template, or all.
+STARVED_GUARDS = ("off", "below", "all")
+
+
+def guarded(usage: np.ndarray, template: np.ndarray, capacity: np.ndarray, headroom: float, guard: str) -> np.ndarray:
+    """(n, 4) bool: the VMs ``guard`` (STARVED_GUARDS) floors at their template's part of the weights.
+
+    The scheduler does not know what a VM wanted, only what it used. On a work-conserving host a VM
+    short of min(demand, template) used less than its template of a resource that was full, so it is
+    among ``below``; the others there wanted no more, and a weight a satisfied VM does not use moves
+    nobody in the kernel's water-filling. ``all`` also floors the VMs that used more than their
+    template: a VM can be starved without warning, the first period its neighbours burst.
+    """
+    if guard == "off":
+        return np.zeros(usage.shape, dtype=bool)
+    busy = usage.sum(axis=0) >= (1.0 - headroom) * capacity
+    return busy & (usage < template) if guard == "below" else np.broadcast_to(busy, usage.shape)
+
+
+def template_floor(shares: np.ndarray, template: np.ndarray, capacity: np.ndarray, held: np.ndarray) -> np.ndarray:
+    """``shares`` with every ``held`` VM at least its template's part of the weights, C·g_i/Σg ≥ tc_i, (n, 4).
+
+    The seed formula's Σ share can exceed C, and then a VM's weight is below its template's part
+    (``[scheduler] starved_guard``; ``held`` from ``guarded``). Solved exactly per resource:
+    g_i = max(λ·share_i, floor_i), Σ g = C (floor = template where held, else 0), so the VMs above their
+    floor keep their proportions. A resource where no held VM is below its template's part, or one that
+    is oversold, is left as it is.
+    """
+    floor = np.where(held, template, 0.0)
+    total = shares.sum(axis=0)
+    short = (capacity * shares < floor * total * (1.0 - 1e-9)).any(axis=0) & ~oversold(template, capacity)
+    if not short.any():
+        return shares
+    # Newton on φ(λ) = Σ max(λ·s_i, f_i), convex and rising: from λ = C/Σs (φ ≥ C there) solve the linear
+    # piece of the VMs now at their floor; λ only falls, so that set only grows, and once it stands still
+    # λ is exact (at most n + 1 passes; a few in practice: no sort, which cost 5 ms at 10k VMs)
+    level = capacity / np.where(total > 0, total, 1.0)
+    at_floor = np.zeros(shares.shape, dtype=bool)
+    for _ in range(shares.shape[0] + 1):
+        now = floor > level * shares
+        if np.array_equal(now, at_floor):
+            break
+        at_floor = now
+        free = np.where(at_floor, 0.0, shares).sum(axis=0)
+        level = (capacity - np.where(at_floor, floor, 0.0).sum(axis=0)) / np.where(free > 0, free, 1.0)
+    return np.where(short, np.maximum(level * shares, floor), shares)
 
 
 def rescoin_loop(

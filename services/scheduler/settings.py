@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..runtime.config import between, non_negative, one_of, positive, setting
-from .policy import POLICIES
+from .policy import COIN_NORMS, POLICIES, STARVED_GUARDS
 
 
 @dataclass
@@ -32,6 +32,20 @@ class SchedulerSettings:
         "C - sum of min(estimate, template) by coin weight; sum of shares may exceed C, so the template "
         "guarantee leans on the prediction). docs/EVALUATION.md compares them",
         one_of("unsold", "coins", "seed"),
+    )
+    coin_norm: str = setting(
+        "l2",
+        "how a VM's coins (one balance per resource) become its priority: l2, l1 or max = one weight on every "
+        "resource from that norm of its positive coins (one currency), resource = each resource by its own "
+        "coins. docs/EVALUATION.md compares them",
+        one_of(*COIN_NORMS),
+    )
+    starved_guard: str = setting(
+        "off",
+        "the period after a resource was busy (its VMs used >= 1 - fit_headroom of it), floor VMs at their "
+        "template's part of the kernel weights: off, below (the VMs that used less than their template) or "
+        "all. Only the seed formula can give less (the others always do); docs/EVALUATION.md measures it",
+        one_of(*STARVED_GUARDS),
     )
     release_when_fit: bool = setting(
         True, "no ceilings on a resource whose predicted demand fits the host (alloc mode 'fit')"

@@ -23,6 +23,8 @@ from .policy import (
     SHARE_FORMULAS,
     fit_after_streak,
     fits_host,
+    guarded,
+    template_floor,
     template_shares,
     unthrottled_demand,
 )
@@ -134,16 +136,20 @@ def decide(
     demand[:, MEM] = memory_demand(
         demand[:, MEM], pressure.unreclaimable, last_ceiling[:, MEM], mem_floor, is_stalling, settings.mem_grow_step
     )
-    alloc = POLICIES[settings.policy](demand, template, capacity, coins, share_leftover=settings.share_leftover)
+    coin_weights, fixed_mode = KERNEL_FORM[settings.policy]
+    norm = {"norm": settings.coin_norm} if coin_weights else {}  # the baselines weigh coins their own way
+    alloc = POLICIES[settings.policy](demand, template, capacity, coins, share_leftover=settings.share_leftover, **norm)
     alloc, floors_over = apply_floors(alloc, capacity, settings.cpu_floor_cores, mem_floor)
     alloc = within_capacity(alloc, capacity)
     fit_streak, fit = fit_after_streak(
         fit_streak, fits_host(demand, capacity, settings.fit_headroom), settings.fit_after_periods
     )
-    coin_weights, fixed_mode = KERNEL_FORM[settings.policy]
     mode = fixed_mode or settings.enforcement
     if coin_weights and mode != "ceilings":
-        shares = SHARE_FORMULAS[settings.share_formula](demand, template, capacity, coins)
+        shares = SHARE_FORMULAS[settings.share_formula](demand, template, capacity, coins, **norm)
+        if settings.starved_guard != "off":
+            held = guarded(usage, template, capacity, settings.fit_headroom, settings.starved_guard)
+            shares = template_floor(shares, template, capacity, held)
     else:
         shares = template_shares(template, capacity)
     ceiling = ceilings(

@@ -32,6 +32,7 @@ allocation that honours entitlements can do (``evaluate_oracle``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -45,11 +46,12 @@ from ..model.scenario import Scenario, build_scenario
 from ..model.traces import PACKAGED, default_traces_dir, load_traces
 from ..predictor.models import DEFAULT_PARAMS, PREDICTORS, make_predictor
 from ..scheduler.ledger import CoinLedger
-from ..scheduler.policy import POLICIES, SHARE_FORMULAS
+from ..scheduler.policy import COIN_NORMS, POLICIES, SHARE_FORMULAS, STARVED_GUARDS
 from ..scheduler.pressure import MemoryPressure
 from ..scheduler.settings import SchedulerSettings
 from ..scheduler.step import decide
 from .evaluate_oracle import RecentQuantile, bound_allocation, savers
+from .evaluate_synthetic import is_synthetic, load_synthetic
 
 HEADLINE = (  # the table `evaluate` prints and the report shows, in this order
     "entitlement_violations",
@@ -196,8 +198,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SchedulerSettings()
     parser.add_argument(
         "--trace",
-        help=f"a shipped set ({', '.join(PACKAGED)}) or a folder of Bitbrains-format .csv.gz files or of PlanetLab "
-        f"planetlab_<day>.csv.gz files (default: {default_traces_dir()})",
+        help=f"a shipped set ({', '.join(PACKAGED)}), a folder of Bitbrains-format .csv.gz files or of PlanetLab "
+        f"planetlab_<day>.csv.gz files (default: {default_traces_dir()}), or synthetic:SAVERS:HOGS[:SEED] "
+        "(a week of generated savers and hogs: services/tools/evaluate_synthetic.py)",
     )
     parser.add_argument("--vms", type=int, help="use the first N VMs (default: all)")
     parser.add_argument("--periods", type=int, help="use the first N 5-minute periods (default: all)")
@@ -232,7 +235,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--template-fraction", type=float, default=0.3, help="template = this fraction of the provisioned size"
     )
     parser.add_argument("--contention", type=float, default=0.25, help="capacity: 0 = Σ templates, 1 = peak Σ demand")
-    parser.add_argument("--coin-window", type=int, default=defaults.coin_window, help="k, periods of coins")
+    parser.add_argument(
+        "--coin-window", type=int, nargs="+", default=[defaults.coin_window], help="k, periods of coins; each a row"
+    )
+    parser.add_argument(
+        "--coin-norm",
+        nargs="+",
+        default=[defaults.coin_norm],
+        choices=list(COIN_NORMS),
+        help="how ResCoin turns a coin vector into a weight (scheduler.coin_norm); each a row",
+    )
+    parser.add_argument(
+        "--starved-guard",
+        nargs="+",
+        default=[defaults.starved_guard],
+        choices=STARVED_GUARDS,
+        help="ResCoin's scheduler.starved_guard; each a row",
+    )
     parser.add_argument("--beta", type=float, default=1.0, help="ewma_dev headroom in deviations")
     parser.add_argument("--no-leftover", action="store_true", help="do not hand unrequested capacity out by template")
     parser.add_argument(
@@ -244,28 +263,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def variants(args: argparse.Namespace, base: SchedulerSettings) -> dict[str, tuple[str, SchedulerSettings]]:
-    """Report row -> (policy, settings): ResCoin once per enforcement mode × shares formula asked for,
-    named plainly for the defaults and ``rescoin[mode,formula]`` otherwise; each baseline once."""
+    """Report row -> (policy, settings): ResCoin once per enforcement mode × shares formula × coin norm ×
+    guard × coin window asked for, named plainly for the defaults and ``rescoin[mode,formula,...]``
+    otherwise (what differs from the defaults: the norm, ``guard:…``; ``k=…`` where several windows are
+    asked for); each baseline once, with the first window (credits and karma spend coins too)."""
     rows: dict[str, tuple[str, SchedulerSettings]] = {}
+    defaults = SchedulerSettings()
     for policy in args.policies:
         if policy != "rescoin":
-            rows[policy] = (policy, base)
+            rows[policy] = (policy, replace(base, coin_window=args.coin_window[0]))
             continue
-        for mode in args.enforcement:
-            for formula in args.share_formula if mode != "ceilings" else [base.share_formula]:
-                plain = mode == base.enforcement and formula == base.share_formula
-                label = "rescoin" if plain else f"rescoin[{mode}{'' if mode == 'ceilings' else ',' + formula}]"
-                rows[label] = (policy, replace(base, enforcement=mode, share_formula=formula))
+        for mode, formula, norm, guard, window in itertools.product(
+            args.enforcement, args.share_formula, args.coin_norm, args.starved_guard, args.coin_window
+        ):
+            formula = formula if mode != "ceilings" else base.share_formula  # ceilings: shares ∝ template
+            settings = replace(
+                base,
+                enforcement=mode,
+                share_formula=formula,
+                coin_norm=norm,
+                starved_guard=guard,
+                coin_window=window,
+            )
+            extras = [norm] if norm != defaults.coin_norm else []
+            extras += [f"guard:{guard}"] if guard != defaults.starved_guard else []
+            extras += [f"k={window}"] if len(args.coin_window) > 1 and window != defaults.coin_window else []
+            plain = mode == base.enforcement and formula == base.share_formula and not extras
+            named = [mode] + ([] if mode == "ceilings" else [formula]) + extras
+            rows.setdefault("rescoin" if plain else f"rescoin[{','.join(named)}]", (policy, settings))
     return rows
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    traces = load_traces(args.trace, args.vms)
+    traces = load_synthetic(args.trace, args.vms) if is_synthetic(args.trace) else load_traces(args.trace, args.vms)
     sc = build_scenario(traces, args.periods, args.template_fraction, args.contention)
     base = replace(
         SchedulerSettings(),
-        coin_window=args.coin_window,
         share_leftover=not args.no_leftover,
         release_when_fit=not args.keep_ceilings,
     )
@@ -290,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
             "template_sum": sc.template.sum(axis=0).tolist(),
             "template_fraction": args.template_fraction,
             "contention": args.contention,
-            "coin_window": args.coin_window,
+            "coin_window": args.coin_window[0] if len(args.coin_window) == 1 else args.coin_window,
             "beta": args.beta,
             "enforcement": base.enforcement,
             "share_formula": base.share_formula,
