@@ -247,8 +247,9 @@ class LibvirtActuatorBackend:
         files = self._direct_cpu_files(vm, dom, facts, params) if self.settings.cpu_direct else None
         if files is not None:
             self.cpu_files[vm] = files
+            log.info("%s: cpu weight and quota written to %s directly", facts.name, files.directory)
         found = [
-            capable(f"cgroup {files.layout} {files.directory} (direct; libvirt reads it back)")
+            capable(f"cgroup {files.layout} {files.names()} (direct; libvirt reads them back)")
             if files is not None
             else capable("cpu_shares + global_quota")
             if "cpu_shares" in params

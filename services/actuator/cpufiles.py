@@ -17,6 +17,9 @@ class CpuFiles:
     directory: Path
     layout: str  # "v1" or "v2"
 
+    def names(self) -> str:
+        return "cpu.shares + cpu.cfs_quota_us" if self.layout == "v1" else "cpu.weight + cpu.max"
+
     def _read(self, name: str) -> str:
         return (self.directory / name).read_text().strip()
 

@@ -75,14 +75,15 @@ class _Baseline:
     rates: tuple[float, float, float] | None = None  # the last good rates
 
 
-def capacity_vector(host: HostCapacity, settings: MonitorSettings) -> np.ndarray:
-    """C: host cores and memory minus the reserve; disk/net from the backend, else config."""
+def capacity_vector(host: HostCapacity, settings: MonitorSettings, uplink_bps: float) -> np.ndarray:
+    """C: host cores and memory minus the reserve; disk/net from the backend, else config (net: else the
+    uplinks' speed, ``uplink_bps``)."""
     return np.array(
         [
             max(host.cores - settings.reserve_cores, 0.0),
             max(host.mem_bytes - settings.reserve_mem_bytes, 0.0),
             host.disk_bps if host.disk_bps is not None else settings.disk_bps,
-            host.net_bps if host.net_bps is not None else settings.net_bps,
+            host.net_bps if host.net_bps is not None else uplink_bps,
         ]
     )
 

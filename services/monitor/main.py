@@ -13,6 +13,7 @@ import time
 from rescoin.proto import KIND_GUEST_MEM, KIND_SAMPLE, Envelope, topic_prefix
 
 from ..runtime.config import Config
+from ..runtime.host import network_capacity_bps, uplinks
 from ..runtime.service import Health, Outgoing, common_arguments, config_from_args, run_stage
 from ..runtime.support import Counters
 from ..schema import service_schema
@@ -59,6 +60,7 @@ class MonitorStage:
         self.period = -1
         self.connected = False
         self.last_error = ""
+        self.net_source = ""  # how the network's C was chosen, for hb
 
     def subscriptions(self) -> list[bytes]:
         return [topic_prefix(KIND_GUEST_MEM)]
@@ -71,7 +73,8 @@ class MonitorStage:
     def sample(self, ended_period: int) -> Outgoing | None:
         try:
             reading = self.backend.read()
-            capacity = capacity_vector(self.backend.capacity(), self.cfg.monitor)
+            net_bps, self.net_source = network_capacity_bps(self.cfg.monitor.net_bps, uplinks())
+            capacity = capacity_vector(self.backend.capacity(), self.cfg.monitor, net_bps)
         except BackendError as exc:
             if self.connected or exc.args[0] != self.last_error:
                 self.counters.reject("backend", str(exc))
@@ -87,7 +90,7 @@ class MonitorStage:
         return [out] if out else []
 
     def health(self) -> Health:
-        return Health("ok" if self.connected else "disconnected", self.backend.info())
+        return Health("ok" if self.connected else "disconnected", {**self.backend.info(), "net": self.net_source})
 
     def close(self) -> list[Outgoing]:
         self.backend.close()

@@ -27,7 +27,12 @@ class MonitorSettings:
     )
     reserve_mem_bytes: float = setting(1 * 2**30, "memory kept back for the host itself, bytes", non_negative)
     disk_bps: float = setting(200e6, "host disk capacity, bytes/s read+write (the sim host reports its own)", positive)
-    net_bps: float = setting(125e6, "host network capacity, bytes/s rx+tx (the sim host reports its own)", positive)
+    net_bps: float = setting(
+        0.0,
+        "host network capacity, bytes/s each way; 0 = the uplinks' link speed (NICs and bonds on a bridge or "
+        "the default route), 1 Gbit/s where none says it (the sim host reports its own)",
+        non_negative,
+    )
     default_disk_bps: float = setting(
         10e6, "template disk bytes/s for a VM with no <rescoin:template> and no table entry", non_negative
     )

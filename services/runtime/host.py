@@ -1,10 +1,15 @@
-"""What this host has for VMs, from /proc and /sys: cores and memory, less what VMs cannot use.
+"""What this host has for VMs, from /proc and /sys: cores, memory and its uplinks' speed, less
+what VMs cannot use.
 
 Isolated cores (``isolcpus=``, listed in /sys/devices/system/cpu/isolated: kept
 for pinned real-time work, OVS-DPDK poll-mode threads and the like) and the
 hugepage pool (taken out of MemTotal at boot, usable only by hugepage-backed
 guests, and never by a balloon) are not capacity the shares may divide.
-Shared by the monitors (the sample's ``C``) and ``rescoin doctor``.
+The network's C is the sum of the uplinks' link speeds (``uplinks``: the
+physical NICs and bonds on a bridge or on the default route) unless
+``[monitor] net_bps`` names it; ResCoin shapes one htb tree for the host, so
+several uplinks are one link of their summed speed to it. Shared by the
+monitors (the sample's ``C``) and ``rescoin doctor``.
 """
 
 from __future__ import annotations
@@ -66,3 +71,47 @@ def host_memory_bytes(meminfo_path: str = "/proc/meminfo") -> float:
     if "MemTotal" not in fields:
         raise HostFactsError(f"no MemTotal in {meminfo_path}")
     return fields["MemTotal"] * KIB - hugepage_pool_bytes(meminfo_path)
+
+
+UNKNOWN_LINK_BPS = 125e6  # bytes/s (1 Gbit/s) for a host whose uplinks do not say their speed
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def default_route_devices(route_table: str = "/proc/net/route") -> set[str]:
+    lines = _read(Path(route_table)).splitlines()[1:]
+    return {fields[0] for fields in (line.split() for line in lines) if len(fields) > 1 and fields[1] == "00000000"}
+
+
+def uplinks(sys_class_net: str = "/sys/class/net", route_table: str = "/proc/net/route") -> dict[str, float]:
+    """This host's uplinks and their speed, bytes/s each way: the physical NICs and bonds that are up
+    and carry traffic off the host (a bridge's port, or the default route's device), a bond's ports
+    counted as the bond. A speed the driver does not know (-1: virtio, some VFs) is left out."""
+    root = Path(sys_class_net)
+    routed = default_route_devices(route_table)
+    found = {}
+    for dev in sorted(root.iterdir()) if root.is_dir() else ():
+        master = dev / "master"
+        physical = (dev / "device").exists() or (dev / "bonding").is_dir()
+        bridged = (master / "bridge").is_dir()
+        if not physical or (master / "bonding").is_dir() or not (bridged or dev.name in routed):
+            continue
+        speed = _read(dev / "speed")
+        if _read(dev / "operstate") == "up" and speed.lstrip("-").isdigit() and int(speed) > 0:
+            found[dev.name] = int(speed) * 1e6 / 8
+    return found
+
+
+def network_capacity_bps(configured: float, found: dict[str, float]) -> tuple[float, str]:
+    """(C for the network, how it was chosen): the configured number if any (> 0), else the sum of
+    the uplinks' speeds, else 1 Gbit/s."""
+    if configured > 0:
+        return configured, "configured ([monitor] net_bps)"
+    if found:
+        return sum(found.values()), ", ".join(f"{dev} {bps * 8 / 1e9:g} Gbit/s" for dev, bps in found.items())
+    return UNKNOWN_LINK_BPS, "no uplink says its speed: 1 Gbit/s assumed (set [monitor] net_bps)"

@@ -25,7 +25,7 @@ def two_samples(cfg_overrides=()):
     cfg = load_config(None, list(cfg_overrides))
     backend = LibvirtMonitorBackend(URI)
     core = MonitorCore(cfg.monitor, Counters())
-    cap = capacity_vector(backend.capacity(), cfg.monitor)
+    cap = capacity_vector(backend.capacity(), cfg.monitor, 125e6)
     first = core.observe(backend.read(), 1, 0.3, cap)
     time.sleep(0.3)
     second = core.observe(backend.read(), 2, 0.3, cap)
@@ -65,13 +65,13 @@ def test_unreclaimable_memory_is_the_balloons_actual_minus_usable_and_pressure_w
 def test_capacity_is_the_host_minus_the_reserve():
     cfg = load_config(None, ["monitor.reserve_cores=0.5", "monitor.disk_bps=5e8"])
     backend = LibvirtMonitorBackend(URI)
-    cap = capacity_vector(backend.capacity(), cfg.monitor)
+    cap = capacity_vector(backend.capacity(), cfg.monitor, 3e8)
     meminfo = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
     import os
 
     assert cap[0] == (os.cpu_count() or 1) - 0.5
     assert cap[1] == pytest.approx(meminfo - 2**30)
-    assert cap[2] == 5e8
+    assert cap[2] == 5e8 and cap[3] == 3e8  # the network: what the uplinks say (or net_bps)
 
 
 def test_unreachable_libvirt_is_a_backend_error_not_a_crash():
