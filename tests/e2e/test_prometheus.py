@@ -1,8 +1,9 @@
 """A real Prometheus scraping the sim-host pipeline's exporter, with deploy/prometheus's rules loaded.
 
-Every query of the Grafana dashboard (deploy/grafana/rescoin.json) returns
-data, every rule evaluates without error, and a stage taken down shows up as
-a firing RescoinServiceDown in ALERTS.
+Every query of the Grafana dashboards (deploy/grafana/rescoin.json, per host,
+and rescoin-fleet.json, across hosts) returns data, every rule evaluates
+without error, and a stage taken down shows up as a firing RescoinServiceDown
+in ALERTS.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from tests.support.net import free_port
 pytestmark = pytest.mark.e2e
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-DASHBOARD = DEPLOY / "grafana" / "rescoin.json"
+DASHBOARDS = (DEPLOY / "grafana" / "rescoin.json", DEPLOY / "grafana" / "rescoin-fleet.json")
 RULES = DEPLOY / "prometheus" / "rescoin.rules.yml"
 # The rules' `for:` (30 s to 5 min) keep a supervisord restart from paging anyone; here they
 # would only make the test wait. The promtool unit tests check the real durations; this test
@@ -133,9 +134,8 @@ def prometheus(pipeline, tmp_path_factory) -> Iterator[Prometheus]:
 
 def dashboard_queries() -> list[tuple[str, str]]:
     """(panel title, expr with Grafana's variables expanded) for every target of every panel."""
-    dashboard = json.loads(DASHBOARD.read_text())
     queries = []
-    for panel in dashboard["panels"]:
+    for panel in (p for path in DASHBOARDS for p in json.loads(path.read_text())["panels"]):
         for target in panel.get("targets", []):
             expr = target["expr"]
             for name, value in GRAFANA_VARIABLES.items():
