@@ -30,7 +30,10 @@ with ``os.pread`` on files kept open (a few µs each):
   own (as the test suite's does);
 * **memory**: the balloon facts (size, stats) cost a QMP round trip, so each domain's are read
   with one bulk ``domainListGetStats`` only every ``balloon_stats_periods`` periods (spread over
-  periods); a balloon size change in between arrives as libvirt's BALLOON_CHANGE event. Guest
+  periods), in a worker thread whose answer the next period takes (a call costs ~6 ms of waiting
+  on libvirtd and QEMU however few domains it names: off the period's path, the read is the
+  counters'); a slice still running when the next is due is not doubled. A balloon size change in
+  between arrives as libvirt's BALLOON_CHANGE event. Guest
   agent reports are merged by the core, as with every backend;
 * **fallback and cross-check**: a domain whose QEMU pid cannot be found (a remote URI, another
   driver) is read with the libvirt bulk call every period, as the libvirt backend does. Every
@@ -49,6 +52,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -293,6 +297,8 @@ class KernelMonitorBackend:
         self.period = 0
         self.balloon_events: dict[str, float] = {}  # uuid -> balloon size (bytes) from BALLOON_CHANGE
         self._events_conn: libvirt.virConnect | None = None
+        self._balloon_worker = ThreadPoolExecutor(1, thread_name_prefix="balloon-stats")
+        self._balloon_job: Future[tuple[list[Instance], dict[str, dict] | libvirt.libvirtError]] | None = None
         self.stats = {"discovered": 0, "crosscheck_checks": 0, "crosscheck_disagreements": 0, "counter_gone": 0}
         self.disagreements = dict.fromkeys(RESOURCES, 0)
         self._logged = 0
@@ -326,6 +332,32 @@ class KernelMonitorBackend:
             log.warning("domainListGetStats of %d domains on %s: %s (skipped this period)", len(insts), self.uri, exc)
             return {}
         return {dom.UUIDString().lower(): st for dom, st in stats}
+
+    @staticmethod
+    def _fetch_balloons(
+        conn: libvirt.virConnect, insts: list[Instance]
+    ) -> tuple[list[Instance], dict[str, dict] | libvirt.libvirtError]:
+        """In the worker: one balloon-stats call for ``insts`` (its error returned, not raised)."""
+        try:
+            stats = conn.domainListGetStats([i.dom for i in insts], BALLOON_GROUPS, 0)
+        except libvirt.libvirtError as exc:
+            return insts, exc
+        return insts, {dom.UUIDString().lower(): st for dom, st in stats}
+
+    def _collect_balloons(self) -> None:
+        """The last balloon slice's answer, once it is back; instances gone or restarted since are skipped."""
+        job = self._balloon_job
+        if job is None or not job.done():
+            return
+        self._balloon_job = None
+        insts, stats = job.result()
+        if isinstance(stats, libvirt.libvirtError):
+            self.libvirt.failed(stats)  # a lost connection is reopened by the next read
+            log.warning("balloon stats of %d domains on %s: %s (skipped)", len(insts), self.uri, stats)
+            return
+        for inst in insts:
+            if inst.uuid in stats and self.instances.get(inst.uuid) is inst:
+                self._take_balloon(inst, stats[inst.uuid])
 
     # -- discovery ------------------------------------------------------------------------------------
 
@@ -391,12 +423,10 @@ class KernelMonitorBackend:
             balloon = [
                 i for i in insts if i.uuid not in in_full and due(i.slot, self.period, self.balloon_stats_periods)
             ]
-            full_stats = self._bulk(conn, full, STATS)
-            balloon_stats = self._bulk(conn, balloon, BALLOON_GROUPS)
-            libvirt_readings = self._libvirt_readings(full, full_stats)
-            for inst in balloon:
-                if inst.uuid in balloon_stats:
-                    self._take_balloon(inst, balloon_stats[inst.uuid])
+            self._collect_balloons()
+            if balloon and self._balloon_job is None:
+                self._balloon_job = self._balloon_worker.submit(self._fetch_balloons, conn, balloon)
+            libvirt_readings = self._libvirt_readings(full, self._bulk(conn, full, STATS))
         except libvirt.libvirtError as exc:
             if self.libvirt.failed(exc):
                 raise BackendError(f"lost {self.uri}: {exc}") from exc
@@ -569,6 +599,7 @@ class KernelMonitorBackend:
         }
 
     def close(self) -> None:
+        self._balloon_worker.shutdown(wait=True, cancel_futures=True)  # no call left on the connection
         for inst in self.instances.values():
             inst.close()
         self.instances = {}

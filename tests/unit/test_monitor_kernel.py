@@ -239,20 +239,30 @@ def test_cross_check_agrees_within_tolerance(host: FakeHost):
 
 def test_balloon_stats_are_spread_and_events_move_the_size(host: FakeHost, monkeypatch):
     backend = host.backend(balloon_stats_periods=4, crosscheck_periods=0)
-    calls: list[int] = []
-    bulk = backend._bulk
+    full: list[int] = []
+    slices: list[int] = []
+    bulk, fetch = backend._bulk, backend._fetch_balloons
 
-    def counted(conn, insts, groups):
-        calls.append(len(insts))
+    def counted_full(conn, insts, groups):
+        full.append(len(insts))
         return bulk(conn, insts, groups)
 
-    monkeypatch.setattr(backend, "_bulk", counted)
+    def counted_slice(conn, insts):
+        slices.append(len(insts))
+        return fetch(conn, insts)
+
+    monkeypatch.setattr(backend, "_bulk", counted_full)
+    monkeypatch.setattr(backend, "_fetch_balloons", counted_slice)
     backend.read()
+    for inst in backend.instances.values():
+        inst.memory = None  # forgotten: only a slice's answer brings it back
     for _ in range(8):
         backend.read()
-    balloon_calls = calls[3::2]  # (full, balloon) per period; the first period reads everything in full
-    assert calls[0] == 3 and sum(calls[2::2]) == 0  # no full reads after the first: no fallback, no check
-    assert sum(balloon_calls) == 6  # 3 domains, each every 4th of 8 periods
+        if backend._balloon_job is not None:
+            backend._balloon_job.result()  # the worker's answer, taken by the next read
+    assert full[0] == 3 and sum(full[1:]) == 0  # no full reads after the first: no fallback, no check
+    assert sum(slices) == 6  # 3 domains, each every 4th of 8 periods, in the worker
+    assert all(inst.memory is not None for inst in backend.instances.values())  # each slice's answer was taken
     dom = backend.instances[VM1].dom
     backend._on_balloon(None, dom, 300 * 1024, None)  # libvirt's BALLOON_CHANGE event, in KiB
     assert by_uuid(backend.read())[VM1].mem_current_bytes == 300 * 2**20
