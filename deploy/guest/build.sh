@@ -27,7 +27,7 @@ install_agent() {   # every run, cache hit or not: the rootfs is shared by every
     # the cgroup backend (pure Python, no numpy), for the guest that plays a cgroup-v2-only host
     cp "$REPO"/services/__init__.py "$agent/services/"
     cp "$REPO"/services/runtime/{__init__,config,cgroups}.py "$agent/services/runtime/"
-    cp "$REPO"/services/actuator/{__init__,backend,backend_cgroup,blockdev,settings}.py "$agent/services/actuator/"
+    cp "$REPO"/services/actuator/{__init__,backend,backend_cgroup,blockdev,cpufiles,settings}.py "$agent/services/actuator/"
 }
 if [ -f "$OUT/.done" ] && [ -x "$ROOTFS/usr/bin/python3" ]; then install_agent; echo "$OUT"; exit 0; fi
 mkdir -p "$OUT"
