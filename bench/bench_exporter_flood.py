@@ -33,6 +33,7 @@ from common import free_port, old_service_loader, start_sim_pipeline, stop, writ
 from rescoin.services.exporter.settings import ExporterSettings
 
 from tests.support.bus import BusListener, decoded
+from tests.support.proc import cpu_seconds
 
 HOST = "flood"
 PERIOD_S = 1.0
@@ -98,8 +99,7 @@ def proc_status(pid: int) -> tuple[int, float, float]:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1]) / 1024
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    cpu = cpu_seconds(pid)
     return threads, rss, cpu
 
 

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import write_section  # noqa: E402
 
 from tests.support.net import free_ports  # noqa: E402
+from tests.support.proc import cpu_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PERIOD_S = 1.0
@@ -80,8 +81,7 @@ ctx.destroy(linger=0)
 
 def proc_usage(pid: int) -> tuple[float, float, float]:
     """(cpu seconds, VmRSS MiB, VmHWM MiB)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    cpu = cpu_seconds(pid)
     mem = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(("VmRSS:", "VmHWM:")):

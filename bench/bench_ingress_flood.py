@@ -18,7 +18,6 @@ rescoin.services.ingress_old on today's runtime."""
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from rescoin.services.ingress.keys import add_guest, init_server
 
 from tests.support.agents import agent_command
 from tests.support.bus import BusListener, decoded, running_bus
+from tests.support.proc import cpu_seconds as cpu_s
+from tests.support.proc import open_fds as fds
 
 PERIOD_S = 1.0
 NOFILE = 1024
@@ -103,18 +104,6 @@ OLD_LOADER = old_service_loader("ingress")
 
 def limit_nofile() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def fds(pid: int) -> int:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return 0
 
 
 def run(label: str, ingress_dir: str | None, n: int, mode: str) -> dict:

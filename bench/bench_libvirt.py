@@ -50,6 +50,7 @@ from rescoin.services.runtime.support import Counters  # noqa: E402
 from tests.e2e.vm.domains import GuestSpec, domain_xml  # noqa: E402
 from tests.support import libvirtd as libvirtd_support  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
+from tests.support.proc import cpu_seconds as cpu_s  # noqa: E402
 
 NETNS = "rescoin-bench"
 SIZES = (10, 25, 50, 100)
@@ -68,11 +69,6 @@ STAT_GROUPS = {
     "interface": libvirt.VIR_DOMAIN_STATS_INTERFACE,
     "block": libvirt.VIR_DOMAIN_STATS_BLOCK,
 }
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu_s() -> float:

@@ -5,7 +5,6 @@ and clients that fail the CURVE handshake are counted per cause in its hb."""
 
 from __future__ import annotations
 
-import os
 import resource
 import socket
 import subprocess
@@ -14,7 +13,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import zmq
@@ -26,6 +24,8 @@ from tests.support.agents import agent_command
 from tests.support.bus import BusListener, decoded, running_bus, wait_for
 from tests.support.machine import machine_lacks
 from tests.support.net import free_port
+from tests.support.proc import cpu_seconds as cpu_s
+from tests.support.proc import open_fds
 
 NOFILE = 1024
 FLOOD = 2000
@@ -39,15 +39,6 @@ VMS = [str(uuid.UUID(int=0x100 + i)) for i in range(AGENTS)]
 
 def systemd_default_nofile() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 @pytest.fixture
