@@ -13,7 +13,7 @@ import time
 from rescoin.proto import KIND_GUEST_MEM, KIND_SAMPLE, Envelope, topic_prefix
 
 from ..runtime.config import Config
-from ..runtime.host import network_capacity_bps, uplinks
+from ..runtime.host import network_capacity_bps
 from ..runtime.service import Health, Outgoing, common_arguments, config_from_args, run_stage
 from ..runtime.support import Counters
 from ..schema import service_schema
@@ -73,7 +73,7 @@ class MonitorStage:
     def sample(self, ended_period: int) -> Outgoing | None:
         try:
             reading = self.backend.read()
-            net_bps, self.net_source = network_capacity_bps(self.cfg.monitor.net_bps, uplinks())
+            net_bps, self.net_source = network_capacity_bps(self.cfg.monitor.net_bps)
             capacity = capacity_vector(self.backend.capacity(), self.cfg.monitor, net_bps)
         except BackendError as exc:
             if self.connected or exc.args[0] != self.last_error:

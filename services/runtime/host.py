@@ -15,6 +15,7 @@ monitors (the sample's ``C``) and ``rescoin doctor``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 KIB = 1024
@@ -107,11 +108,12 @@ def uplinks(sys_class_net: str = "/sys/class/net", route_table: str = "/proc/net
     return found
 
 
-def network_capacity_bps(configured: float, found: dict[str, float]) -> tuple[float, str]:
-    """(C for the network, how it was chosen): the configured number if any (> 0), else the sum of
-    the uplinks' speeds, else 1 Gbit/s."""
+def network_capacity_bps(configured: float, find: Callable[[], dict[str, float]] = uplinks) -> tuple[float, str]:
+    """(C for the network, how it was chosen): the configured number if any (> 0; sysfs is not read
+    then), else the sum of the uplinks' speeds (``find``), else 1 Gbit/s."""
     if configured > 0:
         return configured, "configured ([monitor] net_bps)"
+    found = find()
     if found:
         return sum(found.values()), ", ".join(f"{dev} {bps * 8 / 1e9:g} Gbit/s" for dev, bps in found.items())
     return UNKNOWN_LINK_BPS, "no uplink says its speed: 1 Gbit/s assumed (set [monitor] net_bps)"

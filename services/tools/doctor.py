@@ -26,7 +26,7 @@ from ..actuator.blockdev import kernel_offers_bfq, parse_scheduler
 from ..actuator.settings import ActuatorSettings
 from ..runtime.cgroups import cgroup_mounts
 from ..runtime.config import ConfigError, load_config
-from ..runtime.host import hugepage_pool_bytes, isolated_cores, network_capacity_bps, uplinks
+from ..runtime.host import hugepage_pool_bytes, isolated_cores, network_capacity_bps
 from ..schema import service_schema
 
 SKIPPED_DEVICES = ("loop", "ram", "zram", "sr", "fd")
@@ -64,7 +64,7 @@ def host_facts(sysfs: str = "/sys") -> dict[str, Any]:
         "isolated_cores": isolated,
         "hugepage_pool_bytes": hugepages,
         "tc": shutil.which("tc") is not None,
-        "network": network_capacity_bps(0.0, uplinks())[1],
+        "network": network_capacity_bps(0.0)[1],
     }
 
 

@@ -1,6 +1,12 @@
-def test_the_uplinks_are_the_physical_nics_and_bonds_on_a_bridge_or_the_default_route(tmp_path):
-    from rescoin.services.runtime.host import UNKNOWN_LINK_BPS, network_capacity_bps, uplinks
+"""The host's uplinks and the network capacity they give, on a fake /sys/class/net."""
 
+from __future__ import annotations
+
+import pytest
+from rescoin.services.runtime.host import UNKNOWN_LINK_BPS, network_capacity_bps, uplinks
+
+
+def test_the_uplinks_are_the_physical_nics_and_bonds_on_a_bridge_or_the_default_route(tmp_path):
     net = tmp_path / "net"
 
     def dev(name: str, speed: int | None = None, state: str = "up", physical: bool = True, master: str = "",
@@ -30,6 +36,6 @@ def test_the_uplinks_are_the_physical_nics_and_bonds_on_a_bridge_or_the_default_
     route.write_text("Iface\tDestination\tGateway\nbond0\t0002000A\t0\neno3\t00000000\t0102000A\n")
     found = uplinks(str(net), str(route))
     assert found == {"bond0": 20000e6 / 8, "eno3": 1000e6 / 8}
-    assert network_capacity_bps(0.0, found) == (21000e6 / 8, "bond0 20 Gbit/s, eno3 1 Gbit/s")
-    assert network_capacity_bps(5e6, found)[0] == 5e6  # configured wins
-    assert network_capacity_bps(0.0, {})[0] == UNKNOWN_LINK_BPS
+    assert network_capacity_bps(0.0, lambda: found) == (21000e6 / 8, "bond0 20 Gbit/s, eno3 1 Gbit/s")
+    assert network_capacity_bps(5e6, lambda: pytest.fail("sysfs read"))[0] == 5e6  # configured wins, unread
+    assert network_capacity_bps(0.0, dict)[0] == UNKNOWN_LINK_BPS
