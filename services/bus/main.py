@@ -42,9 +42,7 @@ import logging
 import re
 import signal
 import threading
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import zmq
 import zmq.auth
@@ -56,6 +54,7 @@ from zmq.utils.monitor import parse_monitor_message
 from ..runtime.config import Config
 from ..runtime.service import (
     MAX_FRAME_BYTES,
+    BusSilentStage,
     Health,
     Outgoing,
     ServiceLoop,
@@ -307,7 +306,7 @@ COUNTERS = (
 AUTH_COUNTERS = ("rejected.unknown_key", "rejected.unknown_publisher")  # a CURVE bus's, from its ZAP handler
 
 
-class BusStage:
+class BusStage(BusSilentStage):
     """The bus as a stage: it forwards in its own thread (``Bus``); each period its counters, which
     ``Bus`` keeps as running totals, and its allow-list reread after a SIGHUP (``reload_wanted``)."""
 
@@ -318,12 +317,6 @@ class BusStage:
         self.cfg = cfg
         self.counters = counters
         self.reload_wanted = reload_wanted
-
-    def subscriptions(self) -> Sequence[bytes]:
-        return ()
-
-    def on_message(self, env: Any) -> list[Outgoing]:
-        return []
 
     def on_period(self, ended_period: int) -> list[Outgoing]:
         if self.reload_wanted.is_set() and self.bus.auth is not None:
@@ -338,8 +331,7 @@ class BusStage:
             refused = self.bus.auth.counters()
             totals.update(refused)
             totals["rejected"] += sum(refused.values())
-        for name, value in totals.items():  # running totals from the forwarding thread: set, not added
-            self.counters.values[name] = value
+        self.counters.set_totals(totals)
         auth = self.bus.auth
         return Health("ok", {
             "pub_endpoint": self.cfg.bus.pub_endpoint,
@@ -348,9 +340,6 @@ class BusStage:
             "max_subscriptions": self.bus.max_subscriptions,
             **({"allowed_keys": len(auth.allowed)} if auth is not None else {}),
         })  # fmt: skip
-
-    def close(self) -> list[Outgoing]:
-        return []
 
 
 def main(argv: list[str] | None = None) -> int:

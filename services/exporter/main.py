@@ -64,8 +64,7 @@ class Exporter:
 
     def on_period(self, ended_period: int) -> list[Outgoing]:
         out = self.core.on_period(ended_period)
-        for name, value in dict(self.server.stats).items():  # monotone, written by the server's thread only
-            self.counters.values[f"http.{name}"] = value
+        self.counters.set_totals({f"http.{name}": v for name, v in dict(self.server.stats).items()})
         return out
 
     def health(self) -> Health:

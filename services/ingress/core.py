@@ -28,7 +28,7 @@ from typing import Any
 
 from rescoin.proto import KIND_GUEST_MEM, GuestMem, ProtocolError, decode_guest_report, parse_topic
 
-from ..runtime.service import Health, Outgoing
+from ..runtime.service import BusSilentStage, Health, Outgoing
 from ..runtime.support import Counters
 
 log = logging.getLogger("rescoin.ingress")
@@ -91,7 +91,7 @@ class GuestRateLimit:
         return allowed
 
 
-class IngressStage:
+class IngressStage(BusSilentStage):
     """The ingress as a stage: nothing from the bus, guest reports in, ``guest.mem`` out. ``facts()``
     gives the connection guard's and the ZAP handler's numbers for each heartbeat."""
 
@@ -103,12 +103,6 @@ class IngressStage:
         self.counters = counters
         self.limit = limit
         self.facts = facts  # () -> (counter values to report, hb info)
-
-    def subscriptions(self) -> Sequence[bytes]:
-        return ()
-
-    def on_message(self, env: Any) -> list[Outgoing]:
-        return []
 
     def on_guest(self, frames: Sequence[bytes], authenticated_vm: str | None, period: int) -> list[Outgoing]:
         """One message from a guest: its report for the bus, or nothing (counted by cause)."""
@@ -124,14 +118,7 @@ class IngressStage:
         self.counters.inc(f"guest_format.{verdict.guest_format}")  # who still runs old agents
         return [Outgoing(KIND_GUEST_MEM, period, verdict.report)]
 
-    def on_period(self, ended_period: int) -> list[Outgoing]:
-        return []
-
     def health(self) -> Health:
         values, info = self.facts()
-        for name, value in values.items():  # absolute numbers, not increments: set, not added
-            self.counters.values[name] = value
+        self.counters.set_totals(values)
         return Health("ok", info)
-
-    def close(self) -> list[Outgoing]:
-        return []

@@ -70,6 +70,23 @@ class Reader:
     handle: Callable[[Callable[[], int]], Sequence[Outgoing]]
 
 
+class BusSilentStage:
+    """What a stage that hears nothing on the bus needs not write (its input comes through a ``Reader``, or
+    from its own thread): no subscriptions, nothing to say to a message, a tick or a stop."""
+
+    def subscriptions(self) -> Sequence[bytes]:
+        return ()
+
+    def on_message(self, env: Envelope) -> list[Outgoing]:
+        return []
+
+    def on_period(self, ended_period: int) -> list[Outgoing]:
+        return []
+
+    def close(self) -> list[Outgoing]:
+        return []
+
+
 class Stage(Protocol):
     """What a stage's core offers the runtime."""
 

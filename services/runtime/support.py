@@ -10,7 +10,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,11 @@ class Counters:
 
     def inc(self, name: str, n: int = 1) -> None:
         self.values[name] += n
+
+    def set_totals(self, totals: Mapping[str, int]) -> None:
+        """Counters another part keeps as running totals (a thread, a handler): set, not added."""
+        for name, value in totals.items():
+            self.values[name] = value
 
     def reject(
         self, cause: str, detail: str, logger: logging.Logger = log, exc_info: BaseException | None = None

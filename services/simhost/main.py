@@ -13,9 +13,8 @@ import argparse
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import zmq
 from rescoin.proto import ProtocolError
@@ -29,7 +28,7 @@ from rescoin.proto.simhost import (
     encode_result,
 )
 
-from ..runtime.service import Health, Outgoing, Reader, ServiceLoop, common_arguments, config_from_args
+from ..runtime.service import BusSilentStage, Health, Outgoing, Reader, ServiceLoop, common_arguments, config_from_args
 from ..runtime.support import Counters, atomic_write
 from ..schema import service_schema
 from .core import SimHost, build_workload
@@ -64,7 +63,7 @@ def handle_request(sim: SimHost, frame: bytes, now_ns: int, counters: Counters) 
     return encode_result(result)
 
 
-class SimhostStage:
+class SimhostStage(BusSilentStage):
     """The sim host as a stage: nothing from the bus, requests in, its state file kept; the period's
     tick moves the host on. Socket- and clock-free: the loop passes the time of each request."""
 
@@ -99,12 +98,6 @@ class SimhostStage:
         self.sim.advance(now_ns)  # a request after a boundary sees the new period's sample
         return reply
 
-    def subscriptions(self) -> Sequence[bytes]:
-        return ()
-
-    def on_message(self, env: Any) -> list[Outgoing]:
-        return []
-
     def on_period(self, ended_period: int) -> list[Outgoing]:
         before = self.sim.period
         self.sim.advance(int((ended_period + 1) * self.sim.period_s * 1e9))  # to the boundary that just passed
@@ -115,9 +108,6 @@ class SimhostStage:
 
     def health(self) -> Health:
         return Health("ok", self.info)
-
-    def close(self) -> list[Outgoing]:
-        return []
 
 
 def serve_until_quiet(rep: zmq.Socket, stage: SimhostStage, quiet_s: float, grace_s: float) -> None:
