@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what ResCoin needs on Debian 12, from nothing; idempotent.
-#   deploy/install.sh          runtime: apt build deps for libvirt-python, a venv in .venv, the package
+#   deploy/install.sh          runtime: apt build deps for libvirt-python, a venv in .venv (from Debian's python3), the package
 #   deploy/install.sh --test   also what the test suite drives for real: libvirtd + QEMU (TCG),
 #                              busybox and a guest kernel for tiny VMs, prometheus + promtool, tmux, iproute2
 # Also the system user and group `rescoin`: every service but the monitor and the actuator
@@ -34,7 +34,14 @@ if [ -n "${missing// /}" ]; then
     apt-get install -y -q --no-install-recommends $missing >/dev/null
 fi
 
-PY=${PYTHON:-python3}
+# Debian's own Python, so that user rescoin can run the venv (a pyenv or a Python built under
+# /root is not readable by others); PYTHON=/path overrides it. A venv made from another Python
+# is made again.
+PY=${PYTHON:-/usr/bin/python3}
+if [ -x "$VENV/bin/python" ] && ! grep -qx "home = $(dirname "$(readlink -f "$PY")")" "$VENV/pyvenv.cfg"; then
+    echo "install.sh: $VENV was made from another Python than $PY; making it again"
+    rm -rf "$VENV"
+fi
 if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi

@@ -22,6 +22,9 @@ MACHINE_FACTS = {
     "no_cgroup2": "no cgroup2 mount on this machine",
     "low_fd_limit": "the hard limit on open files is below what the test opens",
     "no_mallopt": "this C library has no mallopt (not glibc): the services run with its defaults",
+    "checkout_private": "the checkout lies under a directory other users cannot enter (e.g. /root): "
+    "the demo runs every program as root",
+    "demo_running": "the demo already runs from this checkout: not stopping someone's demo",
 }
 
 
