@@ -37,9 +37,12 @@ with ``os.pread`` on files kept open (a few µs each):
   agent reports are merged by the core, as with every backend;
 * **fallback and cross-check**: a domain whose QEMU pid cannot be found (a remote URI, another
   driver) is read with the libvirt bulk call every period, as the libvirt backend does. Every
-  ``crosscheck_periods`` each domain's counters are also read with the bulk call and the rates of
-  both over the interval compared; a disagreement beyond ``crosscheck_tolerance`` (relative, with
-  a small absolute floor per resource) is counted in `hb` and logged.
+  ``crosscheck_periods`` each domain's counters are also read with the bulk call, in the same
+  worker (its kernel counters read there too, right after libvirt answers, so that both are read
+  at nearly one moment), and the rates of both over the interval since its last check compared
+  when the next period takes the answer; a disagreement beyond ``crosscheck_tolerance``
+  (relative, with a small absolute floor per resource) is counted in `hb` and logged. A check
+  still running when the next is due is not doubled: those domains wait for their next turn.
 
 Every path is relative to roots the constructor takes (``proc_root``, the cgroup mounts), so tests
 lay out a fake procfs and cgroupfs in a temporary directory.
@@ -53,8 +56,9 @@ import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from threading import Lock
 
 import libvirt
 
@@ -78,6 +82,8 @@ log = logging.getLogger("rescoin.monitor.kernel")
 NS_PER_TICK = 1e9 / os.sysconf("SC_CLK_TCK")
 CPUCLOCK_SCHED = 2  # linux/posix-timers.h: a process CPU clock id is (~pid << 3) | CPUCLOCK_SCHED
 BALLOON_GROUPS = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BALLOON
+BALLOON_STATS, CROSS_CHECK = "balloon stats", "cross-check"  # the worker's two kinds of call
+Counts = tuple[float, float, float]  # cpu ns, disk bytes, network bytes
 # a cross-check disagreement is beyond tolerance * the larger rate AND beyond this floor (cores, B/s, B/s)
 CROSSCHECK_FLOOR = (0.02, 64 * 1024.0, 16 * 1024.0)
 RESOURCES = ("cpu", "disk", "net")
@@ -242,7 +248,7 @@ class Instance:
     netns: int = 0  # that namespace's inode: one table read per namespace per period
     memory: _Memory | None = None
     periods: int = 0  # read this many periods
-    check: tuple[int, tuple[float, float, float], tuple[float, float, float]] | None = None  # ts, libvirt, kernel
+    check: tuple[int, Counts, Counts] | None = None  # the last cross-check: monotonic ns, libvirt's, the kernel's
 
     @property
     def kernel(self) -> bool:
@@ -258,6 +264,17 @@ class Instance:
             if counter is not None:
                 counter.close()
         self.cpu = self.disk = self.netdev = None
+
+
+@dataclass
+class SlowAnswer:
+    """What one libvirt bulk call in the worker brought back, for the next period to take."""
+
+    kind: str  # "balloon stats" or "cross-check"
+    insts: list[Instance]
+    stats: dict[str, dict] | libvirt.libvirtError  # uuid -> stats, or the call's error
+    kernel: dict[str, Counts] = field(default_factory=dict)  # the cross-check's counters, read just after
+    at_ns: int = 0  # when those were read (monotonic)
 
 
 def due(slot: int, period: int, every: int) -> bool:
@@ -297,8 +314,9 @@ class KernelMonitorBackend:
         self.period = 0
         self.balloon_events: dict[str, float] = {}  # uuid -> balloon size (bytes) from BALLOON_CHANGE
         self._events_conn: libvirt.virConnect | None = None
-        self._balloon_worker = ThreadPoolExecutor(1, thread_name_prefix="balloon-stats")
-        self._balloon_job: Future[tuple[list[Instance], dict[str, dict] | libvirt.libvirtError]] | None = None
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="libvirt-slow")  # balloon stats, cross-checks
+        self._jobs: dict[str, Future[SlowAnswer]] = {}  # kind -> the call in flight
+        self._counters_lock = Lock()  # the worker reads counters the period's read may close
         self.stats = {"discovered": 0, "crosscheck_checks": 0, "crosscheck_disagreements": 0, "counter_gone": 0}
         self.disagreements = dict.fromkeys(RESOURCES, 0)
         self._logged = 0
@@ -333,31 +351,57 @@ class KernelMonitorBackend:
             return {}
         return {dom.UUIDString().lower(): st for dom, st in stats}
 
-    @staticmethod
-    def _fetch_balloons(
-        conn: libvirt.virConnect, insts: list[Instance]
-    ) -> tuple[list[Instance], dict[str, dict] | libvirt.libvirtError]:
-        """In the worker: one balloon-stats call for ``insts`` (its error returned, not raised)."""
-        try:
-            stats = conn.domainListGetStats([i.dom for i in insts], BALLOON_GROUPS, 0)
-        except libvirt.libvirtError as exc:
-            return insts, exc
-        return insts, {dom.UUIDString().lower(): st for dom, st in stats}
+    def _submit(self, kind: str, conn: libvirt.virConnect, insts: list[Instance]) -> None:
+        if insts and kind not in self._jobs:
+            self._jobs[kind] = self._worker.submit(self._fetch, kind, conn, insts)
 
-    def _collect_balloons(self) -> None:
-        """The last balloon slice's answer, once it is back; instances gone or restarted since are skipped."""
-        job = self._balloon_job
+    def _fetch(self, kind: str, conn: libvirt.virConnect, insts: list[Instance]) -> SlowAnswer:
+        """In the worker: one bulk call for ``insts`` (its error returned, not raised); for a
+        cross-check, their kernel counters read right after it."""
+        groups = STATS if kind == CROSS_CHECK else BALLOON_GROUPS
+        try:
+            stats = conn.domainListGetStats([i.dom for i in insts], groups, 0)
+        except libvirt.libvirtError as exc:
+            return SlowAnswer(kind, insts, exc)
+        answer = SlowAnswer(kind, insts, {dom.UUIDString().lower(): st for dom, st in stats})
+        if kind == CROSS_CHECK:
+            with self._counters_lock:
+                answer.at_ns = time.monotonic_ns()
+                tables: dict[int, dict[str, float]] = {}
+                for inst in insts:
+                    try:
+                        if inst.kernel:
+                            answer.kernel[inst.uuid] = self._counts(inst, tables)
+                    except (CounterGone, OSError):
+                        pass  # stopped meanwhile: the period's own read notices and says so
+        return answer
+
+    def _finished(self, kind: str) -> SlowAnswer | None:
+        """The call of ``kind``'s answer once it is back, with only the instances still current
+        (not gone or restarted since); None while it runs or if it failed."""
+        job = self._jobs.get(kind)
         if job is None or not job.done():
-            return
-        self._balloon_job = None
-        insts, stats = job.result()
-        if isinstance(stats, libvirt.libvirtError):
-            self.libvirt.failed(stats)  # a lost connection is reopened by the next read
-            log.warning("balloon stats of %d domains on %s: %s (skipped)", len(insts), self.uri, stats)
-            return
-        for inst in insts:
-            if inst.uuid in stats and self.instances.get(inst.uuid) is inst:
-                self._take_balloon(inst, stats[inst.uuid])
+            return None
+        del self._jobs[kind]
+        answer = job.result()
+        if isinstance(answer.stats, libvirt.libvirtError):
+            self.libvirt.failed(answer.stats)  # a lost connection is reopened by the next read
+            log.warning("%s of %d domains on %s: %s (skipped)", answer.kind, len(answer.insts), self.uri, answer.stats)
+            return None
+        stats = answer.stats
+        answer.insts = [i for i in answer.insts if i.uuid in stats and self.instances.get(i.uuid) is i]
+        return answer
+
+    def _collect(self) -> None:
+        """Take what the worker brought back: balloon facts, and cross-checks to compare."""
+        if (balloons := self._finished(BALLOON_STATS)) is not None:
+            for inst in balloons.insts:
+                self._take_balloon(inst, balloons.stats[inst.uuid])  # type: ignore[index]
+        if (check := self._finished(CROSS_CHECK)) is not None:
+            readings = self._libvirt_readings(check.insts, check.stats)  # type: ignore[arg-type]
+            for inst in check.insts:
+                if inst.uuid in readings and inst.uuid in check.kernel:
+                    self._cross_check(inst, readings[inst.uuid], check.kernel[inst.uuid], check.at_ns)
 
     # -- discovery ------------------------------------------------------------------------------------
 
@@ -415,23 +459,25 @@ class KernelMonitorBackend:
         self.pids.new_period()
         try:
             self._watch_balloons(conn)
-            insts = self._instances(conn)
-            full = [
-                i for i in insts if not i.kernel or i.periods == 0 or due(i.slot, self.period, self.crosscheck_periods)
+            with self._counters_lock:  # instances gone are closed here; the worker reads none meanwhile
+                insts = self._instances(conn)
+            full = [i for i in insts if not i.kernel or i.periods == 0]  # no counters, or first seen: now
+            later = [i for i in insts if i.kernel and i.periods > 0]
+            self._collect()
+            checks = [i for i in later if due(i.slot, self.period, self.crosscheck_periods)]
+            checked = {i.uuid for i in checks}
+            balloons = [
+                i for i in later if i.uuid not in checked and due(i.slot, self.period, self.balloon_stats_periods)
             ]
-            in_full = {i.uuid for i in full}
-            balloon = [
-                i for i in insts if i.uuid not in in_full and due(i.slot, self.period, self.balloon_stats_periods)
-            ]
-            self._collect_balloons()
-            if balloon and self._balloon_job is None:
-                self._balloon_job = self._balloon_worker.submit(self._fetch_balloons, conn, balloon)
+            self._submit(CROSS_CHECK, conn, checks)  # its bulk call brings the balloon facts too
+            self._submit(BALLOON_STATS, conn, balloons)
             libvirt_readings = self._libvirt_readings(full, self._bulk(conn, full, STATS))
         except libvirt.libvirtError as exc:
             if self.libvirt.failed(exc):
                 raise BackendError(f"lost {self.uri}: {exc}") from exc
             raise BackendError(f"listing or reading domains on {self.uri}: {exc}") from exc
-        domains = self._kernel_readings(insts, libvirt_readings)
+        with self._counters_lock:
+            domains = self._kernel_readings(insts, libvirt_readings)
         return HostReading(self.ts_ns, sorted(domains, key=lambda d: d.uuid), self.monotonic_ns)
 
     def _instances(self, conn: libvirt.virConnect) -> list[Instance]:
@@ -496,20 +542,26 @@ class KernelMonitorBackend:
             _float_or_none(balloon.get("last-update", balloon.get("last_update"))),
         )
 
+    @staticmethod
+    def _counts(inst: Instance, tables: dict[int, dict[str, float]]) -> Counts:
+        """cpu ns, disk bytes and network bytes from ``inst``'s open counters (one net/dev table per
+        network namespace, kept in ``tables`` for the pass)."""
+        if inst.netns not in tables:
+            tables[inst.netns] = parse_net_dev(pread_all(inst.netdev.fd))  # type: ignore[union-attr]
+        table = tables[inst.netns]
+        net = sum(table.get(tap, 0.0) for tap in inst.facts.interfaces)
+        return inst.cpu.read(), inst.disk.read(), net  # type: ignore[union-attr]
+
     def _kernel_readings(
         self, insts: list[Instance], libvirt_readings: dict[str, DomainReading]
     ) -> list[DomainReading]:
         tables: dict[int, dict[str, float]] = {}
-        counters: dict[str, tuple[float, float, float]] = {}
+        counters: dict[str, Counts] = {}
         for inst in insts:
             if not inst.kernel:
                 continue
             try:
-                if inst.netns not in tables:
-                    tables[inst.netns] = parse_net_dev(pread_all(inst.netdev.fd))  # type: ignore[union-attr]
-                table = tables[inst.netns]
-                net = sum(table.get(tap, 0.0) for tap in inst.facts.interfaces)
-                counters[inst.uuid] = (inst.cpu.read(), inst.disk.read(), net)  # type: ignore[union-attr]
+                counters[inst.uuid] = self._counts(inst, tables)
             except (CounterGone, OSError) as exc:  # stopped while read: rediscovered if it is still there
                 self.stats["counter_gone"] += 1
                 log.info("domain %s: %s", inst.facts.name, exc)
@@ -524,8 +576,8 @@ class KernelMonitorBackend:
                 if lv is not None and inst.uuid in self.instances and not inst.kernel:
                     out.append(lv)  # the fallback: a domain with no kernel counters
                 continue
-            if lv is not None:
-                self._cross_check(inst, lv, counters[inst.uuid])
+            if lv is not None:  # first seen: the cross-check's first point
+                self._cross_check(inst, lv, counters[inst.uuid], self.monotonic_ns)
             memory = inst.memory
             if memory is None:
                 continue
@@ -551,13 +603,13 @@ class KernelMonitorBackend:
             )
         return out
 
-    def _cross_check(self, inst: Instance, lv: DomainReading, kernel: tuple[float, float, float]) -> None:
+    def _cross_check(self, inst: Instance, lv: DomainReading, kernel: Counts, at_ns: int) -> None:
         """Compare the rates of libvirt's and the kernel's counters since this domain's last check."""
         libvirt_counters = (lv.cpu_time_ns or 0.0, lv.disk_bytes or 0.0, lv.net_bytes or 0.0)
-        before, inst.check = inst.check, (self.monotonic_ns, libvirt_counters, kernel)
+        before, inst.check = inst.check, (at_ns, libvirt_counters, kernel)
         if before is None:
             return
-        dt = (self.monotonic_ns - before[0]) / 1e9
+        dt = (at_ns - before[0]) / 1e9
         if dt <= 0:
             return
         self.stats["crosscheck_checks"] += 1
@@ -599,7 +651,7 @@ class KernelMonitorBackend:
         }
 
     def close(self) -> None:
-        self._balloon_worker.shutdown(wait=True, cancel_futures=True)  # no call left on the connection
+        self._worker.shutdown(wait=True, cancel_futures=True)  # no call left on the connection
         for inst in self.instances.values():
             inst.close()
         self.instances = {}

@@ -1,15 +1,16 @@
-"""A second libvirtd (+ its own virtlogd) on this machine: a migration destination.
+"""Two libvirtds (each with its own virtlogd) on this one machine: a live migration's hosts.
 
 libvirt refuses to migrate a domain to "the same host" (same host UUID), and
-two daemons cannot share /run/libvirt, /var/lib/libvirt or the pid files. So the
-second pair runs in a mount namespace of its own, where directories of ours
-are bind-mounted over libvirt's runtime, state, log and cache directories (so
-the test reaches its socket, and cleanup is one rmtree), with its own
-libvirtd.conf (host_uuid) and pid files; and in a network namespace of its own,
-so that a migrated guest's user-networking port forwards (bound again by the
-destination QEMU while the source QEMU still holds them) do not collide.
-Everything else (users, qemu.conf) is tests/support/libvirtd.py's; only the
-processes started here are stopped, by PID.
+two daemons cannot share /run/libvirt, /var/lib/libvirt or the pid files. So
+each daemon here runs in a mount namespace of its own, where directories of
+ours are bind-mounted over libvirt's runtime, state, log and cache directories
+(the test reaches its socket there, and cleanup is one rmtree), with its own
+libvirtd.conf (host_uuid) and pid files; and in a network namespace of its
+own, so that a migrated guest's user-networking port forwards (bound again by
+the destination QEMU while the source QEMU still holds them) do not collide.
+Neither is the machine's qemu:///system, so a test's actuator never touches
+another test's VMs. Users and qemu.conf are tests/support/libvirtd.py's; only
+the processes started here are stopped, by PID.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ PRIVATE_DIRS = {
 
 
 @dataclass
-class SecondDaemon:
+class PrivateDaemon:
     root: Path  # its private directories, config, pid files and log, seen from here
     netns: str
     created_netns: bool
@@ -48,13 +49,19 @@ class SecondDaemon:
         return f"qemu+unix:///system?socket={self.root}/run/libvirt-sock"
 
 
-def start(root: Path, netns: str, timeout_s: float = 60.0) -> SecondDaemon:
+def missing_reason() -> str | None:
+    """Why two private libvirtds cannot be started here, or None if they can."""
+    for tool in ("unshare", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"{tool} (util-linux) is not installed"
+    return libvirtd_support.missing_reason()
+
+
+def start(root: Path, netns: str, timeout_s: float = 60.0) -> PrivateDaemon:
     """Start virtlogd + libvirtd in a mount namespace of their own, in network namespace ``netns``."""
-    reason = libvirtd_support.missing_reason()
+    reason = missing_reason()
     if reason:
         raise RuntimeError(reason)
-    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
-        raise RuntimeError("unshare/nsenter (util-linux) are not installed")
     libvirtd_support._prepare()
     for key in PRIVATE_DIRS:
         (root / key / "qemu").mkdir(parents=True, exist_ok=True)
@@ -71,7 +78,7 @@ def start(root: Path, netns: str, timeout_s: float = 60.0) -> SecondDaemon:
     )
     created_netns = libvirtd_support._add_netns(netns)
     env = dict(os.environ, LIBVIRT_LOG_OUTPUTS=f"3:file:{root}/libvirtd.log")
-    daemon = SecondDaemon(root, netns, created_netns, {})
+    daemon = PrivateDaemon(root, netns, created_netns, {})
     try:
         subprocess.run(
             ["nsenter", f"--net=/run/netns/{netns}", "unshare", "--mount", "--propagation", "private",
@@ -81,7 +88,7 @@ def start(root: Path, netns: str, timeout_s: float = 60.0) -> SecondDaemon:
     except subprocess.CalledProcessError as e:
         daemon.pids = _read_pids(pid_files)
         stop(daemon)
-        raise RuntimeError(f"second libvirtd did not start: {e.stderr.strip()}") from e
+        raise RuntimeError(f"private libvirtd did not start: {e.stderr.strip()}") from e
     deadline = time.monotonic() + timeout_s
     while True:
         daemon.pids = _read_pids(pid_files)
@@ -90,8 +97,33 @@ def start(root: Path, netns: str, timeout_s: float = 60.0) -> SecondDaemon:
             return daemon
         if time.monotonic() > deadline:
             stop(daemon)
-            raise RuntimeError(f"second libvirtd did not answer within {timeout_s} s; see {root}/libvirtd.log")
+            raise RuntimeError(f"private libvirtd did not answer within {timeout_s} s; see {root}/libvirtd.log")
         time.sleep(0.2)
+
+
+SPACER_XML = """<domain type='qemu'>
+  <name>rc-id-spacer</name>
+  <memory unit='MiB'>16</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices>
+</domain>"""
+
+
+def skip_domain_id(conn: libvirt.virConnect, domain_id: int) -> None:
+    """Make the next domain ``conn`` starts get an id other than ``domain_id``.
+
+    Without cgroup namespaces both daemons put a domain in the cgroup
+    machine/qemu-<id>-<name>.libvirt-qemu, and two fresh daemons count ids from
+    1: a domain migrated with the same id would share its source's cgroup (the
+    source's cleanup then fails with EBUSY). Each paused empty domain started
+    and destroyed here uses up one id.
+    """
+    while True:
+        spacer = conn.createXML(SPACER_XML, libvirt.VIR_DOMAIN_START_PAUSED)
+        used = spacer.ID()
+        spacer.destroy()
+        if used + 1 != domain_id:
+            return
 
 
 def _read_pids(pid_files: dict[str, Path]) -> dict[str, int]:
@@ -112,7 +144,7 @@ def _running(pid: int) -> bool:
         return False
 
 
-def stop(daemon: SecondDaemon) -> None:
+def stop(daemon: PrivateDaemon) -> None:
     """Destroy its domains, stop its daemons by PID, delete its namespace (if created here) and directories."""
     try:
         conn = libvirt.open(daemon.uri)

@@ -7,6 +7,7 @@ and vm4-big running); every kernel file the backend reads is laid out under tmp_
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -215,11 +216,20 @@ def test_a_stopped_domain_drops_out_and_its_files_are_closed(host: FakeHost):
         os.fstat(fd)
 
 
+def checked(backend: bk.KernelMonitorBackend) -> None:
+    """One period that sends the due domains' cross-check to the worker, then the next, which takes it."""
+    backend.read()
+    job = backend._jobs.get(bk.CROSS_CHECK)
+    assert job is not None  # off the period's path: the read did not wait for it
+    job.result()
+    backend.read()
+
+
 def test_cross_check_counts_rates_that_disagree(host: FakeHost):
     backend = host.backend(crosscheck_periods=1)
-    backend.read()
+    backend.read()  # first seen: read through libvirt, the checks' first point
     time.sleep(0.1)
-    backend.read()  # the kernel says 0 cores; the test driver's cpu time is the wall clock: 1 core
+    checked(backend)  # the kernel says 0 cores; the test driver's cpu time is the wall clock: 1 core
     info = backend.info()
     assert info["crosscheck_checks"] == 3
     assert info["crosscheck_disagreements_cpu"] == 3
@@ -233,33 +243,59 @@ def test_cross_check_agrees_within_tolerance(host: FakeHost):
     time.sleep(0.2)
     for name, (dom_id, pid) in NAMES.items():  # one core since t0, as the test driver reports
         host.counters(name, dom_id, pid, cpu_ns=time.time_ns() - t0, disk=0, net={})
-    backend.read()
+    checked(backend)
+    assert backend.info()["crosscheck_checks"] == 3
     assert backend.info()["crosscheck_disagreements_cpu"] == 0
+
+
+def test_a_slow_cross_check_does_not_hold_up_the_periods(host: FakeHost, monkeypatch):
+    backend = host.backend(crosscheck_periods=1)
+    backend.libvirt.read_only = False  # it stops a domain on its private test driver
+    release = threading.Event()
+    fetch = backend._fetch
+
+    def stalled(kind, conn, insts):  # libvirtd and QEMU answering slowly
+        assert release.wait(30)
+        return fetch(kind, conn, insts)
+
+    monkeypatch.setattr(backend, "_fetch", stalled)
+    backend.read()
+    for _ in range(3):  # the periods go on, with kernel counters, while the check waits
+        assert set(by_uuid(backend.read())) == {VM1, VM2, VM4}
+    job = backend._jobs[bk.CROSS_CHECK]
+    assert not job.done()
+    assert backend.info()["crosscheck_checks"] == 0
+    backend.libvirt.get().lookupByName("vm2").destroy()  # stopped meanwhile: its answer is dropped
+    release.set()
+    job.result()
+    assert set(by_uuid(backend.read())) == {VM1, VM4}
+    assert backend.info()["crosscheck_checks"] == 2
 
 
 def test_balloon_stats_are_spread_and_events_move_the_size(host: FakeHost, monkeypatch):
     backend = host.backend(balloon_stats_periods=4, crosscheck_periods=0)
     full: list[int] = []
     slices: list[int] = []
-    bulk, fetch = backend._bulk, backend._fetch_balloons
+    bulk, fetch = backend._bulk, backend._fetch
 
     def counted_full(conn, insts, groups):
         full.append(len(insts))
         return bulk(conn, insts, groups)
 
-    def counted_slice(conn, insts):
+    def counted_slice(kind, conn, insts):
+        assert kind == bk.BALLOON_STATS  # cross-checks are off
         slices.append(len(insts))
-        return fetch(conn, insts)
+        return fetch(kind, conn, insts)
 
     monkeypatch.setattr(backend, "_bulk", counted_full)
-    monkeypatch.setattr(backend, "_fetch_balloons", counted_slice)
+    monkeypatch.setattr(backend, "_fetch", counted_slice)
     backend.read()
     for inst in backend.instances.values():
         inst.memory = None  # forgotten: only a slice's answer brings it back
     for _ in range(8):
         backend.read()
-        if backend._balloon_job is not None:
-            backend._balloon_job.result()  # the worker's answer, taken by the next read
+        if bk.BALLOON_STATS in backend._jobs:
+            backend._jobs[bk.BALLOON_STATS].result()  # the worker's answer, taken by the next read
     assert full[0] == 3 and sum(full[1:]) == 0  # no full reads after the first: no fallback, no check
     assert sum(slices) == 6  # 3 domains, each every 4th of 8 periods, in the worker
     assert all(inst.memory is not None for inst in backend.instances.values())  # each slice's answer was taken
