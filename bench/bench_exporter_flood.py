@@ -123,9 +123,19 @@ def run(variant: str, exporter_dir: str | None, n: int) -> dict:
     exporter = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     procs["exporter"] = exporter
     beats: dict[str, list[float]] = defaultdict(list)
-    listener = BusListener(
-        sub_endpoint, decoded(lambda _f, env: beats[env.src].append(time.monotonic())), prefixes=(b"hb/",)
-    ).start()
+    alloc_at: dict[int, float] = {}  # period -> when its alloc was heard
+    applied: list[tuple[float, int, str]] = []  # (when heard, period, mode)
+
+    def hear(_frames: list[bytes], env) -> None:
+        now = time.monotonic()
+        if env.kind == "hb":
+            beats[env.src].append(now)
+        elif env.kind == "alloc":
+            alloc_at[env.period] = now
+        else:
+            applied.append((now, env.period, env.body.mode))
+
+    listener = BusListener(sub_endpoint, decoded(hear), prefixes=(b"hb/", b"alloc/", b"applied/")).start()
     phase = ["start"]
     phase_at: dict[str, float] = {}
     scrapes: dict[str, list[float | None]] = defaultdict(list)  # None: failed or timed out
@@ -192,6 +202,15 @@ def run(variant: str, exporter_dir: str | None, n: int) -> dict:
         gaps = [b - a for src in STAGES for a, b in zip(beats[src], beats[src][1:], strict=False) if start <= b < end]
         return max(gaps, default=float("nan"))
 
+    def applied_in(start: float, end: float) -> tuple[float, int]:
+        """The longest wait from an alloc to its applied, and the entries into fail-safe, in [start, end)."""
+        seen = [(t, period, mode) for t, period, mode in applied if start <= t < end]
+        lags = [t - alloc_at[period] for t, period, mode in seen if mode == "normal" and period in alloc_at]
+        modes = [mode for _t, _p, mode in applied if _t < end]
+        first = len(modes) - len(seen)
+        entries = sum(1 for i in range(max(first, 1), len(modes)) if modes[i] == "failsafe" != modes[i - 1])
+        return max(lags, default=float("nan")), entries
+
     result: dict = {"variant": variant, "n": n, "user": user, "opened": opened, "closed": closed, "failed": failed}
     result["load"] = load
     bounds = {"baseline": ("baseline", "flood"), "flood": ("flood", "after"), "after": ("after", "end")}
@@ -211,6 +230,7 @@ def run(variant: str, exporter_dir: str | None, n: int) -> dict:
             "cpu": cpu,
             "hb_gap": max_gap(phase_at[a], phase_at[b]),
         }
+        result[name]["lag"], result[name]["failsafe"] = applied_in(phase_at[a], phase_at[b])
     print(result, flush=True)
     return result
 
@@ -218,8 +238,8 @@ def run(variant: str, exporter_dir: str | None, n: int) -> dict:
 def table(results: list[dict]) -> str:
     rows = [
         "| exporter | phase | scrapes (failed) | scrape median | scrape max | threads median (max) | RSS MiB median "
-        "(max) | exporter CPU | longest hb gap of a stage |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "(max) | exporter CPU | longest hb gap of a stage | longest alloc → applied | fail-safe entries |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
         for name in ("baseline", "flood", "after"):
@@ -227,7 +247,8 @@ def table(results: list[dict]) -> str:
             rows.append(
                 f"| {r['variant']} | {name} | {p['scrapes']} ({p['failed']}) | {p['median_ms']:.1f} ms | "
                 f"{p['max_ms']:.1f} ms | {p['threads']:.0f} ({p['threads_max']}) | {p['rss']:.1f} "
-                f"({p['rss_max']:.1f}) | {p['cpu'] * 100:.0f} % | {p['hb_gap']:.2f} s |"
+                f"({p['rss_max']:.1f}) | {p['cpu'] * 100:.0f} % | {p['hb_gap']:.2f} s | {p['lag'] * 1e3:.0f} ms | "
+                f"{p['failsafe']} |"
             )
     return "\n".join(rows)
 
@@ -253,7 +274,8 @@ quiet, {FLOOD_S:.0f} s with {args.connections:,} idle connections held open agai
 (each sends half a request line and nothing more; each one the server closes is replaced at once), {AFTER_S:.0f} s
 after. A scrape every {SCRAPE_EVERY_S} s (timeout {SCRAPE_TIMEOUT_S:.0f} s; failed = timed out or refused); the
 exporter's threads, VmRSS and CPU (utime + stime, % of one core) sampled every 0.5 s; the longest wait between two
-heartbeats of any pipeline stage, from a bus subscriber (1 s is on time).
+heartbeats of any pipeline stage, from a bus subscriber (1 s is on time); the longest time from an `alloc` to
+the actuator's `applied` for it, both as heard by that subscriber; how often the actuator entered fail-safe.
 
 {table(results)}
 

@@ -51,7 +51,7 @@ def _alive(pid_file: Path) -> int | None:
         return None
 
 
-def _prepare() -> None:
+def prepare_users_and_qemu_conf() -> None:
     for cmd in (["groupadd", "--system", "kvm"], ["groupadd", "--system", "libvirt-qemu"]):
         subprocess.run(cmd, capture_output=True)
     if subprocess.run(["getent", "passwd", "libvirt-qemu"], capture_output=True).returncode != 0:
@@ -92,7 +92,7 @@ class Daemons:
     created_netns: bool = False  # ... and we created that namespace (deleted by ``stop``)
 
 
-def _add_netns(name: str) -> bool:
+def add_netns(name: str) -> bool:
     """Create network namespace ``name`` (loopback up); False if it was already there."""
     created = not Path(f"/run/netns/{name}").exists()
     if created:
@@ -111,7 +111,7 @@ def start(log_dir: str = "/tmp/rescoin-libvirtd", netns: str | None = None, time
     reason = missing_reason()
     if reason:
         raise RuntimeError(reason)
-    _prepare()
+    prepare_users_and_qemu_conf()
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     started = []
     created_netns = False
@@ -122,7 +122,7 @@ def start(log_dir: str = "/tmp/rescoin-libvirtd", netns: str | None = None, time
         env = dict(os.environ, LIBVIRT_LOG_OUTPUTS=f"3:file:{log_dir}/libvirtd.log")
         cmd = ["libvirtd", "-d"]
         if netns:
-            created_netns = _add_netns(netns)
+            created_netns = add_netns(netns)
             cmd = ["nsenter", f"--net=/run/netns/{netns}", *cmd]
         subprocess.run(cmd, check=True, env=env)
         started.append("libvirtd")

@@ -62,7 +62,7 @@ def start(root: Path, netns: str, timeout_s: float = 60.0) -> PrivateDaemon:
     reason = missing_reason()
     if reason:
         raise RuntimeError(reason)
-    libvirtd_support._prepare()
+    libvirtd_support.prepare_users_and_qemu_conf()
     for key in PRIVATE_DIRS:
         (root / key / "qemu").mkdir(parents=True, exist_ok=True)
     caps = Path("/var/cache/libvirt/qemu/capabilities")
@@ -72,11 +72,8 @@ def start(root: Path, netns: str, timeout_s: float = 60.0) -> PrivateDaemon:
     conf.write_text(f'host_uuid = "{uuid.uuid4()}"\n')  # a host of its own, or libvirt refuses the migration
     mounts = " && ".join(f"mount --bind {root / key} {target}" for key, target in PRIVATE_DIRS.items())
     pid_files = {name: root / f"{name}.pid" for name in ("virtlogd", "libvirtd")}
-    script = (
-        f"{mounts} && virtlogd -d -p {pid_files['virtlogd']}"
-        f" && libvirtd -d -p {pid_files['libvirtd']} -f {conf}"
-    )
-    created_netns = libvirtd_support._add_netns(netns)
+    script = f"{mounts} && virtlogd -d -p {pid_files['virtlogd']} && libvirtd -d -p {pid_files['libvirtd']} -f {conf}"
+    created_netns = libvirtd_support.add_netns(netns)
     env = dict(os.environ, LIBVIRT_LOG_OUTPUTS=f"3:file:{root}/libvirtd.log")
     daemon = PrivateDaemon(root, netns, created_netns, {})
     try:
@@ -96,8 +93,9 @@ def start(root: Path, netns: str, timeout_s: float = 60.0) -> PrivateDaemon:
         if answer.returncode == 0 and len(daemon.pids) == 2:
             return daemon
         if time.monotonic() > deadline:
+            log = (root / "libvirtd.log").read_text(errors="replace")[-3000:]  # stop removes it
             stop(daemon)
-            raise RuntimeError(f"private libvirtd did not answer within {timeout_s} s; see {root}/libvirtd.log")
+            raise RuntimeError(f"private libvirtd did not answer within {timeout_s} s; its log ends:\n{log}")
         time.sleep(0.2)
 
 
@@ -112,11 +110,11 @@ SPACER_XML = """<domain type='qemu'>
 def skip_domain_id(conn: libvirt.virConnect, domain_id: int) -> None:
     """Make the next domain ``conn`` starts get an id other than ``domain_id``.
 
-    Without cgroup namespaces both daemons put a domain in the cgroup
-    machine/qemu-<id>-<name>.libvirt-qemu, and two fresh daemons count ids from
-    1: a domain migrated with the same id would share its source's cgroup (the
-    source's cleanup then fails with EBUSY). Each paused empty domain started
-    and destroyed here uses up one id.
+    Every daemon puts a domain in the cgroup /machine/qemu-<id>-<name>.libvirt-qemu
+    (from the cgroup root, whatever the daemon's own cgroup), and two fresh
+    daemons count ids from 1: a domain migrated with its id would share its
+    source's cgroup (seen: the source's cleanup then fails with EBUSY). Each
+    paused empty domain started and destroyed here uses up one id.
     """
     while True:
         spacer = conn.createXML(SPACER_XML, libvirt.VIR_DOMAIN_START_PAUSED)

@@ -58,6 +58,14 @@ def guest_uptimes(spec: GuestSpec) -> list[float]:
     return [float(up) for up in UPTIME.findall(spec.console_log.read_text(errors="replace"))]
 
 
+def runs_on(spec: GuestSpec, since_uptime: float) -> bool:
+    """The guest ticks on past ``since_uptime`` and its uptime never went back (no new boot).
+
+    B's QEMU truncates the console file it takes over: then only B's ticks are there."""
+    uptimes = guest_uptimes(spec)
+    return bool(uptimes) and uptimes[-1] > since_uptime and uptimes == sorted(uptimes)
+
+
 def test_a_live_migrated_vm_keeps_its_coins_and_its_true_originals(hosts, guest_image, tmp_path):
     image = tmp_path / "rc-migrant.img"
     image.write_bytes(os.urandom(16 * 2**20))
@@ -83,7 +91,8 @@ def test_a_live_migrated_vm_keeps_its_coins_and_its_true_originals(hosts, guest_
         assert any(f is not None and s != f for f, s in zip(found, set_there, strict=True))  # ResCoin changed some
         print(f"\non A: coins {on_source}, originals {found}, set by ResCoin {set_there}")
 
-        libvirtd_pair.skip_domain_id(conn_b, dom.ID())  # not A's cgroup (see there)
+        source_id = dom.ID()
+        libvirtd_pair.skip_domain_id(conn_b, source_id)  # not A's cgroup (see there)
         up_before = guest_uptimes(spec)[-1]
         t0 = time.monotonic()
         migrated = dom.migrate3(
@@ -97,14 +106,13 @@ def test_a_live_migrated_vm_keeps_its_coins_and_its_true_originals(hosts, guest_
         print(
             f"migrate3 took {migrate_s:.2f} s; libvirt's job: {job.get('time_elapsed')} ms, "
             f"downtime {job.get('downtime')} ms, {job.get('memory_processed', 0) / 2**20:.0f} MiB sent "
-            f"in {job.get('memory_iteration')} passes"
+            f"in {job.get('memory_iteration')} passes; domain id {source_id} on A, {migrated.ID()} on B"
         )
         assert [d.UUIDString() for d in conn_a.listAllDomains()] == []  # gone from A
+        assert migrated.ID() != source_id  # so a cgroup of its own on B
         assert migrated.state()[0] == libvirt.VIR_DOMAIN_RUNNING
         assert STATE_NS in migrated.XMLDesc(0)  # ResCoin's metadata arrived with it
-        # the same guest runs on, not a new boot: its uptime goes on from where it was on A (B's QEMU
-        # truncated the console file it took over, so only B's ticks are there)
-        assert wait_for(lambda: min(guest_uptimes(spec), default=0) > up_before, 30, 0.5), guest_uptimes(spec)
+        assert wait_for(lambda: runs_on(spec, up_before), 30, 0.5), guest_uptimes(spec)  # the same guest
 
         destination = Host(hosts["b"].uri, tmp_path, "dst")
         destination.period(2000)  # B's monitor sees it for the first time
@@ -116,8 +124,8 @@ def test_a_live_migrated_vm_keeps_its_coins_and_its_true_originals(hosts, guest_
         assert destination.scheduler.counters.values["coins_carried_in"] == 1
         # its originals are those found on A before ResCoin, not what ResCoin had set there
         assert destination.actuator.originals[vm] == found
-        assert destination.actuator.restore().errors == []
         print(f"on B: coins {arrived}, originals {destination.actuator.originals[vm]}")
+        assert destination.actuator.restore().errors == []  # B can put them back
     finally:
         conn_a.close()
         conn_b.close()
