@@ -163,6 +163,12 @@ class ActuatorBackend(Protocol):
         """The originals ``vm`` brought from the first host it ran on, if any."""
         ...
 
+    def balloons_moved(self) -> set[str] | None:
+        """The VMs whose balloon the hypervisor said moved since the last call, or None if this backend
+        hears no such events (or may have missed some): then a balloon found stuck is read again
+        periodically instead of when it moves."""
+        ...
+
     def forget(self, vm: str) -> None:
         """``vm`` is gone or was started anew: drop what is known of its old instance (the core decides when)."""
         ...

@@ -51,6 +51,7 @@ import logging
 import math
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from threading import Lock
 from typing import Any, TypeVar
 
 import libvirt
@@ -112,6 +113,9 @@ class LibvirtActuatorBackend:
         self.watched: libvirt.virConnect | None = None  # the connection our device events are registered on
         self.device_changes: dict[str, int] = {}  # VM -> hot-plugs seen (libvirt's event thread counts them)
         self.facts_changes: dict[str, int] = {}  # VM -> the hot-plugs its cached XML already shows
+        self.balloon_lock = Lock()
+        self.balloon_moves: set[str] | None = None  # VMs whose balloon moved (libvirt's event thread); None: unsure
+        self.balloon_events = False  # the connection delivers BALLOON_CHANGE
 
     def _conn(self) -> libvirt.virConnect:
         try:
@@ -125,7 +129,26 @@ class LibvirtActuatorBackend:
                     conn.domainEventRegisterAny(None, event, self._device_changed, None)
                 except libvirt.libvirtError as exc:  # the test driver has no events: no hot-plug there either
                     log.info("no device events on %s (hot-plugged devices wait for a restart): %s", conn, exc)
+            with self.balloon_lock:
+                self.balloon_moves = None  # what moved while we were away is unknown
+            try:
+                conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE, self._balloon_moved, None)
+                self.balloon_events = True
+            except libvirt.libvirtError as exc:
+                self.balloon_events = False
+                log.info("no balloon events on %s (stuck balloons are read every grace period): %s", conn, exc)
         return conn
+
+    def _balloon_moved(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, _kib: int, _opaque: object) -> None:
+        with self.balloon_lock:
+            if self.balloon_moves is not None:
+                self.balloon_moves.add(dom.UUIDString().lower())
+
+    def balloons_moved(self) -> set[str] | None:
+        self._conn()  # a new connection is watched before we answer
+        with self.balloon_lock:
+            moved, self.balloon_moves = self.balloon_moves, set()
+        return moved if self.balloon_events else None
 
     def _device_changed(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, alias: str, _opaque: object) -> None:
         """A device was hot-plugged or unplugged: the VM's next listing is a new instance, so the core

@@ -58,6 +58,9 @@ class SimActuatorBackend:
     def carry(self, states: dict, period: int) -> None:
         """The sim host's VMs never migrate."""
 
+    def balloons_moved(self) -> None:
+        return None  # no events: a stuck balloon is read again every grace period
+
     def carried_originals(self, vm: str) -> None:
         return None
 

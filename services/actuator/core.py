@@ -430,17 +430,25 @@ class ActuatorCore:
         """A balloon still far from its target ``balloon_grace_periods`` after a target was first set and not
         yet reached (the guest has no balloon driver, or cannot give the memory back) is unenforced until it
         gets there. Cheap: one read per VM whose balloon has somewhere to go, none once it got there, and
-        one every ``balloon_grace_periods`` for one found stuck (at 100 paused guests, reading each stuck
-        balloon every period was most of a steady apply's libvirt calls)."""
+        one for one found stuck when the hypervisor says its balloon moved, or, with no such events, every
+        ``balloon_grace_periods`` (at 100 paused guests, reading each stuck balloon every period was most of
+        a steady apply's libvirt calls, and every 5th period still most of its time)."""
         tolerance = self.settings.hysteresis_absolute[MEM]
+        try:
+            moved = self.backend.balloons_moved() if self.balloons else set()
+        except BackendError:
+            moved = None
         for vm in names:
             check = self.balloons.get(vm)
             if check is None:
                 continue
             check[1] += 1
             grace = self.settings.balloon_grace_periods
-            if (check[1] < grace and vm not in self.balloon_stuck) or (vm in self.balloon_stuck and check[1] % grace):
-                continue  # its grace; one already found stuck is looked at again every grace periods
+            if vm in self.balloon_stuck:
+                if (vm not in moved) if moved is not None else check[1] % grace:
+                    continue  # still where it was: looked at again when it moves (or every grace periods)
+            elif check[1] < grace:
+                continue  # its grace
             try:
                 actual = self.backend.read(vm, MEM).ceiling
             except BackendError:
