@@ -37,8 +37,8 @@ fi
 # Debian's own Python, so that user rescoin can run the venv (a pyenv or a Python built under
 # /root is not readable by others); PYTHON=/path overrides it. A venv made from another Python
 # is made again.
-PY=${PYTHON:-/usr/bin/python3}
-if [ -x "$VENV/bin/python" ] && ! grep -qx "home = $(dirname "$(readlink -f "$PY")")" "$VENV/pyvenv.cfg"; then
+PY=$(command -v "${PYTHON:-/usr/bin/python3}") || { echo "install.sh: no Python at ${PYTHON:-/usr/bin/python3}" >&2; exit 1; }
+if [ -f "$VENV/pyvenv.cfg" ] && [ "$(readlink -f "$VENV/bin/python")" != "$(readlink -f "$PY")" ]; then
     echo "install.sh: $VENV was made from another Python than $PY; making it again"
     rm -rf "$VENV"
 fi

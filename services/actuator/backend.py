@@ -33,6 +33,8 @@ from typing import Protocol
 
 from rescoin.proto import NO_LIMIT
 
+EVERY_BALLOON = "*"  # in balloons_moved(): moves may have been missed, look at every stuck balloon again
+
 
 class BackendError(RuntimeError):
     """The backend cannot be used at all (no connection, no such cgroup root)."""
@@ -164,9 +166,9 @@ class ActuatorBackend(Protocol):
         ...
 
     def balloons_moved(self) -> set[str] | None:
-        """The VMs whose balloon the hypervisor said moved since the last call, or None if this backend
-        hears no such events (or may have missed some): then a balloon found stuck is read again
-        periodically instead of when it moves."""
+        """The VMs whose balloon the hypervisor said moved since the last call (``EVERY_BALLOON`` in it:
+        some may have been missed, e.g. while reconnecting), or None if this backend hears no such
+        events: then a balloon found stuck is read again periodically instead of when it moves."""
         ...
 
     def forget(self, vm: str) -> None:

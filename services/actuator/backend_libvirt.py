@@ -63,6 +63,7 @@ from ..runtime.libvirt_conn import LibvirtConnection, LibvirtDown
 from ..runtime.qemu import QemuPids
 from .backend import (
     CPU_SHARES_V1,
+    EVERY_BALLOON,
     BackendError,
     BusyError,
     Capability,
@@ -114,7 +115,7 @@ class LibvirtActuatorBackend:
         self.device_changes: dict[str, int] = {}  # VM -> hot-plugs seen (libvirt's event thread counts them)
         self.facts_changes: dict[str, int] = {}  # VM -> the hot-plugs its cached XML already shows
         self.balloon_lock = Lock()
-        self.balloon_moves: set[str] | None = None  # VMs whose balloon moved (libvirt's event thread); None: unsure
+        self.balloon_moves: set[str] = set()  # VMs whose balloon moved (libvirt's event thread fills it)
         self.balloon_events = False  # the connection delivers BALLOON_CHANGE
 
     def _conn(self) -> libvirt.virConnect:
@@ -130,7 +131,7 @@ class LibvirtActuatorBackend:
                 except libvirt.libvirtError as exc:  # the test driver has no events: no hot-plug there either
                     log.info("no device events on %s (hot-plugged devices wait for a restart): %s", conn, exc)
             with self.balloon_lock:
-                self.balloon_moves = None  # what moved while we were away is unknown
+                self.balloon_moves = {EVERY_BALLOON}  # what moved while we were away is unknown
             try:
                 conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE, self._balloon_moved, None)
                 self.balloon_events = True
@@ -141,8 +142,7 @@ class LibvirtActuatorBackend:
 
     def _balloon_moved(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, _kib: int, _opaque: object) -> None:
         with self.balloon_lock:
-            if self.balloon_moves is not None:
-                self.balloon_moves.add(dom.UUIDString().lower())
+            self.balloon_moves.add(dom.UUIDString().lower())
 
     def balloons_moved(self) -> set[str] | None:
         self._conn()  # a new connection is watched before we answer

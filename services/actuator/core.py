@@ -51,6 +51,7 @@ from ..model.enforcement import ceilings, in_force, template_shares
 from ..runtime.service import Health, Outgoing
 from ..runtime.support import Counters, atomic_write, move_aside
 from .backend import (
+    EVERY_BALLOON,
     ActuatorBackend,
     BackendError,
     BusyError,
@@ -157,6 +158,7 @@ class ActuatorCore:
         self.coverage: dict[str, int] = {}  # letter -> VM × resource cells at the last apply (hb info)
         self.balloons: dict[str, list[float]] = {}  # VM -> [balloon target (NO_LIMIT: full size), periods since]
         self.balloon_stuck: dict[str, str] = {}  # VM -> why its balloon is unenforced (it does not follow)
+        self.balloon_look: set[str] = set()  # stuck VMs to read again: their balloon moved, or its target did
 
     # -- originals -----------------------------------------------------------------
 
@@ -299,6 +301,7 @@ class ActuatorCore:
                 self.capabilities.pop(vm, None)
                 self.balloons.pop(vm, None)
                 self.balloon_stuck.pop(vm, None)
+                self.balloon_look.discard(vm)
                 self.unenforceable.pop(vm, None)
                 self.backend.forget(vm)
         self.instances = {vm: lim.instance for vm, lim in limits.items()}
@@ -412,6 +415,8 @@ class ActuatorCore:
             self._execute(changes, names, rows, write, report)
             for j in np.flatnonzero(write[:, MEM]).tolist():  # a balloon set: does it get there?
                 self.balloons.setdefault(names[j], [NO_LIMIT, 0])[0] = todo.ceiling[j, MEM]  # periods kept
+                if names[j] in self.balloon_stuck:
+                    self.balloon_look.add(names[j])  # a new target may be where it sits: no event would say so
             self.in_force.ceiling[at] = np.where(write, todo.ceiling, ceiling_now)
             self.in_force.weight[at] = np.where(write, todo.weight, weight_now)
         ceiling_after, weight_after = np.full((len(vms), 4), NO_LIMIT), np.zeros((len(vms), 4))
@@ -435,9 +440,11 @@ class ActuatorCore:
         a steady apply's libvirt calls, and every 5th period still most of its time)."""
         tolerance = self.settings.hysteresis_absolute[MEM]
         try:
-            moved = self.backend.balloons_moved() if self.balloons else set()
+            moved = self.backend.balloons_moved()
         except BackendError:
-            moved = None
+            moved = {EVERY_BALLOON}  # we cannot tell what it missed
+        if moved is not None:
+            self.balloon_look |= set(self.balloon_stuck) if EVERY_BALLOON in moved else moved & set(self.balloon_stuck)
         for vm in names:
             check = self.balloons.get(vm)
             if check is None:
@@ -445,7 +452,7 @@ class ActuatorCore:
             check[1] += 1
             grace = self.settings.balloon_grace_periods
             if vm in self.balloon_stuck:
-                if (vm not in moved) if moved is not None else check[1] % grace:
+                if (vm not in self.balloon_look) if moved is not None else check[1] % grace:
                     continue  # still where it was: looked at again when it moves (or every grace periods)
             elif check[1] < grace:
                 continue  # its grace
@@ -453,6 +460,7 @@ class ActuatorCore:
                 actual = self.backend.read(vm, MEM).ceiling
             except BackendError:
                 continue  # busy or gone: asked again next period
+            self.balloon_look.discard(vm)
             target = check[0] if check[0] != NO_LIMIT else limits[vm].mem_max_bytes
             # far, not just behind: a working balloon trails a moving target by a step or two (5-10 %)
             if actual == check[0] or abs(actual - target) <= max(

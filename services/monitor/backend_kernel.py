@@ -372,8 +372,8 @@ class KernelMonitorBackend:
                     try:
                         if inst.kernel:
                             answer.kernel[inst.uuid] = self._counts(inst, tables)
-                    except (CounterGone, OSError):
-                        pass  # stopped meanwhile: the period's own read notices and says so
+                    except (CounterGone, OSError, ValueError):
+                        pass  # stopped meanwhile (or a torn read): the period's own read notices and says so
         return answer
 
     def _finished(self, kind: str) -> SlowAnswer | None:

@@ -184,16 +184,21 @@ def test_a_balloon_that_does_not_follow_its_target_is_reported_unenforced_until_
     assert (FINE, "mem") not in seen[1]  # within its grace
     assert seen[-1][(FINE, "mem")] == "no_balloon" and (TYPO, "mem") not in seen[-1]  # the others follow
     assert "no balloon driver" in next(u["detail"] for u in apply(core, 6, scale=1.6).unenforced if u["vm"] == FINE)
-    del frozen[FINE]  # the driver loaded: the balloon follows
-    reads.clear()
     if events:
-        stuck = [(FINE, "mem") in reasons(apply(core, p, scale=1.0 + p / 10)) for p in range(7, 11)]
-        assert stuck == [True] * 4 and FINE not in reads  # no event, no read: still reported where it was
+        apply(core, 7, scale=1.6)  # the look for period 6's new target
+        reads.clear()
+        stuck = [(FINE, "mem") in reasons(apply(core, p, scale=1.6)) for p in range(8, 11)]
+        assert stuck == [True] * 3 and FINE not in reads  # no event, no new target: not read, still reported
         dom = core.backend.libvirt.get().lookupByUUIDString(FINE)
-        core.backend._balloon_moved(None, dom, 700 * 1024, None)  # libvirt's event thread: it moved
-        assert (FINE, "mem") not in reasons(apply(core, 11, scale=2.1))  # looked at once, and held again
-        assert reads.count(FINE) == 1
+        core.backend._balloon_moved(None, dom, 1000 * 1024, None)  # libvirt's event thread: it moved a little
+        assert (FINE, "mem") in reasons(apply(core, 11, scale=1.6)) and reads.count(FINE) == 1  # looked: still far
+        # contention gone: its target is its whole size, where the stuck balloon sits; no event will come
+        apply(core, 12, scale=3.0)
+        assert (FINE, "mem") not in reasons(apply(core, 13, scale=3.0))  # looked at for the new target: held
+        assert reads.count(FINE) == 2
     else:  # seen at its next look, every grace periods
+        del frozen[FINE]  # the driver loaded: the balloon follows
+        reads.clear()
         after = [(FINE, "mem") in reasons(apply(core, p, scale=1.0 + p / 10)) for p in range(7, 11)]
         assert after[2:] == [False, False] and after.index(False) < 2, after
     core.backend.close()
