@@ -117,6 +117,7 @@ class LibvirtActuatorBackend:
         self.balloon_lock = Lock()
         self.balloon_moves: set[str] = set()  # VMs whose balloon moved (libvirt's event thread fills it)
         self.balloon_events = False  # the connection delivers BALLOON_CHANGE
+        self.handles: dict[str, libvirt.virDomain] = {}  # VM -> its handle from the last listing
 
     def _conn(self) -> libvirt.virConnect:
         try:
@@ -163,7 +164,12 @@ class LibvirtActuatorBackend:
         return BackendError(f"{what}: {exc}")
 
     def _domain(self, vm: str) -> libvirt.virDomain:
+        """The domain's handle from this period's listing (a lookup is a round trip through libvirtd,
+        made in this one thread: at 100 domains the lookups alone serialised a full rewrite), else looked up."""
         conn = self._conn()
+        dom = self.handles.get(vm)
+        if dom is not None and dom.connect() is conn:
+            return dom
         try:
             return conn.lookupByUUIDString(vm)
         except libvirt.libvirtError as exc:
@@ -206,9 +212,11 @@ class LibvirtActuatorBackend:
         except libvirt.libvirtError as exc:
             raise self._lost(exc, f"listing domains on {self.settings.uri}") from exc
         out = {}
+        self.handles = {}
         for d in doms:  # one domain's trouble (it went away, its XML is broken) costs only itself
             try:
                 vm = d.UUIDString().lower()
+                self.handles[vm] = d
                 facts = self._facts(vm, d)
                 template = tuple(math.nan if t is None else t for t in facts.template)
                 changes = self.device_changes.get(vm, 0)
