@@ -58,17 +58,38 @@ class Host:
     def coins(self, vm: str) -> np.ndarray:
         return self.scheduler.ledger.balances([vm])[0]
 
+    def saves(self, vm: str) -> tuple[np.ndarray, list]:
+        """12 periods with ``vm`` idle: its balance (it saved cpu) and the originals ResCoin found, which
+        it then changed."""
+        for p in range(1000, 1012):
+            self.period(p)
+        coins = self.coins(vm)
+        assert coins[0] > 0  # it saved cpu
+        found = self.actuator.originals[vm]  # what was set before ResCoin's first write
+        set_here = self.actuator.in_force.settings(vm)
+        assert any(f is not None and s != f for f, s in zip(found, set_here, strict=True))  # ResCoin changed some
+        print(f"on the source: coins {coins}, originals {found}, set by ResCoin {set_here}")
+        return coins, found
+
+    def takes_in(self, vm: str, on_source: np.ndarray, found: list) -> None:
+        """Two periods here after ``vm`` arrived: its balance is the source's within one period's credit
+        (not 0), and its originals are those found on the source, not what ResCoin had set there."""
+        self.period(2000)  # this host's monitor sees it for the first time
+        sample, _ = self.period(2001)
+        assert vm in sample.carried_vms
+        arrived = self.coins(vm)
+        one_period = sample.template[sample.vms.index(vm)] / CAPACITY  # what one idle period credits
+        assert arrived == pytest.approx(on_source, abs=float(one_period.max()) + 1e-9)  # not 0
+        assert self.scheduler.counters.values["coins_carried_in"] == 1
+        assert self.actuator.originals[vm] == found
+        print(f"on the destination: coins {arrived}, originals {found}")
+        assert self.actuator.restore().errors == []  # this host can put them back
+
 
 def test_a_migrated_vm_keeps_its_coins_and_its_true_originals(tmp_path):
     source = Host(f"test://{ODD}", tmp_path, "src")
     dom = source.actuator.backend.libvirt.get().lookupByUUIDString(VM)
-    for p in range(1000, 1012):
-        source.period(p)
-    on_source = source.coins(VM)
-    assert on_source[0] > 0  # it saved cpu
-    found = source.actuator.originals[VM]  # what was set before ResCoin's first write, on the source
-    set_there = source.actuator.in_force.settings(VM)
-    assert any(f is not None and s != f for f, s in zip(found, set_there, strict=True))  # ResCoin changed some
+    on_source, found = source.saves(VM)
     xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)  # what a live migration sends, metadata included
     assert "https://rescoin.dev/xmlns/state/1" in xml
 
@@ -79,16 +100,7 @@ def test_a_migrated_vm_keeps_its_coins_and_its_true_originals(tmp_path):
     destination = Host("test:///default", tmp_path, "dst")
     destination.actuator.backend.libvirt.conn = destination_conn  # the host the VM now runs on
     destination.monitor_backend.libvirt.conn = destination_conn
-    destination.period(2000)  # the destination's monitor sees it for the first time
-    sample, _ = destination.period(2001)
-    assert VM in sample.carried_vms
-    arrived = destination.coins(VM)
-    one_period = sample.template[sample.vms.index(VM)] / CAPACITY  # what one idle period credits
-    assert arrived == pytest.approx(on_source, abs=float(one_period.max()) + 1e-9)  # not 0
-    assert destination.scheduler.counters.values["coins_carried_in"] == 1
-    # its originals are those found on the source before ResCoin, not what ResCoin had set there
-    assert destination.actuator.originals[VM] == found
-    assert destination.actuator.restore().errors == []
+    destination.takes_in(VM, on_source, found)
 
 
 def test_a_forged_balance_is_bounded_by_what_the_window_could_earn(tmp_path):

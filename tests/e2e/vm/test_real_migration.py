@@ -24,7 +24,7 @@ import pytest
 
 from tests.e2e.vm.domains import GuestSpec, domain_xml
 from tests.e2e.vm.timings import TIMINGS
-from tests.integration.test_migration import CAPACITY, Host
+from tests.integration.test_migration import Host
 from tests.support import libvirtd_pair
 from tests.support.bus import wait_for
 from tests.support.need import missing
@@ -82,14 +82,7 @@ def test_a_live_migrated_vm_keeps_its_coins_and_its_true_originals(hosts, guest_
         TIMINGS.append(("migrant booted on A", time.monotonic() - t0))
 
         source = Host(hosts["a"].uri, tmp_path, "src")
-        for p in range(1000, 1012):
-            source.period(p)
-        on_source = source.coins(vm)
-        assert on_source[0] > 0  # it saved cpu
-        found = source.actuator.originals[vm]  # what was set before ResCoin's first write, on A
-        set_there = source.actuator.in_force.settings(vm)
-        assert any(f is not None and s != f for f, s in zip(found, set_there, strict=True))  # ResCoin changed some
-        print(f"\non A: coins {on_source}, originals {found}, set by ResCoin {set_there}")
+        on_source, found = source.saves(vm)
 
         source_id = dom.ID()
         libvirtd_pair.skip_domain_id(conn_b, source_id)  # not A's cgroup (see there)
@@ -114,18 +107,7 @@ def test_a_live_migrated_vm_keeps_its_coins_and_its_true_originals(hosts, guest_
         assert STATE_NS in migrated.XMLDesc(0)  # ResCoin's metadata arrived with it
         assert wait_for(lambda: runs_on(spec, up_before), 30, 0.5), guest_uptimes(spec)  # the same guest
 
-        destination = Host(hosts["b"].uri, tmp_path, "dst")
-        destination.period(2000)  # B's monitor sees it for the first time
-        sample, _ = destination.period(2001)
-        assert vm in sample.carried_vms
-        arrived = destination.coins(vm)
-        one_period = sample.template[sample.vms.index(vm)] / CAPACITY  # what one idle period credits
-        assert arrived == pytest.approx(on_source, abs=float(one_period.max()) + 1e-9)  # not 0
-        assert destination.scheduler.counters.values["coins_carried_in"] == 1
-        # its originals are those found on A before ResCoin, not what ResCoin had set there
-        assert destination.actuator.originals[vm] == found
-        print(f"on B: coins {arrived}, originals {destination.actuator.originals[vm]}")
-        assert destination.actuator.restore().errors == []  # B can put them back
+        Host(hosts["b"].uri, tmp_path, "dst").takes_in(vm, on_source, found)
     finally:
         conn_a.close()
         conn_b.close()
