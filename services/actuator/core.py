@@ -452,8 +452,10 @@ class ActuatorCore:
             check[1] += 1
             grace = self.settings.balloon_grace_periods
             if vm in self.balloon_stuck:
-                if (vm not in self.balloon_look) if moved is not None else check[1] % grace:
-                    continue  # still where it was: looked at again when it moves (or every grace periods)
+                if moved is None and check[1] % grace == 0:
+                    self.balloon_look.add(vm)  # no events to wait for: a look every grace periods
+                if vm not in self.balloon_look:
+                    continue  # still where it was: looked at again when it moves or gets a new target
             elif check[1] < grace:
                 continue  # its grace
             try:
