@@ -338,18 +338,23 @@ class KernelMonitorBackend:
     def _on_balloon(self, _conn: object, dom: libvirt.virDomain, actual_kib: int, _opaque: object) -> None:
         self.balloon_events[dom.UUIDString().lower()] = float(actual_kib) * KIB
 
+    @staticmethod
+    def _stats(conn: libvirt.virConnect, insts: list[Instance], groups: int) -> dict[str, dict]:
+        """uuid -> stats dict of one domainListGetStats call for ``insts`` (its libvirtError raised)."""
+        stats = conn.domainListGetStats([i.dom for i in insts], groups, 0)
+        return {dom.UUIDString().lower(): st for dom, st in stats}
+
     def _bulk(self, conn: libvirt.virConnect, insts: list[Instance], groups: int) -> dict[str, dict]:
-        """uuid -> stats dict of one domainListGetStats call (nothing for an empty list)."""
+        """The period's own bulk call (nothing for an empty list); a failure skips it this period."""
         if not insts:
             return {}
         try:
-            stats = conn.domainListGetStats([i.dom for i in insts], groups, 0)
+            return self._stats(conn, insts, groups)
         except libvirt.libvirtError as exc:
             if self.libvirt.failed(exc):
                 raise
             log.warning("domainListGetStats of %d domains on %s: %s (skipped this period)", len(insts), self.uri, exc)
             return {}
-        return {dom.UUIDString().lower(): st for dom, st in stats}
 
     def _submit(self, kind: str, conn: libvirt.virConnect, insts: list[Instance]) -> None:
         if insts and kind not in self._jobs:
@@ -360,10 +365,9 @@ class KernelMonitorBackend:
         cross-check, their kernel counters read right after it."""
         groups = STATS if kind == CROSS_CHECK else BALLOON_GROUPS
         try:
-            stats = conn.domainListGetStats([i.dom for i in insts], groups, 0)
+            answer = SlowAnswer(kind, insts, self._stats(conn, insts, groups))
         except libvirt.libvirtError as exc:
             return SlowAnswer(kind, insts, exc)
-        answer = SlowAnswer(kind, insts, {dom.UUIDString().lower(): st for dom, st in stats})
         if kind == CROSS_CHECK:
             with self._counters_lock:
                 answer.at_ns = time.monotonic_ns()
