@@ -19,7 +19,6 @@ network namespace (tests/support/libvirtd.py) and re-runs itself inside it, wher
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -69,11 +68,6 @@ STAT_GROUPS = {
     "interface": libvirt.VIR_DOMAIN_STATS_INTERFACE,
     "block": libvirt.VIR_DOMAIN_STATS_BLOCK,
 }
-
-
-def own_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class Calls:
@@ -205,14 +199,14 @@ def measure(conn: libvirt.virConnect, n: int, libvirtd_pid: int) -> dict[str, fl
     for name, monitor_read in (("bulk", lambda: conn.getAllDomainStats(STATS, active)), ("kernel", kernel.read)):
         core = actuator()
         core.on_alloc(Envelope("alloc", "bench", "scheduler", 1, 1, 0, 1, body))
-        mine, theirs, wall = own_cpu_s(), cpu_s(libvirtd_pid), time.monotonic()
+        mine, theirs, wall = cpu_s(os.getpid()), cpu_s(libvirtd_pid), time.monotonic()
         for p in range(PERIODS):
             t0 = time.monotonic()
             monitor_read()
             core.on_alloc(Envelope("alloc", "bench", "scheduler", 1, p + 2, 0, p + 2, body))
             time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
         elapsed = time.monotonic() - wall
-        out[f"cpu.pipeline.{name}"] = (own_cpu_s() - mine) / elapsed
+        out[f"cpu.pipeline.{name}"] = (cpu_s(os.getpid()) - mine) / elapsed
         out[f"cpu.libvirtd.{name}"] = (cpu_s(libvirtd_pid) - theirs) / elapsed
         core.restore()
         core.backend.close()
