@@ -11,7 +11,8 @@ Per N: the monitor's one bulk call (getAllDomainStats with the monitor's groups,
 the paused included) and each stats group alone, against the kernel-counter monitor; the actuator
 (ActuatorCore + the libvirt backend with its defaults, cpu written to the cgroups directly, tc shaping
 of the taps) per alloc in `shares` and `ceilings` mode, steady (nothing moves) and when every setting
-of every VM changes, with its libvirt and tc calls counted, and at the largest N by `workers`; the CPU
+of every VM changes, with its libvirt and tc calls counted and the CPU it costs this process, libvirtd
+and the QEMUs, and at the largest N by `workers`; the CPU
 of this process (monitor + actuator) and of libvirtd per simulated 1 s period, with either monitor. Run as root; it starts its own libvirtd in a
 network namespace (tests/support/libvirtd.py) and re-runs itself inside it, where the taps are.
 """
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +150,16 @@ def actuator(**settings: Any) -> ActuatorCore:
     return ActuatorCore("bench", chosen, LibvirtActuatorBackend(chosen), Counters(), None)
 
 
-def measure(conn: libvirt.virConnect, n: int, libvirtd_pid: int) -> dict[str, float]:
+def cpu_of(pids: list[int]) -> float:
+    return sum(cpu_s(p) for p in pids)
+
+
+def own_cpu() -> float:
+    """This process's CPU and its waited-for children's (the tc runs)."""
+    return sum(os.times()[:4])
+
+
+def measure(conn: libvirt.virConnect, n: int, libvirtd_pid: int, qemu_pids: list[int]) -> dict[str, float]:
     doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
     vms = sorted(d.UUIDString() for d in doms)
     out: dict[str, float] = {}
@@ -179,7 +190,18 @@ def measure(conn: libvirt.virConnect, n: int, libvirtd_pid: int) -> dict[str, fl
         out[f"{mode}.steady"] = timed(driver.steady, repeat=10)[0]
         out[f"{mode}.steady_calls"] = (calls.libvirt - before[0] + calls.commands - before[1]) / 12
         before = (calls.libvirt, calls.commands)
+        # the CPU a full rewrite costs every process it touches: what bounds it on this machine's cores
+        # (the pipeline's own: this process and the tc runs it waited for)
+        processes: dict[str, Callable[[], float]] = {
+            "pipeline": own_cpu,
+            "libvirtd": lambda: cpu_s(libvirtd_pid),
+            "qemu": lambda: cpu_of(qemu_pids),
+        }
+        cpu_before = {name: cpu() for name, cpu in processes.items()}
         out[f"{mode}.change"] = timed(driver.changing, repeat=6, warmup=1)[0]
+        for name, cpu in processes.items():
+            out[f"{mode}.change_cpu.{name}"] = (cpu() - cpu_before[name]) / 7
+        out[f"{mode}.change_cpu"] = sum(out[f"{mode}.change_cpu.{name}"] for name in processes)
         out[f"{mode}.change_libvirt"] = (calls.libvirt - before[0]) / 7
         out[f"{mode}.change_tc"] = (calls.commands - before[1]) / 7
         core.restore()
@@ -238,9 +260,9 @@ def inside(sizes: tuple[int, ...]) -> None:
             time.sleep(5)
             qemu = [int(p) for p in subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True,
                                                      text=True).stdout.split()]  # fmt: skip
-            q0, w0 = sum(cpu_s(p) for p in qemu), time.monotonic()
-            results[n] = measure(conn, n, libvirtd_pid)
-            results[n]["cpu.guests"] = (sum(cpu_s(p) for p in qemu) - q0) / (time.monotonic() - w0)
+            q0, w0 = cpu_of(qemu), time.monotonic()
+            results[n] = measure(conn, n, libvirtd_pid, qemu)
+            results[n]["cpu.guests"] = (cpu_of(qemu) - q0) / (time.monotonic() - w0)
             print(n, {k: round(v, 5) for k, v in results[n].items()}, flush=True)
     finally:
         for dom in conn.listAllDomains():
@@ -280,13 +302,26 @@ def report(results: dict[int, dict[str, float]]) -> None:
             f"{r['cpu.libvirtd.bulk']:.1%} / {r['cpu.libvirtd.kernel']:.1%} | "
             f"{r['cpu.guests']:.0%} |"
         )
+    cores = os.cpu_count() or 1
+    cpu_rows = [
+        "| domains | all change, wall (ms) | CPU a rewrite: pipeline / libvirtd / QEMUs (ms) | CPU in all (ms) | "
+        f"least wall on {cores} cores (ms) | wall ÷ least |",
+        "| ---: | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for n, r in results.items():
+        parts = [r[f"shares.change_cpu.{name}"] for name in ("pipeline", "libvirtd", "qemu")]
+        cpu_rows.append(
+            f"| {n} | {ms(r['shares.change'])} | {' / '.join(ms(x) for x in parts)} | {ms(r['shares.change_cpu'])} | "
+            f"{ms(r['shares.change_cpu'] / cores)} | {r['shares.change'] / (r['shares.change_cpu'] / cores):.2f} |"
+        )
     largest = results[max(results)]
     sweep = ", ".join(f"{w}: {ms(largest[f'workers.{w}'])} ms" for w in WORKER_SWEEP if f"workers.{w}" in largest)
     groups = ["| domains | " + " | ".join(STAT_GROUPS) + " |", "| ---: |" + " ---: |" * len(STAT_GROUPS)]
     for n, r in results.items():
         groups.append(f"| {n} | " + " | ".join(ms(r[f"group.{g}"]) for g in STAT_GROUPS) + " |")
     sizes = np.array(list(results))
-    keys = ("kernel", "shares.steady", "shares.change")  # the monitor's period, a steady and a full apply
+    # the monitor's period, a steady and a full apply, and the CPU that full apply costs every process
+    keys = ("kernel", "shares.steady", "shares.change", "shares.change_cpu")
     fit = {key: np.polyfit(sizes, [results[n][key] for n in sizes], 1) for key in keys}
     fit_text = "; ".join(
         f"{key}: {slope * 1e3:.3f} ms a domain + {icpt * 1e3:.1f} ms" for key, (slope, icpt) in fit.items()
@@ -306,6 +341,10 @@ def report(results: dict[int, dict[str, float]]) -> None:
         "QMP for 1/k of the domains, a libvirt cross-check spread over `crosscheck_periods`) and its counters "
         "alone:\n\n"
         + "\n".join(kernel_rows)
+        + "\n\nWhat a shares apply with every setting changing costs in CPU, summed over every process it "
+        "touches (this one, libvirtd, the QEMUs): no schedule of the same calls can end sooner than that CPU "
+        "divided by the cores:\n\n"
+        + "\n".join(cpu_rows)
         + f"\n\nThe shares apply with every setting changing at {max(results)} domains, by `[actuator] workers` (libvirt "
         f"calls at once, one domain each): {sweep}.\n\nEach stats group alone (one getAllDomainStats call, ms):\n\n"
         + "\n".join(groups)
