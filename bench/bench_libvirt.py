@@ -6,6 +6,7 @@ an idle TCG guest costs ~0.17 of a core here (10 running idle guests took 1.7 of
 libvirt's own calls slowed 15-fold), so running guests would measure this machine's CPU starvation, not
 libvirt. A paused guest keeps its QEMU, its monitor socket, its cgroups, disk, tap and balloon, so every
 call below does the same work it does for a running guest, minus the guest's own latency in answering.
+The first RUNNING guests (one boot batch) are measured running, idle, first, and then paused.
 
 Per N: the monitor's one bulk call (getAllDomainStats with the monitor's groups, over active domains,
 the paused included) and each stats group alone, against the kernel-counter monitor; the actuator
@@ -13,7 +14,9 @@ the paused included) and each stats group alone, against the kernel-counter moni
 of the taps) per alloc in `shares` and `ceilings` mode, steady (nothing moves) and when every setting
 of every VM changes, with its libvirt and tc calls counted and the CPU it costs this process, libvirtd
 and the QEMUs, and at the largest N by `workers`; the CPU
-of this process (monitor + actuator) and of libvirtd per simulated 1 s period, with either monitor. Run as root; it starts its own libvirtd in a
+of this process (monitor + actuator) and of libvirtd per simulated 1 s period, with either monitor. A
+monitor read or an apply is timed 0.2 s after the last one ended, as a period apart: what the last left
+to its workers (the monitor's slow calls, the actuator's metadata writes) has ended. Run as root; it starts its own libvirtd in a
 network namespace (tests/support/libvirtd.py) and re-runs itself inside it, where the taps are.
 """
 
@@ -57,6 +60,9 @@ NETNS = "rescoin-bench"
 SIZES = (10, 25, 50, 100)
 SIZES_RUN = list(SIZES)  # what this run measures (the command line may ask for fewer)
 WORKER_SWEEP = (4, 8, 16, 32)  # [actuator] workers tried at the largest N
+GAP_S = 0.2  # before each period-like call timed: what the last one left to its workers (the monitor's
+# slow calls, the actuator's metadata writes) ends first, as it does a period apart
+RUNNING = 6  # the first guests, measured running (their balloons follow) and then paused: one boot batch
 PERIODS = 20  # simulated 1 s periods for the CPU figures
 GUEST_MIB = 96  # Debian's kernel does not boot in 64
 BOOT_BATCH = 6
@@ -110,7 +116,9 @@ def alloc(vms: list[str], scale: float, mode: str) -> Alloc:
                  mode, ["contended"] * 4, "rescoin", "estimate")  # fmt: skip
 
 
-def start_guests(conn: libvirt.virConnect, tmp: Path, guest_dir: Path, first: int, last: int) -> None:
+def start_guests(
+    conn: libvirt.virConnect, tmp: Path, guest_dir: Path, first: int, last: int, pause: bool = True
+) -> None:
     """Boot guests ``first``..``last`` - 1, BOOT_BATCH at a time, pausing each batch once it has booted."""
     for start in range(first, last, BOOT_BATCH):
         end = min(start + BOOT_BATCH, last)
@@ -121,7 +129,7 @@ def start_guests(conn: libvirt.virConnect, tmp: Path, guest_dir: Path, first: in
                 raise SystemExit(f"guests {start}..{end - 1} did not boot in {BOOT_WAIT_S} s (see {tmp})")
             time.sleep(1)
         time.sleep(3)  # the balloon driver and its stats period are up
-        for dom in doms:
+        for dom in doms if pause else ():
             dom.suspend()
 
 
@@ -150,6 +158,17 @@ def actuator(**settings: Any) -> ActuatorCore:
     return ActuatorCore("bench", chosen, LibvirtActuatorBackend(chosen), Counters(), None)
 
 
+def spaced(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
+    """The median seconds of ``fn``, each call GAP_S after the last one ended."""
+    runs = []
+    for _ in range(warmup + repeat):
+        time.sleep(GAP_S)
+        t0 = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t0)
+    return float(np.median(runs[warmup:]))
+
+
 def cpu_of(pids: list[int]) -> float:
     return sum(cpu_s(p) for p in pids)
 
@@ -174,11 +193,11 @@ def measure(conn: libvirt.virConnect, n: int, libvirtd_pid: int, qemu_pids: list
     t0 = time.perf_counter()
     kernel.read()
     out["kernel.discovery"] = time.perf_counter() - t0
-    out["kernel"] = timed(kernel.read, repeat=30)[0]
+    out["kernel"] = spaced(kernel.read, repeat=30)
     kernel.close()
     counters_only = KernelMonitorBackend("qemu:///system", balloon_stats_periods=10**9, crosscheck_periods=0)
     counters_only.read()
-    out["kernel.counters"] = timed(counters_only.read, repeat=30)[0]
+    out["kernel.counters"] = spaced(counters_only.read, repeat=30)
     out["kernel.found"] = sum(1 for inst in counters_only.instances.values() if inst.kernel)
     counters_only.close()
     calls = Calls()
@@ -187,7 +206,7 @@ def measure(conn: libvirt.virConnect, n: int, libvirtd_pid: int, qemu_pids: list
         driver = Driver(core, (alloc(vms, 1.0, mode), alloc(vms, 1.5, mode)))
         driver.steady()  # first sight: reads, originals, the shared htb tree
         before = (calls.libvirt, calls.commands)
-        out[f"{mode}.steady"] = timed(driver.steady, repeat=10)[0]
+        out[f"{mode}.steady"] = spaced(driver.steady, repeat=10, warmup=2)
         out[f"{mode}.steady_calls"] = (calls.libvirt - before[0] + calls.commands - before[1]) / 12
         before = (calls.libvirt, calls.commands)
         # the CPU a full rewrite costs every process it touches: what bounds it on this machine's cores
@@ -198,7 +217,7 @@ def measure(conn: libvirt.virConnect, n: int, libvirtd_pid: int, qemu_pids: list
             "qemu": lambda: cpu_of(qemu_pids),
         }
         cpu_before = {name: cpu() for name, cpu in processes.items()}
-        out[f"{mode}.change"] = timed(driver.changing, repeat=6, warmup=1)[0]
+        out[f"{mode}.change"] = spaced(driver.changing, repeat=6)
         for name, cpu in processes.items():
             out[f"{mode}.change_cpu.{name}"] = (cpu() - cpu_before[name]) / 7
         out[f"{mode}.change_cpu"] = sum(out[f"{mode}.change_cpu.{name}"] for name in processes)
@@ -210,7 +229,7 @@ def measure(conn: libvirt.virConnect, n: int, libvirtd_pid: int, qemu_pids: list
         core = actuator(workers=workers)
         driver = Driver(core, (alloc(vms, 1.0, "shares"), alloc(vms, 1.5, "shares")))
         driver.steady()
-        out[f"workers.{workers}"] = timed(driver.changing, repeat=6, warmup=1)[0]
+        out[f"workers.{workers}"] = spaced(driver.changing, repeat=6)
         core.restore()
         core.backend.close()
     # simulated 1 s periods: a monitor read + a steady shares apply, CPU of this process and of libvirtd,
@@ -247,6 +266,7 @@ def inside(sizes: tuple[int, ...]) -> None:
     )
     tmp = Path(tempfile.mkdtemp(prefix="rescoin-bench-"))
     results: dict[int, dict[str, float]] = {}
+    both: dict[str, dict[str, float]] = {}  # the first RUNNING guests, running and then paused
     # each QEMU with aio=native reserves ~1,024 kernel AIO events: Debian's default fs.aio-max-nr (65,536)
     # stops the 65th domain ("failed to create linux AIO context"); raised for the run, put back after
     aio_max = Path("/proc/sys/fs/aio-max-nr")
@@ -254,12 +274,20 @@ def inside(sizes: tuple[int, ...]) -> None:
     aio_max.write_text(str(max(int(aio_before), 1024 * 1024)))
     try:
         started = 0
+        if RUNNING <= min(sizes):
+            start_guests(conn, tmp, guest_dir, 0, RUNNING, pause=False)
+            started = RUNNING
+            for state in ("running", "paused"):
+                time.sleep(5)
+                both[state] = measure(conn, RUNNING, libvirtd_pid, qemu_pids())
+                print(state, {k: round(v, 5) for k, v in both[state].items()}, flush=True)
+                for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING):
+                    dom.suspend()
         for n in sizes:
             start_guests(conn, tmp, guest_dir, started, n)
             started = n
             time.sleep(5)
-            qemu = [int(p) for p in subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True,
-                                                     text=True).stdout.split()]  # fmt: skip
+            qemu = qemu_pids()
             q0, w0 = cpu_of(qemu), time.monotonic()
             results[n] = measure(conn, n, libvirtd_pid, qemu)
             results[n]["cpu.guests"] = (cpu_of(qemu) - q0) / (time.monotonic() - w0)
@@ -271,10 +299,16 @@ def inside(sizes: tuple[int, ...]) -> None:
         conn.close()
         shutil.rmtree(tmp, ignore_errors=True)
         aio_max.write_text(aio_before)
-    report(results)
+    report(results, both)
 
 
-def report(results: dict[int, dict[str, float]]) -> None:
+def qemu_pids() -> list[int]:
+    return [
+        int(p) for p in subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, text=True).stdout.split()
+    ]
+
+
+def report(results: dict[int, dict[str, float]], both: dict[str, dict[str, float]]) -> None:
     def ms(x: float) -> str:
         return f"{x * 1e3:.1f}"
 
@@ -314,6 +348,25 @@ def report(results: dict[int, dict[str, float]]) -> None:
             f"| {n} | {ms(r['shares.change'])} | {' / '.join(ms(x) for x in parts)} | {ms(r['shares.change_cpu'])} | "
             f"{ms(r['shares.change_cpu'] / cores)} | {r['shares.change'] / (r['shares.change_cpu'] / cores):.2f} |"
         )
+    state_rows = [
+        "| the same domains | bulk stats call (ms) | kernel counters, one period (ms) | shares: steady / all "
+        "change (ms) | libvirt calls all change | CPU a rewrite: pipeline / libvirtd (ms) | monitor + actuator "
+        "CPU, 1 s period (kernel counters) | libvirtd CPU (kernel counters) |",
+        "| --- | ---: | ---: | --- | ---: | --- | ---: | ---: |",
+    ]
+    for state, r in both.items():
+        state_rows.append(
+            f"| {RUNNING} {state} | {ms(r['bulk'])} | {ms(r['kernel'])} | {ms(r['shares.steady'])} / "
+            f"{ms(r['shares.change'])} | {r['shares.change_libvirt']:.0f} | {ms(r['shares.change_cpu.pipeline'])} / "
+            f"{ms(r['shares.change_cpu.libvirtd'])} | {r['cpu.pipeline.kernel']:.1%} | {r['cpu.libvirtd.kernel']:.1%} |"
+        )
+    running_text = (
+        f"\n\nThe first {RUNNING} guests measured running (booted and idle: their balloons follow their targets) "
+        "and then paused, in the same run (the QEMUs' CPU is left out: a running guest's own mixes in):\n\n"
+        + "\n".join(state_rows)
+        if both
+        else ""
+    )
     largest = results[max(results)]
     sweep = ", ".join(f"{w}: {ms(largest[f'workers.{w}'])} ms" for w in WORKER_SWEEP if f"workers.{w}" in largest)
     groups = ["| domains | " + " | ".join(STAT_GROUPS) + " |", "| ---: |" + " ---: |" * len(STAT_GROUPS)]
@@ -336,6 +389,7 @@ def report(results: dict[int, dict[str, float]]) -> None:
         "fs.aio-max-nr (65,536 by default: QEMU with aio=native cannot start a 65th domain; the run raises "
         "it), then memory (96 MiB a guest) and the 2 cores an idle TCG guest costs 0.17 of.\n\n"
         + "\n".join(rows)
+        + running_text
         + "\n\nThe monitor's two paths on the same domains: libvirt's bulk call against the kernel-counter "
         'backend (`[monitor] backend = "kernel"`), a period\'s read with its defaults (balloon stats via '
         "QMP for 1/k of the domains, a libvirt cross-check spread over `crosscheck_periods`) and its counters "

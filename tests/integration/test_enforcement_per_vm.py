@@ -7,15 +7,18 @@ import json
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
+import libvirt
 import numpy as np
 import pytest
-from rescoin.services.actuator.backend_libvirt import LibvirtActuatorBackend
+from rescoin.services.actuator.backend_libvirt import LIVE, LibvirtActuatorBackend
 from rescoin.services.actuator.blockdev import kernel_offers_bfq
 from rescoin.services.actuator.core import ActuatorCore
 from rescoin.services.runtime.cgroups import cgroup_mounts
 from rescoin.services.runtime.config import load_config
+from rescoin.services.runtime.domxml import STATE_NS
 from rescoin.services.runtime.support import Counters
 
 from tests.e2e.conftest import VENV_BIN
@@ -104,6 +107,58 @@ def test_a_domain_that_does_not_answer_is_skipped_as_busy_and_does_not_hold_up_t
     time.sleep(0.2)  # the stuck call returns; the domain answers again
     assert (TYPO, "mem") not in reasons(apply(core, 4, scale=2.5))
     core.backend.close()
+
+
+def test_the_coins_kept_in_a_domain_s_metadata_are_never_waited_for(tmp_path, monkeypatch):
+    """Each apply hands the VMs' coins to their domains' metadata (what a migration takes along) and returns:
+    a domain whose write hangs holds up no apply and no other domain's write, and gets no second write
+    while its first still runs."""
+    core = make_core(tmp_path, "actuator.carry_every_periods=1")
+    apply(core, 1)
+    release = threading.Event()
+    writes: Counter[str] = Counter()
+    real = libvirt.virDomain.setMetadata
+
+    def hangs_for_one(dom, *args):
+        writes[dom.UUIDString()] += 1
+        if dom.UUIDString() == TYPO:
+            release.wait(30)
+        return real(dom, *args)
+
+    def carried(vm: str) -> int:
+        """The period of the coins ``vm``'s domain carries."""
+        dom = core.backend.libvirt.get().lookupByUUIDString(vm)
+        xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, STATE_NS, LIVE)
+        return int(xml.split('period="')[1].split('"')[0])
+
+    monkeypatch.setattr(libvirt.virDomain, "setMetadata", hangs_for_one)
+    period = 1
+    try:
+        while not writes[TYPO]:  # until TYPO's write hangs (its write of period 1 may still be running)
+            period += 1
+            assert period < 100
+            apply(core, period)
+            time.sleep(0.02)
+        hung = period
+        for period in (hung + 1, hung + 2):
+            apply(core, period)  # returns, TYPO's write still hanging
+        assert writes[TYPO] == 1 and not release.is_set()
+        wait_until(lambda: carried(FINE) > hung)  # the others' writes land meanwhile
+    finally:
+        release.set()
+    wait_until(lambda: carried(TYPO) == hung)  # its write, let go
+    for period in (hung + 3, hung + 4):
+        apply(core, period)
+    wait_until(lambda: carried(TYPO) >= hung + 3)
+    assert writes[TYPO] >= 2
+    core.backend.close()
+
+
+def wait_until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "not within 10 s"
+        time.sleep(0.02)
 
 
 def doctor(*args):

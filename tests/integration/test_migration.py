@@ -11,16 +11,19 @@ ResCoin touched it on the source, not the source's ResCoin-set values.
 
 from __future__ import annotations
 
+import time
+
 import libvirt
 import numpy as np
 import pytest
 from rescoin.proto import Envelope
 from rescoin.proto.messages import Estimate
-from rescoin.services.actuator.backend_libvirt import LibvirtActuatorBackend
+from rescoin.services.actuator.backend_libvirt import LIVE, LibvirtActuatorBackend
 from rescoin.services.actuator.core import ActuatorCore
 from rescoin.services.monitor.backend_libvirt import LibvirtMonitorBackend
 from rescoin.services.monitor.core import MonitorCore
 from rescoin.services.runtime.config import load_config
+from rescoin.services.runtime.domxml import STATE_NS
 from rescoin.services.runtime.support import Counters
 from rescoin.services.scheduler.core import SchedulerCore
 
@@ -58,11 +61,20 @@ class Host:
     def coins(self, vm: str) -> np.ndarray:
         return self.scheduler.ledger.balances([vm])[0]
 
+    def carried(self, vm: str, period: int, timeout_s: float = 10.0) -> None:
+        """Wait until ``vm``'s domain carries the coins of ``period`` (the actuator does not wait for it)."""
+        dom = self.actuator.backend.libvirt.get().lookupByUUIDString(vm)
+        deadline = time.monotonic() + timeout_s
+        while f'period="{period}"' not in dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, STATE_NS, LIVE):
+            assert time.monotonic() < deadline, f"{vm}'s coins of period {period} never reached its metadata"
+            time.sleep(0.05)
+
     def saves(self, vm: str) -> tuple[np.ndarray, list]:
         """12 periods with ``vm`` idle: its balance (it saved cpu) and the originals ResCoin found, which
         it then changed."""
         for p in range(1000, 1012):
             self.period(p)
+        self.carried(vm, 1012)
         coins = self.coins(vm)
         assert coins[0] > 0  # it saved cpu
         found = self.actuator.originals[vm]  # what was set before ResCoin's first write
