@@ -6,7 +6,7 @@ an idle TCG guest costs ~0.17 of a core here (10 running idle guests took 1.7 of
 libvirt's own calls slowed 15-fold), so running guests would measure this machine's CPU starvation, not
 libvirt. A paused guest keeps its QEMU, its monitor socket, its cgroups, disk, tap and balloon, so every
 call below does the same work it does for a running guest, minus the guest's own latency in answering.
-The first RUNNING guests (one boot batch) are measured running, idle, first, and then paused.
+The first 6 guests (one boot batch, RUNNING) are measured running, idle, first, and then paused.
 
 Per N: the monitor's one bulk call (getAllDomainStats with the monitor's groups, over active domains,
 the paused included) and each stats group alone, against the kernel-counter monitor; the actuator

@@ -41,14 +41,18 @@ Busy domains: every call for a domain runs in a worker (``workers`` at
 once, one domain each) and is waited for ``busy_after_s`` at most. A
 domain that takes longer (a migration holds its job lock for up to 30 s; a
 stopped QEMU answers nothing) is reported busy for the period and skipped
-until its worker returns: the other domains are not held up. tc runs in
-the calling thread, after the libvirt calls, with its own timeout.
+until its worker returns: the other domains are not held up. The coins kept
+in each domain's metadata are never waited for; one running past
+``busy_after_s`` makes its domain busy too, so a domain that answers nothing
+holds one worker.
+tc runs in the calling thread, after the libvirt calls, with its own timeout.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from threading import Lock
@@ -105,7 +109,8 @@ class LibvirtActuatorBackend:
         self.warned_schedulers: set[str] = set()  # I/O schedulers already said to ignore weights
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="libvirt")
         self.in_flight: dict[str, Future[Any]] = {}  # VM -> a call still running past busy_after_s
-        self.carrying: dict[str, Future[Any]] = {}  # VM -> its metadata write, never waited for
+        self.carrying: dict[str, tuple[Future[Any], float]] = {}  # VM -> its metadata write (never waited
+        # for) and when it was sent
         self.mounts = cgroup_mounts()  # read once: a host's cgroup layout does not change while it runs
         self.cgroup_layout = self.mounts.layout()
         self.cpu_range = CPU_SHARES_ON_V2 if self.mounts.where("cpu")[0] == "v2" else CPU_SHARES_V1
@@ -184,11 +189,13 @@ class LibvirtActuatorBackend:
     # -- one worker per domain, waited for busy_after_s --------------------------------
 
     def _busy(self, vm: str) -> bool:
-        future = self.in_flight.get(vm)
-        if future is not None and future.done():
-            del self.in_flight[vm]
-            return False
-        return future is not None
+        """The domain's last call, or its last metadata write, has run past busy_after_s and not returned."""
+        late = self.in_flight.get(vm)
+        if late is not None and not late.done():
+            return True
+        self.in_flight.pop(vm, None)
+        writing, sent = self.carrying.get(vm, (None, 0.0))
+        return writing is not None and not writing.done() and time.monotonic() - sent > self.settings.busy_after_s
 
     def _call(self, vm: str, fn: Callable[[], T]) -> T:
         """``fn()`` in a worker; BusyError if the domain's last call still runs or this one takes too long."""
@@ -245,25 +252,26 @@ class LibvirtActuatorBackend:
 
     def carry(self, states: dict[str, tuple[tuple[float, ...], list[Setting | None]]], period: int) -> None:
         """<rescoin:state> in each domain's live metadata (libvirt migrates it with the domain), each
-        domain in its worker, not waited for: the `applied` that came before is not held up (~10 ms at
+        domain in its worker, not waited for: the `applied` that came before is not held up (6-8 ms at
         100 domains). A domain that is busy, gone or still writing its last one is skipped this time;
-        what failed is logged at the next carry."""
-        for vm, future in list(self.carrying.items()):
+        what failed is logged at the next carry. A write running past busy_after_s makes its domain busy
+        (``_busy``), so a domain that answers nothing holds one worker, not one more each period."""
+        for vm, (future, _sent) in list(self.carrying.items()):
             if future.done():
                 del self.carrying[vm]
                 if not future.cancelled() and future.exception() is not None:
                     log.info("%s: could not keep its coins in its metadata: %s", vm, future.exception())
         for vm, (coins, originals) in states.items():
-            if self._busy(vm) or vm in self.carrying:
+            if vm in self.carrying or self._busy(vm):  # its last write, or a late call, still runs
                 continue
             try:
                 dom = self._domain(vm)
             except BackendError:
                 continue
             xml = state_xml(coins, [None if o is None else (o.ceiling, o.weight) for o in originals], period)
-            self.carrying[vm] = self.pool.submit(
-                dom.setMetadata, libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, "rescoin", STATE_NS, LIVE
-            )
+            element = libvirt.VIR_DOMAIN_METADATA_ELEMENT
+            write = self.pool.submit(dom.setMetadata, element, xml, "rescoin", STATE_NS, LIVE)
+            self.carrying[vm] = (write, time.monotonic())
 
     def carried_originals(self, vm: str) -> list[Setting | None] | None:
         facts = self.facts.get(vm)
@@ -596,7 +604,7 @@ class LibvirtActuatorBackend:
             "cgroups": self.cgroup_layout,
             "cpu.weight_range": f"{self.cpu_range.lo}-{self.cpu_range.hi} ({self.cpu_range.per_core:g} per core)",
             "net.shaping": self.net_mode,
-            "busy_domains": str(sum(1 for vm in list(self.in_flight) if self._busy(vm))),
+            "busy_domains": str(sum(1 for vm in set(self.in_flight) | set(self.carrying) if self._busy(vm))),
         }
 
     def close(self) -> None:

@@ -111,46 +111,55 @@ def test_a_domain_that_does_not_answer_is_skipped_as_busy_and_does_not_hold_up_t
 
 def test_the_coins_kept_in_a_domain_s_metadata_are_never_waited_for(tmp_path, monkeypatch):
     """Each apply hands the VMs' coins to their domains' metadata (what a migration takes along) and returns:
-    a domain whose write hangs holds up no apply and no other domain's write, and gets no second write
-    while its first still runs."""
-    core = make_core(tmp_path, "actuator.carry_every_periods=1")
+    a domain whose write hangs holds up no apply and no other domain's write, gets no second write while
+    its first still runs, and once that has run past busy_after_s it is busy (its settings are not queued
+    behind the write)."""
+    core = make_core(tmp_path, "actuator.carry_every_periods=1", "actuator.busy_after_s=0.3")
+    backend = core.backend
     apply(core, 1)
     release = threading.Event()
     writes: Counter[str] = Counter()
+    hung: list[int] = []  # the period TYPO's hanging write carries
     real = libvirt.virDomain.setMetadata
 
-    def hangs_for_one(dom, *args):
+    def hangs_for_one(dom, kind, xml, *args):
         writes[dom.UUIDString()] += 1
         if dom.UUIDString() == TYPO:
+            hung.append(int(xml.split('period="')[1].split('"')[0]))
             release.wait(30)
-        return real(dom, *args)
+        return real(dom, kind, xml, *args)
 
     def carried(vm: str) -> int:
         """The period of the coins ``vm``'s domain carries."""
-        dom = core.backend.libvirt.get().lookupByUUIDString(vm)
+        dom = backend.libvirt.get().lookupByUUIDString(vm)
         xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, STATE_NS, LIVE)
         return int(xml.split('period="')[1].split('"')[0])
 
+    def written(vm: str) -> bool:
+        return vm not in backend.carrying or backend.carrying[vm][0].done()
+
     monkeypatch.setattr(libvirt.virDomain, "setMetadata", hangs_for_one)
-    period = 1
     try:
-        while not writes[TYPO]:  # until TYPO's write hangs (its write of period 1 may still be running)
+        period = 1
+        while not hung:  # TYPO's write of period 1 may still be running: then it is skipped, not queued
+            wait_until(lambda: written(FINE) and (hung or written(TYPO)))
             period += 1
-            assert period < 100
             apply(core, period)
-            time.sleep(0.02)
-        hung = period
-        for period in (hung + 1, hung + 2):
-            apply(core, period)  # returns, TYPO's write still hanging
+            wait_until(lambda: hung or written(TYPO))
+        time.sleep(0.3)  # TYPO's write runs past busy_after_s
+        wait_until(lambda: written(FINE))
+        applied = apply(core, period + 1, scale=1.5)  # every balloon moves, TYPO's write still hanging
+        assert reasons(applied)[(TYPO, "mem")] == "busy" and cells(applied)[FINE][1] == "c"
+        # not tried and waited for busy_after_s: skipped at once
+        assert any(e["vm"] == TYPO and "still answering" in e["error"] for e in applied.errors)
         assert writes[TYPO] == 1 and not release.is_set()
-        wait_until(lambda: carried(FINE) > hung)  # the others' writes land meanwhile
+        wait_until(lambda: carried(FINE) == period + 1)  # the others' writes land meanwhile
     finally:
         release.set()
-    wait_until(lambda: carried(TYPO) == hung)  # its write, let go
-    for period in (hung + 3, hung + 4):
-        apply(core, period)
-    wait_until(lambda: carried(TYPO) >= hung + 3)
-    assert writes[TYPO] >= 2
+    wait_until(lambda: carried(TYPO) == hung[0] and written(TYPO))  # its write, let go
+    apply(core, period + 2, scale=2.0)
+    wait_until(lambda: carried(TYPO) == period + 2)
+    assert writes[TYPO] == 2
     core.backend.close()
 
 

@@ -56,25 +56,27 @@ class Host:
         (alloc,) = self.scheduler.on_estimate(Envelope("estimate", "h", "predictor", 1, p + 1, 0, p + 1, est))
         env = Envelope("alloc", "h", "scheduler", 1, p + 1, 0, p + 1, alloc.body)
         self.actuator.on_alloc(env)
+        self.carried()
         return sample, alloc.body
 
     def coins(self, vm: str) -> np.ndarray:
         return self.scheduler.ledger.balances([vm])[0]
 
-    def carried(self, vm: str, period: int, timeout_s: float = 10.0) -> None:
-        """Wait until ``vm``'s domain carries the coins of ``period`` (the actuator does not wait for it)."""
-        dom = self.actuator.backend.libvirt.get().lookupByUUIDString(vm)
+    def carried(self, timeout_s: float = 10.0) -> None:
+        """Wait until the coins this period handed to the domains' metadata have landed (the actuator does
+        not wait for them; a period apart they always have)."""
         deadline = time.monotonic() + timeout_s
-        while f'period="{period}"' not in dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, STATE_NS, LIVE):
-            assert time.monotonic() < deadline, f"{vm}'s coins of period {period} never reached its metadata"
-            time.sleep(0.05)
+        while any(not write.done() for write, _sent in self.actuator.backend.carrying.values()):
+            assert time.monotonic() < deadline, "a metadata write did not return"
+            time.sleep(0.02)
 
     def saves(self, vm: str) -> tuple[np.ndarray, list]:
         """12 periods with ``vm`` idle: its balance (it saved cpu) and the originals ResCoin found, which
         it then changed."""
         for p in range(1000, 1012):
             self.period(p)
-        self.carried(vm, 1012)
+        dom = self.actuator.backend.libvirt.get().lookupByUUIDString(vm)
+        assert 'period="1012"' in dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, STATE_NS, LIVE)  # the last
         coins = self.coins(vm)
         assert coins[0] > 0  # it saved cpu
         found = self.actuator.originals[vm]  # what was set before ResCoin's first write
