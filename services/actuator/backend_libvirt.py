@@ -55,6 +55,7 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from functools import partial
 from threading import Lock
 from typing import Any, TypeVar
 
@@ -108,9 +109,9 @@ class LibvirtActuatorBackend:
         self.stale_shaping_checked = False  # classes an earlier process left: dropped after the first write
         self.warned_schedulers: set[str] = set()  # I/O schedulers already said to ignore weights
         self.pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="libvirt")
-        self.in_flight: dict[str, Future[Any]] = {}  # VM -> a call still running past busy_after_s
-        self.carrying: dict[str, tuple[Future[Any], float]] = {}  # VM -> its metadata write (never waited
-        # for) and when it was sent
+        # VM -> a call not waited for to its end (one past busy_after_s, or a metadata write) and from when
+        # it makes the domain busy while it runs
+        self.in_flight: dict[str, tuple[Future[Any], float]] = {}
         self.mounts = cgroup_mounts()  # read once: a host's cgroup layout does not change while it runs
         self.cgroup_layout = self.mounts.layout()
         self.cpu_range = CPU_SHARES_ON_V2 if self.mounts.where("cpu")[0] == "v2" else CPU_SHARES_V1
@@ -188,14 +189,17 @@ class LibvirtActuatorBackend:
 
     # -- one worker per domain, waited for busy_after_s --------------------------------
 
+    def _running(self, vm: str) -> bool:
+        """A call for the domain that was not waited for to its end still runs."""
+        call = self.in_flight.get(vm)
+        if call is not None and call[0].done():
+            del self.in_flight[vm]
+            return False
+        return call is not None
+
     def _busy(self, vm: str) -> bool:
-        """The domain's last call, or its last metadata write, has run past busy_after_s and not returned."""
-        late = self.in_flight.get(vm)
-        if late is not None and not late.done():
-            return True
-        self.in_flight.pop(vm, None)
-        writing, sent = self.carrying.get(vm, (None, 0.0))
-        return writing is not None and not writing.done() and time.monotonic() - sent > self.settings.busy_after_s
+        """The domain's last call has run past busy_after_s and not returned."""
+        return self._running(vm) and time.monotonic() >= self.in_flight[vm][1]
 
     def _call(self, vm: str, fn: Callable[[], T]) -> T:
         """``fn()`` in a worker; BusyError if the domain's last call still runs or this one takes too long."""
@@ -204,7 +208,7 @@ class LibvirtActuatorBackend:
         future = self.pool.submit(fn)
         done, _ = wait([future], timeout=self.settings.busy_after_s)
         if not done:
-            self.in_flight[vm] = future
+            self.in_flight[vm] = (future, time.monotonic())
             raise BusyError(f"{vm} did not answer within {self.settings.busy_after_s:g} s: skipped this period")
         try:
             return future.result()
@@ -254,15 +258,10 @@ class LibvirtActuatorBackend:
         """<rescoin:state> in each domain's live metadata (libvirt migrates it with the domain), each
         domain in its worker, not waited for: the `applied` that came before is not held up (6-8 ms at
         100 domains). A domain that is busy, gone or still writing its last one is skipped this time;
-        what failed is logged at the next carry. A write running past busy_after_s makes its domain busy
+        what failed is logged when it ends. A write running past busy_after_s makes its domain busy
         (``_busy``), so a domain that answers nothing holds one worker, not one more each period."""
-        for vm, (future, _sent) in list(self.carrying.items()):
-            if future.done():
-                del self.carrying[vm]
-                if not future.cancelled() and future.exception() is not None:
-                    log.info("%s: could not keep its coins in its metadata: %s", vm, future.exception())
         for vm, (coins, originals) in states.items():
-            if vm in self.carrying or self._busy(vm):  # its last write, or a late call, still runs
+            if self._running(vm):  # its last write, or a late call, still runs
                 continue
             try:
                 dom = self._domain(vm)
@@ -271,7 +270,14 @@ class LibvirtActuatorBackend:
             xml = state_xml(coins, [None if o is None else (o.ceiling, o.weight) for o in originals], period)
             element = libvirt.VIR_DOMAIN_METADATA_ELEMENT
             write = self.pool.submit(dom.setMetadata, element, xml, "rescoin", STATE_NS, LIVE)
-            self.carrying[vm] = (write, time.monotonic())
+            write.add_done_callback(partial(self._carried, vm))
+            self.in_flight[vm] = (write, time.monotonic() + self.settings.busy_after_s)
+
+    @staticmethod
+    def _carried(vm: str, write: Future[None]) -> None:
+        """Said when a metadata write ends (in the worker that made it)."""
+        if not write.cancelled() and write.exception() is not None:
+            log.info("%s: could not keep its coins in its metadata: %s", vm, write.exception())
 
     def carried_originals(self, vm: str) -> list[Setting | None] | None:
         facts = self.facts.get(vm)
@@ -458,7 +464,7 @@ class LibvirtActuatorBackend:
             errors += future.result()
         for future in late:  # still running: reported busy now, its result is not waited for
             vm = running[future]
-            self.in_flight[vm] = future
+            self.in_flight[vm] = (future, time.monotonic())
             errors += [
                 ChangeError(vm, RESOURCES[c.resource], f"no answer within {self.settings.busy_after_s:g} s", "busy")
                 for c in per_vm[vm]
@@ -604,7 +610,7 @@ class LibvirtActuatorBackend:
             "cgroups": self.cgroup_layout,
             "cpu.weight_range": f"{self.cpu_range.lo}-{self.cpu_range.hi} ({self.cpu_range.per_core:g} per core)",
             "net.shaping": self.net_mode,
-            "busy_domains": str(sum(1 for vm in set(self.in_flight) | set(self.carrying) if self._busy(vm))),
+            "busy_domains": str(sum(1 for vm in list(self.in_flight) if self._busy(vm))),
         }
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from rescoin.services.runtime.domxml import STATE_NS
 from rescoin.services.runtime.support import Counters
 
 from tests.e2e.conftest import VENV_BIN
+from tests.support.bus import wait_for
 from tests.support.messages import alloc_envelope, make_alloc
 
 ODD = Path(__file__).resolve().parents[1] / "fixtures" / "libvirt" / "host_odd.xml"
@@ -122,52 +123,47 @@ def test_the_coins_kept_in_a_domain_s_metadata_are_never_waited_for(tmp_path, mo
     hung: list[int] = []  # the period TYPO's hanging write carries
     real = libvirt.virDomain.setMetadata
 
+    def period_of(state_xml: str) -> int:
+        return int(state_xml.split('period="')[1].split('"')[0])
+
     def hangs_for_one(dom, kind, xml, *args):
         writes[dom.UUIDString()] += 1
         if dom.UUIDString() == TYPO:
-            hung.append(int(xml.split('period="')[1].split('"')[0]))
+            hung.append(period_of(xml))
             release.wait(30)
         return real(dom, kind, xml, *args)
 
     def carried(vm: str) -> int:
         """The period of the coins ``vm``'s domain carries."""
         dom = backend.libvirt.get().lookupByUUIDString(vm)
-        xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, STATE_NS, LIVE)
-        return int(xml.split('period="')[1].split('"')[0])
+        return period_of(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, STATE_NS, LIVE))
 
     def written(vm: str) -> bool:
-        return vm not in backend.carrying or backend.carrying[vm][0].done()
+        return vm not in backend.in_flight or backend.in_flight[vm][0].done()
 
     monkeypatch.setattr(libvirt.virDomain, "setMetadata", hangs_for_one)
     try:
         period = 1
         while not hung:  # TYPO's write of period 1 may still be running: then it is skipped, not queued
-            wait_until(lambda: written(FINE) and (hung or written(TYPO)))
+            assert wait_for(lambda: written(FINE) and (bool(hung) or written(TYPO)))
             period += 1
             apply(core, period)
-            wait_until(lambda: hung or written(TYPO))
+            assert wait_for(lambda: bool(hung) or written(TYPO))
         time.sleep(0.3)  # TYPO's write runs past busy_after_s
-        wait_until(lambda: written(FINE))
+        assert wait_for(lambda: written(FINE))
         applied = apply(core, period + 1, scale=1.5)  # every balloon moves, TYPO's write still hanging
         assert reasons(applied)[(TYPO, "mem")] == "busy" and cells(applied)[FINE][1] == "c"
         # not tried and waited for busy_after_s: skipped at once
         assert any(e["vm"] == TYPO and "still answering" in e["error"] for e in applied.errors)
         assert writes[TYPO] == 1 and not release.is_set()
-        wait_until(lambda: carried(FINE) == period + 1)  # the others' writes land meanwhile
+        assert wait_for(lambda: carried(FINE) == period + 1)  # the others' writes land meanwhile
     finally:
         release.set()
-    wait_until(lambda: carried(TYPO) == hung[0] and written(TYPO))  # its write, let go
+    assert wait_for(lambda: carried(TYPO) == hung[0] and written(TYPO))  # its write, let go
     apply(core, period + 2, scale=2.0)
-    wait_until(lambda: carried(TYPO) == period + 2)
+    assert wait_for(lambda: carried(TYPO) == period + 2)
     assert writes[TYPO] == 2
     core.backend.close()
-
-
-def wait_until(condition, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "not within 10 s"
-        time.sleep(0.02)
 
 
 def doctor(*args):

@@ -11,8 +11,6 @@ ResCoin touched it on the source, not the source's ResCoin-set values.
 
 from __future__ import annotations
 
-import time
-
 import libvirt
 import numpy as np
 import pytest
@@ -28,6 +26,7 @@ from rescoin.services.runtime.support import Counters
 from rescoin.services.scheduler.core import SchedulerCore
 
 from tests.integration.test_enforcement_per_vm import ODD
+from tests.support.bus import wait_for
 
 VM = "a0000000-0000-0000-0000-000000000001"  # odd-fine
 CAPACITY = np.array([8.0, 1.5 * 2**30, 1e9, 1e9])  # memory contended: balloons are set
@@ -62,13 +61,11 @@ class Host:
     def coins(self, vm: str) -> np.ndarray:
         return self.scheduler.ledger.balances([vm])[0]
 
-    def carried(self, timeout_s: float = 10.0) -> None:
+    def carried(self) -> None:
         """Wait until the coins this period handed to the domains' metadata have landed (the actuator does
         not wait for them; a period apart they always have)."""
-        deadline = time.monotonic() + timeout_s
-        while any(not write.done() for write, _sent in self.actuator.backend.carrying.values()):
-            assert time.monotonic() < deadline, "a metadata write did not return"
-            time.sleep(0.02)
+        calls = self.actuator.backend.in_flight
+        assert wait_for(lambda: all(call.done() for call, _busy_from in list(calls.values()))), "a write hangs"
 
     def saves(self, vm: str) -> tuple[np.ndarray, list]:
         """12 periods with ``vm`` idle: its balance (it saved cpu) and the originals ResCoin found, which
