@@ -158,17 +158,6 @@ def actuator(**settings: Any) -> ActuatorCore:
     return ActuatorCore("bench", chosen, LibvirtActuatorBackend(chosen), Counters(), None)
 
 
-def spaced(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
-    """The median seconds of ``fn``, each call GAP_S after the last one ended."""
-    runs = []
-    for _ in range(warmup + repeat):
-        time.sleep(GAP_S)
-        t0 = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t0)
-    return float(np.median(runs[warmup:]))
-
-
 def cpu_of(pids: list[int]) -> float:
     return sum(cpu_s(p) for p in pids)
 
@@ -193,11 +182,11 @@ def measure(conn: libvirt.virConnect, n: int, libvirtd_pid: int, qemu_pids: list
     t0 = time.perf_counter()
     kernel.read()
     out["kernel.discovery"] = time.perf_counter() - t0
-    out["kernel"] = spaced(kernel.read, repeat=30)
+    out["kernel"] = timed(kernel.read, repeat=30, warmup=1, gap_s=GAP_S)[0]
     kernel.close()
     counters_only = KernelMonitorBackend("qemu:///system", balloon_stats_periods=10**9, crosscheck_periods=0)
     counters_only.read()
-    out["kernel.counters"] = spaced(counters_only.read, repeat=30)
+    out["kernel.counters"] = timed(counters_only.read, repeat=30, warmup=1, gap_s=GAP_S)[0]
     out["kernel.found"] = sum(1 for inst in counters_only.instances.values() if inst.kernel)
     counters_only.close()
     calls = Calls()
@@ -206,7 +195,7 @@ def measure(conn: libvirt.virConnect, n: int, libvirtd_pid: int, qemu_pids: list
         driver = Driver(core, (alloc(vms, 1.0, mode), alloc(vms, 1.5, mode)))
         driver.steady()  # first sight: reads, originals, the shared htb tree
         before = (calls.libvirt, calls.commands)
-        out[f"{mode}.steady"] = spaced(driver.steady, repeat=10, warmup=2)
+        out[f"{mode}.steady"] = timed(driver.steady, repeat=10, gap_s=GAP_S)[0]
         out[f"{mode}.steady_calls"] = (calls.libvirt - before[0] + calls.commands - before[1]) / 12
         before = (calls.libvirt, calls.commands)
         # the CPU a full rewrite costs every process it touches: what bounds it on this machine's cores
@@ -217,7 +206,7 @@ def measure(conn: libvirt.virConnect, n: int, libvirtd_pid: int, qemu_pids: list
             "qemu": lambda: cpu_of(qemu_pids),
         }
         cpu_before = {name: cpu() for name, cpu in processes.items()}
-        out[f"{mode}.change"] = spaced(driver.changing, repeat=6)
+        out[f"{mode}.change"] = timed(driver.changing, repeat=6, warmup=1, gap_s=GAP_S)[0]
         for name, cpu in processes.items():
             out[f"{mode}.change_cpu.{name}"] = (cpu() - cpu_before[name]) / 7
         out[f"{mode}.change_cpu"] = sum(out[f"{mode}.change_cpu.{name}"] for name in processes)
@@ -229,7 +218,7 @@ def measure(conn: libvirt.virConnect, n: int, libvirtd_pid: int, qemu_pids: list
         core = actuator(workers=workers)
         driver = Driver(core, (alloc(vms, 1.0, "shares"), alloc(vms, 1.5, "shares")))
         driver.steady()
-        out[f"workers.{workers}"] = spaced(driver.changing, repeat=6)
+        out[f"workers.{workers}"] = timed(driver.changing, repeat=6, warmup=1, gap_s=GAP_S)[0]
         core.restore()
         core.backend.close()
     # simulated 1 s periods: a monitor read + a steady shares apply, CPU of this process and of libvirtd,

@@ -37,15 +37,19 @@ def machine() -> str:
     )
 
 
-def timed(fn: Callable[[], object], repeat: int = 20, warmup: int = 2) -> tuple[float, float, float]:
-    """(median, min, max) seconds of ``fn`` over ``repeat`` runs."""
-    for _ in range(warmup):
-        fn()
+def timed(
+    fn: Callable[[], object], repeat: int = 20, warmup: int = 2, gap_s: float = 0.0
+) -> tuple[float, float, float]:
+    """(median, min, max) seconds of ``fn`` over ``repeat`` runs, each ``gap_s`` after the last one ended
+    (the warm-up runs too)."""
     runs = []
-    for _ in range(repeat):
+    for _ in range(warmup + repeat):
+        if gap_s:
+            time.sleep(gap_s)
         t0 = time.perf_counter()
         fn()
         runs.append(time.perf_counter() - t0)
+    runs = runs[warmup:]
     return statistics.median(runs), min(runs), max(runs)
 
 
